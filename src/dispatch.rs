@@ -1,0 +1,109 @@
+//! The dispatcher: routes each flow to an outbound and hands it over.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tracing::{debug, info, warn};
+
+use crate::config::{LevelPolicy, PolicyConfig};
+use crate::proxy::{BoxPacketConn, BoxStream, Outbound, ProxyError};
+use crate::router::Router;
+use crate::session::Session;
+
+/// Routes flows to outbounds. Cheap to share (`Arc<Dispatcher>`).
+pub struct Dispatcher {
+    router: Router,
+    outbounds: HashMap<String, Arc<dyn Outbound>>,
+    default: Option<(String, Arc<dyn Outbound>)>,
+    policy: PolicyConfig,
+    next_id: AtomicU64,
+}
+
+impl Dispatcher {
+    /// Builds a dispatcher. `ordered` is every outbound in config order (portals last): the first one is
+    /// the default. Untagged outbounds are reachable only as the default.
+    pub fn new(router: Router, ordered: Vec<(Option<String>, Arc<dyn Outbound>)>, policy: PolicyConfig) -> Self {
+        let default = ordered.first().map(|(tag, ob)| (tag.clone().unwrap_or_default(), ob.clone()));
+        let outbounds = ordered.into_iter().filter_map(|(tag, ob)| tag.map(|t| (t, ob))).collect();
+        Dispatcher { router, outbounds, default, policy, next_id: AtomicU64::new(1) }
+    }
+
+    /// Gives `session` an id and its level's policy.
+    fn prepare(&self, session: &mut Session) {
+        if session.id == 0 {
+            session.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        }
+        session.policy = self.policy.level(session.level());
+    }
+
+    /// Picks the outbound for a session: the first matching rule's, or the default.
+    pub async fn pick(&self, session: &Session) -> Result<(&str, &Arc<dyn Outbound>), ProxyError> {
+        if let Some(tag) = self.router.pick(session).await {
+            if let Some((tag, ob)) = self.outbounds.get_key_value(tag) {
+                return Ok((tag.as_str(), ob));
+            }
+            warn!(tag, "routing picked an outbound that does not exist; using the default");
+        }
+        self.default
+            .as_ref()
+            .map(|(t, ob)| (t.as_str(), ob))
+            .ok_or_else(|| ProxyError::Refused("no outbound configured".into()))
+    }
+
+    /// Routes a stream and lets the chosen outbound carry it to the end. Logs one access line.
+    pub async fn dispatch(&self, session: Session, stream: BoxStream) {
+        self.dispatch_with(session, stream, |_| {}).await
+    }
+
+    /// [`Dispatcher::dispatch`], letting the inbound adjust the session's policy (dokodemo `timeout`).
+    pub async fn dispatch_with(&self, mut session: Session, stream: BoxStream, adjust: impl FnOnce(&mut LevelPolicy)) {
+        self.prepare(&mut session);
+        adjust(&mut session.policy);
+        let (tag, outbound) = match self.pick(&session).await {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(session = session.id, target = %session.target, "rejected: {e}");
+                return;
+            }
+        };
+        access_line(&session, tag);
+        let id = session.id;
+        let target = session.target.clone();
+        match outbound.handle(session, stream).await {
+            Ok(stats) => debug!(session = id, %target, up = stats.uplink, down = stats.downlink, "closed"),
+            Err(e) => info!(session = id, %target, outbound = tag, "connection ends: {e}"),
+        }
+    }
+
+    /// Routes a session and opens a stream to its target through the chosen outbound (the bridge dials
+    /// its portal this way).
+    pub async fn connect(&self, mut session: Session) -> Result<BoxStream, ProxyError> {
+        self.prepare(&mut session);
+        let (tag, outbound) = self.pick(&session).await?;
+        debug!(session = session.id, target = %session.target, outbound = tag, "taking detour");
+        outbound.connect(&session).await
+    }
+
+    /// Routes a datagram session and opens a packet flow through the chosen outbound.
+    pub async fn connect_packet(&self, mut session: Session) -> Result<BoxPacketConn, ProxyError> {
+        self.prepare(&mut session);
+        let (tag, outbound) = self.pick(&session).await?;
+        access_line(&session, tag);
+        outbound.connect_packet(&session).await
+    }
+}
+
+/// V2Ray's access-log shape: `127.0.0.1:51860 accepted tcp:127.0.0.1:80 [portal]`.
+fn access_line(session: &Session, outbound_tag: &str) {
+    let from = session.source.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+    let email = session.user.as_ref().and_then(|u| u.email.as_deref()).unwrap_or("");
+    info!(
+        target: crate::log::ACCESS_TARGET,
+        "{from} accepted {} [{}{}{outbound_tag}]{}{email}",
+        session.target,
+        session.inbound_tag.as_deref().unwrap_or(""),
+        if session.inbound_tag.is_some() { " -> " } else { "" },
+        if email.is_empty() { "" } else { " email: " },
+    );
+}

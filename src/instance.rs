@@ -1,0 +1,209 @@
+//! An `Instance` owns everything a config describes: inbounds, outbounds, router, reverse; it starts
+//! them and shuts them down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{Config, InboundProtocol, OutboundProtocol};
+use crate::dispatch::Dispatcher;
+use crate::proxy::blackhole::Blackhole;
+use crate::proxy::dokodemo::Dokodemo;
+use crate::proxy::freedom::Freedom;
+use crate::proxy::{Inbound, Outbound};
+use crate::router::Router;
+use crate::transport::tcp;
+
+/// Why an instance could not be built or started.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    /// Routing rules did not compile.
+    #[error("routing: {0}")]
+    Router(#[from] crate::router::RouterError),
+    /// A handler could not be built from its (validated) settings.
+    #[error("{path}: {message}")]
+    Handler {
+        /// JSON path of the handler.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+    /// A listener could not be opened.
+    #[error("{path}: cannot listen on {addr}: {source}")]
+    Listen {
+        /// JSON path of the inbound.
+        path: String,
+        /// Address it tried.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+struct InboundEntry {
+    path: String,
+    tag: Option<String>,
+    addrs: Vec<SocketAddr>,
+    handler: Arc<dyn Inbound>,
+}
+
+/// A built, not yet started instance.
+pub struct Instance {
+    dispatcher: Arc<Dispatcher>,
+    inbounds: Vec<InboundEntry>,
+    services: Vec<Box<dyn Service>>,
+}
+
+/// A long-running part of an instance that is neither an inbound nor an outbound (a reverse bridge).
+pub trait Service: Send + 'static {
+    /// Starts the service; it must stop when `shutdown` is cancelled. Tasks go on `tracker`.
+    fn start(self: Box<Self>, dispatcher: Arc<Dispatcher>, tracker: &TaskTracker, shutdown: CancellationToken);
+}
+
+impl Instance {
+    /// Builds every handler from a validated config. Nothing is opened yet.
+    pub fn new(config: &Config) -> Result<Instance, InstanceError> {
+        let router = Router::new(&config.routing)?;
+        let mut ordered: Vec<(Option<String>, Arc<dyn Outbound>)> = Vec::new();
+        for ob in &config.outbounds {
+            let handler: Arc<dyn Outbound> = match &ob.protocol {
+                OutboundProtocol::Freedom(f) => Arc::new(Freedom::new(f.clone(), ob.send_through)),
+                OutboundProtocol::Blackhole(b) => Arc::new(Blackhole::new(b.clone())),
+                OutboundProtocol::Vmess(_) => {
+                    return Err(InstanceError::Handler {
+                        path: ob.path.clone(),
+                        message: "vmess is not available yet".into(),
+                    });
+                }
+            };
+            ordered.push((ob.tag.clone(), handler));
+        }
+        let dispatcher = Arc::new(Dispatcher::new(router, ordered, config.policy.clone()));
+
+        let mut inbounds = Vec::new();
+        for ib in &config.inbounds {
+            let handler: Arc<dyn Inbound> = match &ib.protocol {
+                InboundProtocol::Dokodemo(d) => Arc::new(Dokodemo::new(ib.tag.clone(), d.clone())),
+                InboundProtocol::Vmess(_) => {
+                    return Err(InstanceError::Handler {
+                        path: ib.path.clone(),
+                        message: "vmess is not available yet".into(),
+                    });
+                }
+            };
+            let addrs = (ib.port.first..=ib.port.last).map(|p| SocketAddr::new(ib.listen, p)).collect();
+            inbounds.push(InboundEntry { path: ib.path.clone(), tag: ib.tag.clone(), addrs, handler });
+        }
+        Ok(Instance { dispatcher, inbounds, services: Vec::new() })
+    }
+
+    /// Opens every listener and starts every service. Fails (closing what was opened) if a port is taken.
+    pub async fn start(self) -> Result<Running, InstanceError> {
+        let shutdown = CancellationToken::new();
+        let hard_stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut listeners = Vec::new();
+        for ib in &self.inbounds {
+            for addr in &ib.addrs {
+                let l = TcpListener::bind(addr).await.map_err(|source| InstanceError::Listen {
+                    path: ib.path.clone(),
+                    addr: *addr,
+                    source,
+                })?;
+                listeners.push((ib.tag.clone(), l, ib.handler.clone()));
+            }
+        }
+        let mut bound = Vec::new();
+        for (tag, listener, handler) in listeners {
+            let local = listener.local_addr().ok();
+            if let Some(a) = local {
+                bound.push((tag.clone(), a));
+                info!(tag = tag.as_deref().unwrap_or(""), "listening on tcp:{a}");
+            }
+            tracker.spawn(accept_loop(
+                listener,
+                handler,
+                self.dispatcher.clone(),
+                tracker.clone(),
+                shutdown.clone(),
+                hard_stop.clone(),
+            ));
+        }
+        for svc in self.services {
+            svc.start(self.dispatcher.clone(), &tracker, shutdown.clone());
+        }
+        Ok(Running { shutdown, hard_stop, tracker, bound, dispatcher: self.dispatcher })
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    handler: Arc<dyn Inbound>,
+    dispatcher: Arc<Dispatcher>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tcp::tune(&stream);
+                let handler = handler.clone();
+                let dispatcher = dispatcher.clone();
+                let hard_stop = hard_stop.clone();
+                tracker.spawn(async move {
+                    tokio::select! {
+                        _ = handler.accept(stream, peer, &dispatcher) => {}
+                        _ = hard_stop.cancelled() => debug!(%peer, "connection cut at shutdown"),
+                    }
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                error!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A started instance.
+pub struct Running {
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+    tracker: TaskTracker,
+    bound: Vec<(Option<String>, SocketAddr)>,
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl Running {
+    /// Every listening address with its inbound tag.
+    pub fn local_addrs(&self) -> &[(Option<String>, SocketAddr)] {
+        &self.bound
+    }
+
+    /// The dispatcher (for embedding oxray, e.g. the demo).
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
+    }
+
+    /// Closes the listeners and stops services, waits up to `grace` for live connections, then cuts them.
+    pub async fn shutdown(self, grace: Duration) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+            warn!("grace period of {grace:?} over; closing the remaining connections");
+            self.hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! oxray: a Rust implementation of V2Ray's core, built around its reverse proxy.
+
+pub mod config;
+pub mod dispatch;
+pub mod instance;
+pub mod log;
+pub mod mux;
+pub mod proxy;
+pub mod reverse;
+pub mod router;
+pub mod session;
+pub mod transport;
+pub mod wire;

@@ -1,0 +1,145 @@
+//! The `oxray` command line: run, test, demo, version, uuid.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// Grace period for live connections after SIGINT/SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Parser)]
+#[command(name = "oxray", version, about = "A V2Ray-compatible proxy core, built around the reverse proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run with one or more config files (later files override earlier ones).
+    Run {
+        /// Config file (repeatable). V2Ray's `-config FILE` is accepted too.
+        #[arg(short = 'c', long = "config", required = true)]
+        config: Vec<PathBuf>,
+    },
+    /// Validate config files: prints "Configuration OK." or every error found.
+    Test {
+        /// Config file (repeatable).
+        #[arg(short = 'c', long = "config", required = true)]
+        config: Vec<PathBuf>,
+    },
+    /// Print the version.
+    Version,
+    /// Print a new random UUID (for VMess ids).
+    Uuid,
+}
+
+/// Accepts V2Ray 4's spelling: `oxray -config f.json`, `oxray -test -config f.json`, `oxray -version`.
+fn normalize_args(args: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len() + 1);
+    let mut iter = args.into_iter();
+    if let Some(bin) = iter.next() {
+        out.push(bin);
+    }
+    let rest: Vec<String> = iter
+        .map(|a| match a.as_str() {
+            "-config" => "-c".to_string(),
+            "-test" => "--test-flag".to_string(),
+            "-version" => "version".to_string(),
+            _ => a,
+        })
+        .collect();
+    let known = ["run", "test", "version", "uuid", "help", "-h", "--help", "-V", "--version"];
+    let first = rest.first().map(String::as_str).unwrap_or("");
+    if rest.iter().any(|a| a == "--test-flag") {
+        out.push("test".into());
+        out.extend(rest.into_iter().filter(|a| a != "--test-flag"));
+    } else if !known.contains(&first) && rest.iter().any(|a| a == "-c" || a == "--config") {
+        out.push("run".into());
+        out.extend(rest);
+    } else {
+        out.extend(rest);
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(normalize_args(std::env::args().collect()));
+    match cli.command {
+        Command::Version => {
+            println!("oxray {} (V2Ray 4.34 compatible)", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Uuid => {
+            println!("{}", uuid::Uuid::new_v4());
+            ExitCode::SUCCESS
+        }
+        Command::Test { config } => match oxray::config::load_files(&config)
+            .map_err(|e| e.to_string())
+            .and_then(|c| oxray::instance::Instance::new(&c).map(|_| ()).map_err(|e| e.to_string()))
+        {
+            Ok(()) => {
+                println!("Configuration OK.");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(23)
+            }
+        },
+        Command::Run { config } => match run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("oxray: {e:#}");
+                ExitCode::from(23)
+            }
+        },
+    }
+}
+
+fn run(files: Vec<PathBuf>) -> anyhow::Result<()> {
+    let config = oxray::config::load_files(&files).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let _log = oxray::log::init(&config.log).context("opening log files")?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let instance = oxray::instance::Instance::new(&config)?;
+        let running = instance.start().await?;
+        tracing::warn!("oxray {} started", env!("CARGO_PKG_VERSION"));
+        wait_for_signal().await?;
+        tracing::warn!("shutting down");
+        running.shutdown(SHUTDOWN_GRACE).await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_args;
+
+    fn n(args: &[&str]) -> Vec<String> {
+        normalize_args(args.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn v2ray_style_arguments() {
+        assert_eq!(n(&["oxray", "-config", "a.json"]), ["oxray", "run", "-c", "a.json"]);
+        assert_eq!(n(&["oxray", "-test", "-config", "a.json"]), ["oxray", "test", "-c", "a.json"]);
+        assert_eq!(
+            n(&["oxray", "run", "-c", "a.json", "-c", "b.json"]),
+            ["oxray", "run", "-c", "a.json", "-c", "b.json"]
+        );
+        assert_eq!(n(&["oxray", "-version"]), ["oxray", "version"]);
+    }
+}

@@ -1,0 +1,1 @@
+//! Mux.Cool: many sessions over one stream.

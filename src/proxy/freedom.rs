@@ -1,0 +1,105 @@
+//! `freedom`: connects straight to the target (or to the `redirect` override).
+
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+
+use crate::config::{FreedomConfig, FreedomDomainStrategy};
+use crate::proxy::{BoxPacketConn, BoxStream, Outbound, PacketConn, ProxyError};
+use crate::session::{Address, Session};
+use crate::transport::tcp::{self, Resolve};
+
+/// V2Ray's freedom dial schedule: 5 attempts, waiting 100/200/300/400 ms between them.
+const DIAL_WAITS: [Duration; 4] =
+    [Duration::from_millis(100), Duration::from_millis(200), Duration::from_millis(300), Duration::from_millis(400)];
+
+/// The freedom outbound.
+pub struct Freedom {
+    config: FreedomConfig,
+    send_through: Option<IpAddr>,
+}
+
+impl Freedom {
+    /// Builds it from its settings and the outbound's `sendThrough`.
+    pub fn new(config: FreedomConfig, send_through: Option<IpAddr>) -> Self {
+        Freedom { config, send_through }
+    }
+
+    /// The real target after `redirect`: a non-empty host (other than 0.0.0.0) and a non-zero port override.
+    fn target(&self, session: &Session) -> (Address, u16) {
+        let mut addr = session.target.address.clone();
+        let mut port = session.target.port;
+        if let Some(host) = &self.config.redirect_host
+            && host.ip() != Some(IpAddr::from([0, 0, 0, 0]))
+        {
+            addr = host.clone();
+        }
+        if self.config.redirect_port != 0 {
+            port = self.config.redirect_port;
+        }
+        (addr, port)
+    }
+
+    fn family(&self) -> Resolve {
+        match self.config.domain_strategy {
+            FreedomDomainStrategy::AsIs | FreedomDomainStrategy::UseIp => Resolve::Any,
+            FreedomDomainStrategy::UseIpv4 => Resolve::V4,
+            FreedomDomainStrategy::UseIpv6 => Resolve::V6,
+        }
+    }
+}
+
+#[async_trait]
+impl Outbound for Freedom {
+    async fn connect(&self, session: &Session) -> Result<BoxStream, ProxyError> {
+        let (addr, port) = self.target(session);
+        let stream = tcp::dial(&addr, port, self.send_through, self.family(), &DIAL_WAITS).await?;
+        Ok(Box::new(stream))
+    }
+
+    async fn connect_packet(&self, session: &Session) -> Result<BoxPacketConn, ProxyError> {
+        let (addr, port) = self.target(session);
+        let dest = *tcp::resolve(&addr, port, self.family())
+            .await?
+            .first()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
+        let bind = self.send_through.unwrap_or(if dest.is_ipv4() {
+            IpAddr::from([0, 0, 0, 0])
+        } else {
+            IpAddr::from([0u16; 8])
+        });
+        let socket = UdpSocket::bind((bind, 0)).await?;
+        socket.connect(dest).await?;
+        Ok(Box::new(UdpFlow { socket: Arc::new(socket), idle: session.policy.conn_idle }))
+    }
+}
+
+/// A connected UDP socket as a packet flow; ends after `idle` without a reply.
+struct UdpFlow {
+    socket: Arc<UdpSocket>,
+    idle: Duration,
+}
+
+#[async_trait]
+impl PacketConn for UdpFlow {
+    async fn send(&self, packet: Bytes) -> io::Result<()> {
+        self.socket.send(&packet).await.map(|_| ())
+    }
+
+    async fn recv(&self) -> io::Result<Option<Bytes>> {
+        let mut buf = vec![0u8; 65536];
+        match tokio::time::timeout(self.idle, self.socket.recv(&mut buf)).await {
+            Ok(Ok(n)) => {
+                buf.truncate(n);
+                Ok(Some(Bytes::from(buf)))
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Ok(None),
+        }
+    }
+}

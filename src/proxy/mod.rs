@@ -1,0 +1,85 @@
+//! Protocol handlers: the inbound/outbound traits, the stream type they exchange, and the relay.
+
+pub mod blackhole;
+pub mod dokodemo;
+pub mod freedom;
+pub mod vmess;
+
+mod relay;
+
+use std::io;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::session::Session;
+
+pub use relay::{RelayStats, relay};
+
+/// A bidirectional byte stream; `poll_shutdown` is a half-close (EOF to the peer, reading goes on).
+pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncStream for T {}
+
+/// The stream type handed between inbounds, the dispatcher and outbounds.
+pub type BoxStream = Box<dyn AsyncStream>;
+
+/// A datagram flow to one destination (UDP sessions of Mux.Cool).
+#[async_trait]
+pub trait PacketConn: Send + Sync {
+    /// Sends one datagram to the flow's destination.
+    async fn send(&self, packet: Bytes) -> io::Result<()>;
+    /// Receives one datagram from the destination; None when the flow has ended.
+    async fn recv(&self) -> io::Result<Option<Bytes>>;
+}
+
+/// Boxed [`PacketConn`].
+pub type BoxPacketConn = Box<dyn PacketConn>;
+
+/// Why an outbound could not carry a flow.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A socket operation failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The outbound cannot carry this kind of flow.
+    #[error("{0} is not supported by this outbound")]
+    Unsupported(&'static str),
+    /// The flow was refused on purpose (blackhole, no tunnel available...).
+    #[error("{0}")]
+    Refused(String),
+    /// A handshake or dial did not finish in time.
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+}
+
+/// An outbound handler: carries flows to their targets.
+#[async_trait]
+pub trait Outbound: Send + Sync + 'static {
+    /// Opens a stream to `session.target`.
+    async fn connect(&self, session: &Session) -> Result<BoxStream, ProxyError>;
+
+    /// Takes an inbound stream and carries it to its target until both directions end.
+    /// Default: `connect`, then relay both directions with half-close and the session's timeouts.
+    async fn handle(&self, session: Session, stream: BoxStream) -> Result<RelayStats, ProxyError> {
+        let upstream = self.connect(&session).await?;
+        Ok(relay(stream, upstream, &session.policy).await?)
+    }
+
+    /// Opens a datagram flow to `session.target`.
+    async fn connect_packet(&self, _session: &Session) -> Result<BoxPacketConn, ProxyError> {
+        Err(ProxyError::Unsupported("udp"))
+    }
+}
+
+/// An inbound handler: turns one accepted connection into a routed flow.
+#[async_trait]
+pub trait Inbound: Send + Sync + 'static {
+    /// Runs the handshake on `stream` (from `peer`) and dispatches the flow; returns when it has ended.
+    async fn accept(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        dispatcher: &std::sync::Arc<crate::dispatch::Dispatcher>,
+    );
+}

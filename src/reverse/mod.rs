@@ -1,0 +1,1 @@
+//! The reverse proxy: bridge (dials out, serves Mux) and portal (accepts tunnels, sends sessions in).

@@ -1,0 +1,168 @@
+//! What routing and logging know about one connection: where it came from and where it goes.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use crate::config::LevelPolicy;
+
+/// A target host: an IP address or a domain name kept as given (never resolved unless routing asks).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum Address {
+    /// A literal IPv4 or IPv6 address.
+    Ip(IpAddr),
+    /// A domain name, compared case-sensitively as V2Ray does.
+    Domain(Arc<str>),
+}
+
+impl Address {
+    /// Parses a host: an IP literal (IPv6 with or without brackets) becomes `Ip`, anything else `Domain`.
+    pub fn parse(host: &str) -> Address {
+        let trimmed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        match trimmed.parse::<IpAddr>() {
+            Ok(ip) => Address::Ip(canonical_ip(ip)),
+            Err(_) => Address::Domain(Arc::from(host)),
+        }
+    }
+
+    /// The domain, if this address is one.
+    pub fn domain(&self) -> Option<&str> {
+        match self {
+            Address::Domain(d) => Some(d),
+            Address::Ip(_) => None,
+        }
+    }
+
+    /// The IP, if this address is one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Address::Ip(ip) => Some(*ip),
+            Address::Domain(_) => None,
+        }
+    }
+}
+
+/// Maps IPv4-mapped IPv6 addresses to IPv4, as V2Ray does on parse.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+impl From<IpAddr> for Address {
+    fn from(ip: IpAddr) -> Self {
+        Address::Ip(canonical_ip(ip))
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Ip(IpAddr::V6(v6)) => write!(f, "[{v6}]"),
+            Address::Ip(ip) => write!(f, "{ip}"),
+            Address::Domain(d) => f.write_str(d),
+        }
+    }
+}
+
+impl fmt::Debug for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Transport-level network of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Network {
+    /// A reliable byte stream.
+    Tcp,
+    /// Datagrams.
+    Udp,
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Network::Tcp => "tcp",
+            Network::Udp => "udp",
+        })
+    }
+}
+
+/// Where a flow goes: network, host and port.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Destination {
+    /// TCP or UDP.
+    pub network: Network,
+    /// Host.
+    pub address: Address,
+    /// Port (0 is a valid target: the reverse bridge dials `<domain>:0`).
+    pub port: u16,
+}
+
+impl Destination {
+    /// A TCP destination.
+    pub fn tcp(address: Address, port: u16) -> Self {
+        Destination { network: Network::Tcp, address, port }
+    }
+
+    /// A UDP destination.
+    pub fn udp(address: Address, port: u16) -> Self {
+        Destination { network: Network::Udp, address, port }
+    }
+}
+
+/// V2Ray's `tcp:host:port` spelling, used in logs.
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.network, self.address, self.port)
+    }
+}
+
+impl fmt::Debug for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// An authenticated user of an inbound (VMess client). Never holds the secret id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct User {
+    /// The configured `email`, used by routing's `user` condition and the access log.
+    pub email: Option<Arc<str>>,
+    /// Policy level.
+    pub level: u32,
+}
+
+/// Everything routing needs to know about one flow, plus its policy.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// Id for correlating log lines; the dispatcher assigns it (0 until dispatched).
+    pub id: u64,
+    /// Tag of the inbound (or bridge) the flow came from.
+    pub inbound_tag: Option<Arc<str>>,
+    /// The peer address as the inbound saw it; none for internally generated flows.
+    pub source: Option<SocketAddr>,
+    /// Where the flow should go.
+    pub target: Destination,
+    /// The authenticated user, if the inbound has users.
+    pub user: Option<User>,
+    /// Timeouts and buffer sizes for this flow; the dispatcher fills it from the user level.
+    pub policy: LevelPolicy,
+}
+
+impl Session {
+    /// A new session with default policy; the dispatcher gives it an id.
+    pub fn new(inbound_tag: Option<Arc<str>>, source: Option<SocketAddr>, target: Destination) -> Self {
+        Session { id: 0, inbound_tag, source, target, user: None, policy: LevelPolicy::default() }
+    }
+
+    /// The policy level: the user's, or 0.
+    pub fn level(&self) -> u32 {
+        self.user.as_ref().map_or(0, |u| u.level)
+    }
+}

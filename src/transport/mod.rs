@@ -1,0 +1,3 @@
+//! Transports under the protocols. Only raw TCP for now.
+
+pub mod tcp;
