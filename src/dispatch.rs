@@ -29,6 +29,11 @@ impl Dispatcher {
         Dispatcher { router, outbounds, default, policy, next_id: AtomicU64::new(1) }
     }
 
+    /// The policy of a user level (inbounds use level 0's `handshake` before the user is known).
+    pub fn policy(&self, level: u32) -> LevelPolicy {
+        self.policy.level(level)
+    }
+
     /// Gives `session` an id and its level's policy.
     fn prepare(&self, session: &mut Session) {
         if session.id == 0 {
