@@ -4,10 +4,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use async_trait::async_trait;
 use tracing::{debug, info, warn};
 
 use crate::config::{LevelPolicy, PolicyConfig};
-use crate::proxy::{BoxPacketConn, BoxStream, Outbound, ProxyError};
+use crate::mux::server::{MuxHandler, MuxServer};
+use crate::mux::{MUX_COOL_DOMAIN, MuxPacket, MuxStream};
+use crate::proxy::{BoxPacketConn, BoxStream, Outbound, ProxyError, relay_packets};
 use crate::router::Router;
 use crate::session::Session;
 
@@ -57,14 +60,25 @@ impl Dispatcher {
     }
 
     /// Routes a stream and lets the chosen outbound carry it to the end. Logs one access line.
-    pub async fn dispatch(&self, session: Session, stream: BoxStream) {
+    pub async fn dispatch(self: &Arc<Self>, session: Session, stream: BoxStream) {
         self.dispatch_with(session, stream, |_| {}).await
     }
 
     /// [`Dispatcher::dispatch`], letting the inbound adjust the session's policy (dokodemo `timeout`).
-    pub async fn dispatch_with(&self, mut session: Session, stream: BoxStream, adjust: impl FnOnce(&mut LevelPolicy)) {
+    pub async fn dispatch_with(
+        self: &Arc<Self>,
+        mut session: Session,
+        stream: BoxStream,
+        adjust: impl FnOnce(&mut LevelPolicy),
+    ) {
         self.prepare(&mut session);
         adjust(&mut session.policy);
+        if session.target.address.domain() == Some(MUX_COOL_DOMAIN) {
+            // Every inbound serves Mux.Cool for this magic target, as V2Ray's do.
+            let handler = Arc::new(InboundMux { dispatcher: self.clone(), carrier: session });
+            MuxServer::start(stream, handler).closed().await;
+            return;
+        }
         let (tag, outbound) = match self.pick(&session).await {
             Ok(p) => p,
             Err(e) => {
@@ -111,4 +125,33 @@ fn access_line(session: &Session, outbound_tag: &str) {
         if session.inbound_tag.is_some() { " -> " } else { "" },
         if email.is_empty() { "" } else { " email: " },
     );
+}
+
+/// Dispatches the sessions of a Mux.Cool connection that arrived on an inbound; each keeps the carrier's
+/// inbound tag, source and user.
+struct InboundMux {
+    dispatcher: Arc<Dispatcher>,
+    carrier: Session,
+}
+
+impl InboundMux {
+    fn session(&self, target: crate::session::Destination) -> Session {
+        let mut s = Session::new(self.carrier.inbound_tag.clone(), self.carrier.source, target);
+        s.user = self.carrier.user.clone();
+        s
+    }
+}
+
+#[async_trait]
+impl MuxHandler for InboundMux {
+    async fn stream(&self, target: crate::session::Destination, stream: MuxStream) {
+        self.dispatcher.dispatch(self.session(target), Box::new(stream)).await;
+    }
+
+    async fn packet(&self, target: crate::session::Destination, packet: MuxPacket) {
+        match self.dispatcher.connect_packet(self.session(target)).await {
+            Ok(upstream) => relay_packets(&packet, upstream.as_ref()).await,
+            Err(e) => debug!("mux udp session refused: {e}"),
+        }
+    }
 }

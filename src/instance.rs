@@ -15,7 +15,11 @@ use crate::dispatch::Dispatcher;
 use crate::proxy::blackhole::Blackhole;
 use crate::proxy::dokodemo::Dokodemo;
 use crate::proxy::freedom::Freedom;
+use crate::proxy::muxed::Muxed;
 use crate::proxy::{Inbound, Outbound};
+use crate::reverse::bridge::{Bridge, BridgeStatusHandle};
+use crate::reverse::portal::Portal;
+use crate::reverse::status::{BridgeStatus, PortalStatus};
 use crate::router::Router;
 use crate::transport::tcp;
 
@@ -57,6 +61,8 @@ pub struct Instance {
     dispatcher: Arc<Dispatcher>,
     inbounds: Vec<InboundEntry>,
     services: Vec<Box<dyn Service>>,
+    portals: Vec<Arc<Portal>>,
+    bridges: Vec<BridgeStatusHandle>,
 }
 
 /// A long-running part of an instance that is neither an inbound nor an outbound (a reverse bridge).
@@ -81,7 +87,18 @@ impl Instance {
                     });
                 }
             };
+            let handler: Arc<dyn Outbound> = match ob.mux {
+                Some(mux) => Arc::new(Muxed::new(handler, mux)),
+                None => handler,
+            };
             ordered.push((ob.tag.clone(), handler));
+        }
+        // Portals register after the configured outbounds, so one is the default only when there are none.
+        let mut portals = Vec::new();
+        for p in &config.reverse.portals {
+            let portal = Arc::new(Portal::new(p));
+            portals.push(portal.clone());
+            ordered.push((Some(p.tag.clone()), portal));
         }
         let dispatcher = Arc::new(Dispatcher::new(router, ordered, config.policy.clone()));
 
@@ -99,7 +116,14 @@ impl Instance {
             let addrs = (ib.port.first..=ib.port.last).map(|p| SocketAddr::new(ib.listen, p)).collect();
             inbounds.push(InboundEntry { path: ib.path.clone(), tag: ib.tag.clone(), addrs, handler });
         }
-        Ok(Instance { dispatcher, inbounds, services: Vec::new() })
+        let mut services: Vec<Box<dyn Service>> = Vec::new();
+        let mut bridges = Vec::new();
+        for b in &config.reverse.bridges {
+            let bridge = Bridge::new(b);
+            bridges.push(bridge.status_handle());
+            services.push(Box::new(bridge));
+        }
+        Ok(Instance { dispatcher, inbounds, services, portals, bridges })
     }
 
     /// Opens every listener and starts every service. Fails (closing what was opened) if a port is taken.
@@ -137,7 +161,15 @@ impl Instance {
         for svc in self.services {
             svc.start(self.dispatcher.clone(), &tracker, shutdown.clone());
         }
-        Ok(Running { shutdown, hard_stop, tracker, bound, dispatcher: self.dispatcher })
+        Ok(Running {
+            shutdown,
+            hard_stop,
+            tracker,
+            bound,
+            dispatcher: self.dispatcher,
+            portals: self.portals,
+            bridges: self.bridges,
+        })
     }
 }
 
@@ -183,6 +215,8 @@ pub struct Running {
     tracker: TaskTracker,
     bound: Vec<(Option<String>, SocketAddr)>,
     dispatcher: Arc<Dispatcher>,
+    portals: Vec<Arc<Portal>>,
+    bridges: Vec<BridgeStatusHandle>,
 }
 
 impl Running {
@@ -194,6 +228,11 @@ impl Running {
     /// The dispatcher (for embedding oxray, e.g. the demo).
     pub fn dispatcher(&self) -> &Arc<Dispatcher> {
         &self.dispatcher
+    }
+
+    /// Tunnels of every portal and bridge of this instance.
+    pub fn reverse_status(&self) -> (Vec<PortalStatus>, Vec<BridgeStatus>) {
+        (self.portals.iter().map(|p| p.status()).collect(), self.bridges.iter().map(|b| b.status()).collect())
     }
 
     /// Closes the listeners and stops services, waits up to `grace` for live connections, then cuts them.

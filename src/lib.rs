@@ -1,6 +1,7 @@
 //! oxray: a Rust implementation of V2Ray's core, built around its reverse proxy.
 
 pub mod config;
+pub mod demo;
 pub mod dispatch;
 pub mod instance;
 pub mod log;

@@ -31,6 +31,12 @@ enum Command {
         #[arg(short = 'c', long = "config", required = true)]
         config: Vec<PathBuf>,
     },
+    /// Run a portal, a bridge and a small web service in one process and print the URL to open.
+    Demo {
+        /// Make one request through the tunnel and exit (0 on success).
+        #[arg(long)]
+        check: bool,
+    },
     /// Print the version.
     Version,
     /// Print a new random UUID (for VMess ids).
@@ -52,7 +58,7 @@ fn normalize_args(args: Vec<String>) -> Vec<String> {
             _ => a,
         })
         .collect();
-    let known = ["run", "test", "version", "uuid", "help", "-h", "--help", "-V", "--version"];
+    let known = ["run", "test", "demo", "version", "uuid", "help", "-h", "--help", "-V", "--version"];
     let first = rest.first().map(String::as_str).unwrap_or("");
     if rest.iter().any(|a| a == "--test-flag") {
         out.push("test".into());
@@ -90,6 +96,13 @@ fn main() -> ExitCode {
                 ExitCode::from(23)
             }
         },
+        Command::Demo { check } => match demo(check) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("oxray demo: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { config } => match run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -112,6 +125,32 @@ fn run(files: Vec<PathBuf>) -> anyhow::Result<()> {
         tracing::warn!("shutting down");
         running.shutdown(SHUTDOWN_GRACE).await;
         Ok(())
+    })
+}
+
+fn demo(check: bool) -> anyhow::Result<()> {
+    let _log = oxray::log::init(&oxray::config::LogConfig::default()).context("logging")?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let demo = oxray::demo::Demo::start().await?;
+        println!("oxray demo: a portal, a bridge and a web service, all on 127.0.0.1.\n");
+        println!("--- portal.json (public host) ---\n{}", demo.portal_config);
+        println!("--- bridge.json (private host) ---\n{}", demo.bridge_config);
+        let result = demo.check(Duration::from_secs(10)).await;
+        match (&result, check) {
+            (Ok(body), true) => {
+                let text = body.split("\r\n\r\n").nth(1).unwrap_or(body).trim_end();
+                println!("check OK: {} answered through the tunnel: {text}", demo.url);
+            }
+            (Ok(_), false) => {
+                println!("The service behind the bridge answers at {}", demo.url);
+                println!("Try: curl {}    (Ctrl-C to stop)", demo.url);
+                wait_for_signal().await?;
+            }
+            (Err(_), _) => {}
+        }
+        demo.stop().await;
+        result.map(|_| ()).map_err(anyhow::Error::from)
     })
 }
 

@@ -3,6 +3,7 @@
 pub mod blackhole;
 pub mod dokodemo;
 pub mod freedom;
+pub mod muxed;
 pub mod vmess;
 
 mod relay;
@@ -15,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::session::Session;
 
-pub use relay::{RelayStats, relay};
+pub use relay::{RelayStats, relay, relay_packets};
 
 /// A bidirectional byte stream; `poll_shutdown` is a half-close (EOF to the peer, reading goes on).
 pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}

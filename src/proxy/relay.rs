@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::config::LevelPolicy;
+use crate::proxy::PacketConn;
 
 /// Relay buffer per direction. Large buffers mean fewer syscalls and fewer, larger VMess/Mux chunks.
 const RELAY_BUF: usize = 64 * 1024;
@@ -97,4 +98,26 @@ where
         }
     }
     Ok(RelayStats { uplink: up_done.unwrap_or(0), downlink: down_done.unwrap_or(0) })
+}
+
+/// Copies datagrams both ways between two packet flows until either ends.
+pub async fn relay_packets(a: &dyn PacketConn, b: &dyn PacketConn) {
+    let up = async {
+        while let Ok(Some(p)) = a.recv().await {
+            if b.send(p).await.is_err() {
+                break;
+            }
+        }
+    };
+    let down = async {
+        while let Ok(Some(p)) = b.recv().await {
+            if a.send(p).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
 }

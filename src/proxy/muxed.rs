@@ -1,0 +1,79 @@
+//! An outbound with `mux.enabled`: flows become Mux.Cool sessions over a few connections of the inner
+//! outbound, as V2Ray's mux client does (at most `concurrency` active and 128 total sessions each).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::config::MuxConfig;
+use crate::mux::MUX_COOL_DOMAIN;
+use crate::mux::client::{MuxClient, MuxClientConfig};
+use crate::proxy::{BoxPacketConn, BoxStream, Outbound, ProxyError};
+use crate::session::{Address, Destination, Session};
+
+/// V2Ray's cap on sessions ever opened on one mux connection.
+const MAX_TOTAL_SESSIONS: u32 = 128;
+/// V2Ray's mux idle tick: a connection with no session at a tick is closed.
+const IDLE_CLOSE: Duration = Duration::from_secs(16);
+/// The port V2Ray's mux client puts on the `v1.mux.cool` target.
+const MUX_COOL_PORT: u16 = 9527;
+
+/// Wraps an outbound so its flows share Mux.Cool connections.
+pub struct Muxed {
+    inner: Arc<dyn Outbound>,
+    config: MuxConfig,
+    clients: tokio::sync::Mutex<Vec<Arc<MuxClient>>>,
+}
+
+impl Muxed {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Outbound>, config: MuxConfig) -> Self {
+        Muxed { inner, config, clients: tokio::sync::Mutex::new(Vec::new()) }
+    }
+
+    /// The first connection with room, or a new one.
+    async fn client(&self, session: &Session) -> Result<Arc<MuxClient>, ProxyError> {
+        let mut clients = self.clients.lock().await;
+        clients.retain(|c| !c.is_closed());
+        if let Some(c) = clients.iter().find(|c| !c.is_full()) {
+            return Ok(c.clone());
+        }
+        let mut carrier = session.clone();
+        carrier.target = Destination::tcp(Address::Domain(Arc::from(MUX_COOL_DOMAIN)), MUX_COOL_PORT);
+        let stream = self.inner.connect(&carrier).await?;
+        let client = MuxClient::new(
+            stream,
+            MuxClientConfig {
+                max_concurrency: Some(u32::from(self.config.concurrency)),
+                max_total: Some(MAX_TOTAL_SESSIONS),
+                idle_close: Some(IDLE_CLOSE),
+            },
+        );
+        clients.push(client.clone());
+        Ok(client)
+    }
+}
+
+#[async_trait]
+impl Outbound for Muxed {
+    async fn connect(&self, session: &Session) -> Result<BoxStream, ProxyError> {
+        let mut last = None;
+        for _ in 0..3 {
+            let client = self.client(session).await?;
+            match client.open_stream(session.target.clone()) {
+                Ok(s) => return Ok(Box::new(s)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(ProxyError::Refused(format!("mux: {}", last.map_or_else(String::new, |e| e.to_string()))))
+    }
+
+    async fn connect_packet(&self, session: &Session) -> Result<BoxPacketConn, ProxyError> {
+        let client = self.client(session).await?;
+        client
+            .open_packet(session.target.clone())
+            .map(|p| Box::new(p) as BoxPacketConn)
+            .map_err(|e| ProxyError::Refused(format!("mux: {e}")))
+    }
+}

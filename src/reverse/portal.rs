@@ -1,0 +1,216 @@
+//! The portal: an outbound that turns bridge connections into tunnels (it is the Mux client on them) and
+//! sends every other flow into the least-loaded live tunnel as a new Mux session.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::config::{PortalConfig, ReverseTuning};
+use crate::mux::client::{MuxClient, MuxClientConfig};
+use crate::proxy::{BoxPacketConn, BoxStream, Outbound, PacketConn, ProxyError, RelayStats, relay};
+use crate::reverse::control::{Control, ControlState};
+use crate::reverse::status::{PortalStatus, TunnelStatus};
+use crate::session::{Address, Destination, Session};
+
+/// V2Ray closes a portal tunnel once it has been idle (no sessions) at a 16 s tick.
+const TUNNEL_IDLE_CLOSE: Duration = Duration::from_secs(16);
+/// How long a public flow waits for a tunnel when none is up (V2Ray refuses at once; a short wait turns a
+/// bridge reconnect into a slow first byte instead of a reset).
+const WAIT_FOR_TUNNEL: Duration = Duration::from_secs(2);
+/// V2Ray retries a failed pick this many times.
+const PICK_ATTEMPTS: usize = 16;
+
+/// One bridge connection, seen from the portal.
+struct Tunnel {
+    id: u64,
+    client: Arc<MuxClient>,
+    draining: AtomicBool,
+}
+
+/// The portal outbound (registered under the portal's tag).
+pub struct Portal {
+    tag: String,
+    domain: String,
+    internal_domain: Arc<str>,
+    tuning: ReverseTuning,
+    tunnels: std::sync::Mutex<Vec<Arc<Tunnel>>>,
+    tunnel_added: Notify,
+    next_tunnel: AtomicU64,
+}
+
+impl Portal {
+    /// Builds a portal from its config entry.
+    pub fn new(config: &PortalConfig) -> Self {
+        Portal {
+            tag: config.tag.clone(),
+            domain: config.domain.clone(),
+            internal_domain: Arc::from(config.internal_domain.as_str()),
+            tuning: config.tuning,
+            tunnels: std::sync::Mutex::new(Vec::new()),
+            tunnel_added: Notify::new(),
+            next_tunnel: AtomicU64::new(1),
+        }
+    }
+
+    /// The portal's tag.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Tunnel>>> {
+        // A poisoned lock only means another task panicked mid-update of a Vec of Arcs; the data is still valid.
+        self.tunnels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Live tunnels and their load, for status reporting.
+    pub fn status(&self) -> PortalStatus {
+        let tunnels = self
+            .lock()
+            .iter()
+            .filter(|t| !t.client.is_closed())
+            .map(|t| TunnelStatus {
+                id: t.id,
+                active_sessions: t.client.active_sessions(),
+                total_sessions: t.client.total_sessions(),
+                draining: t.draining.load(Ordering::Relaxed),
+            })
+            .collect();
+        PortalStatus { tag: self.tag.clone(), tunnels }
+    }
+
+    /// V2Ray's picker, minus its bug: closed tunnels are dropped at once instead of winning every pick
+    /// (they have 0 sessions) until a 30 s cleanup. Least active sessions among non-draining tunnels;
+    /// if all drain, least among those not full.
+    fn pick(&self) -> Option<Arc<Tunnel>> {
+        let mut tunnels = self.lock();
+        tunnels.retain(|t| !t.client.is_closed());
+        let least = |draining_ok: bool| {
+            tunnels
+                .iter()
+                .filter(|t| draining_ok || !t.draining.load(Ordering::Relaxed))
+                .filter(|t| !t.client.is_full())
+                .min_by_key(|t| t.client.active_sessions())
+                .cloned()
+        };
+        least(false).or_else(|| least(true))
+    }
+
+    async fn pick_or_wait(&self) -> Result<Arc<Tunnel>, ProxyError> {
+        if let Some(t) = self.pick() {
+            return Ok(t);
+        }
+        let deadline = tokio::time::Instant::now() + WAIT_FOR_TUNNEL;
+        loop {
+            let added = self.tunnel_added.notified();
+            if let Some(t) = self.pick() {
+                return Ok(t);
+            }
+            if tokio::time::timeout_at(deadline, added).await.is_err() {
+                return self.pick().ok_or_else(|| {
+                    ProxyError::Refused(format!("portal {}: no bridge connected (empty worker list)", self.tag))
+                });
+            }
+        }
+    }
+
+    /// Registers a bridge connection as a tunnel and serves it until it ends.
+    async fn serve_tunnel(&self, session: &Session, stream: BoxStream) {
+        let client = MuxClient::new(
+            stream,
+            MuxClientConfig { max_concurrency: None, max_total: None, idle_close: Some(TUNNEL_IDLE_CLOSE) },
+        );
+        let tunnel =
+            Arc::new(Tunnel { id: self.next_tunnel.fetch_add(1, Ordering::Relaxed), client, draining: false.into() });
+        let from = session.source.map(|s| s.to_string()).unwrap_or_default();
+        let control_target = Destination::udp(Address::Domain(self.internal_domain.clone()), 0);
+        let control = match tunnel.client.open_packet(control_target) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(portal = %self.tag, "tunnel from {from}: cannot open the control session: {e}");
+                tunnel.client.close();
+                return;
+            }
+        };
+        self.lock().push(tunnel.clone());
+        self.tunnel_added.notify_waiters();
+        info!(portal = %self.tag, tunnel = tunnel.id, "bridge connected from {from}");
+        tokio::select! {
+            _ = self.heartbeat(&tunnel, control) => tunnel.client.closed().await,
+            _ = tunnel.client.closed() => {}
+        }
+        self.lock().retain(|t| !Arc::ptr_eq(t, &tunnel));
+        info!(portal = %self.tag, tunnel = tunnel.id, sessions = tunnel.client.total_sessions(), "tunnel closed");
+    }
+
+    /// Heartbeat at once and every period; DRAIN once the tunnel has carried more than `drain_after`
+    /// sessions (the control session included, as V2Ray counts), then close the control session.
+    async fn heartbeat(&self, tunnel: &Tunnel, control: crate::mux::MuxPacket) {
+        let mut tick = tokio::time::interval(self.tuning.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut buf = Vec::with_capacity(80);
+        loop {
+            tick.tick().await;
+            let drain = tunnel.client.total_sessions() > self.tuning.drain_after;
+            let state = if drain { ControlState::Drain } else { ControlState::Active };
+            buf.clear();
+            Control::heartbeat(state).encode(&mut buf);
+            if !buf.is_empty() && control.send(bytes::Bytes::copy_from_slice(&buf)).await.is_err() {
+                return;
+            }
+            if drain {
+                tunnel.draining.store(true, Ordering::Relaxed);
+                debug!(portal = %self.tag, tunnel = tunnel.id, "tunnel drained");
+                return; // dropping `control` sends its End
+            }
+        }
+    }
+
+    async fn open(&self, session: &Session) -> Result<BoxStream, ProxyError> {
+        let mut last = None;
+        for _ in 0..PICK_ATTEMPTS {
+            let tunnel = self.pick_or_wait().await?;
+            match tunnel.client.open_stream(session.target.clone()) {
+                Ok(s) => {
+                    debug!(portal = %self.tag, tunnel = tunnel.id, target = %session.target, "session opened");
+                    return Ok(Box::new(s));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(ProxyError::Refused(format!(
+            "portal {}: unable to open a session: {}",
+            self.tag,
+            last.map_or_else(|| "no tunnel".to_string(), |e| e.to_string())
+        )))
+    }
+}
+
+#[async_trait]
+impl Outbound for Portal {
+    async fn connect(&self, session: &Session) -> Result<BoxStream, ProxyError> {
+        self.open(session).await
+    }
+
+    async fn handle(&self, session: Session, stream: BoxStream) -> Result<RelayStats, ProxyError> {
+        if session.target.address.domain() == Some(self.domain.as_str()) {
+            self.serve_tunnel(&session, stream).await;
+            return Ok(RelayStats::default());
+        }
+        let upstream = self.open(&session).await?;
+        Ok(relay(stream, upstream, &session.policy).await?)
+    }
+
+    async fn connect_packet(&self, session: &Session) -> Result<BoxPacketConn, ProxyError> {
+        for _ in 0..PICK_ATTEMPTS {
+            let tunnel = self.pick_or_wait().await?;
+            if let Ok(p) = tunnel.client.open_packet(session.target.clone()) {
+                return Ok(Box::new(p));
+            }
+        }
+        Err(ProxyError::Refused(format!("portal {}: unable to open a packet session", self.tag)))
+    }
+}
