@@ -1,6 +1,6 @@
 //! The router: `type: "field"` rules matched in order; the first match names the outbound.
 //!
-//! Rule conditions are compiled once. The `domain` conditions of all rules go into one [`DomainIndex`]
+//! Rule conditions are compiled once. The `domain` conditions of all rules go into one `DomainIndex`
 //! that returns the ids of the rules whose domain list matches, so a lookup costs about the same with one
 //! rule of 10k domains as with 10k rules of one domain. Those ids are merged, in rule order, with the rules
 //! that have no `domain` condition, and the remaining conditions are checked on each candidate in turn.
