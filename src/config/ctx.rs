@@ -35,6 +35,8 @@ pub(crate) struct Ctx<'s> {
     pub sources: &'s [Source],
     /// Problems found so far.
     pub errors: Vec<ConfigError>,
+    /// (file index, byte offset) of each error, to report them in file order.
+    pub order: Vec<(usize, usize)>,
 }
 
 /// `a.b` (or `b` at the top).
@@ -55,6 +57,14 @@ impl<'s> Ctx<'s> {
             None => (String::new(), None),
         };
         self.errors.push(ConfigError { file: name, path: path.to_string(), location, message: message.into() });
+        self.order.push((file, pos));
+    }
+
+    /// The errors, in file and position order.
+    pub fn into_errors(self) -> Vec<ConfigError> {
+        let mut v: Vec<_> = self.order.into_iter().zip(self.errors).collect();
+        v.sort_by_key(|(k, _)| *k);
+        v.into_iter().map(|(_, e)| e).collect()
     }
 
     /// Records an error about a value.
@@ -250,23 +260,34 @@ pub(crate) fn suggest(key: &str, known: &[&'static str]) -> Option<&'static str>
     let limit = (key.chars().count() / 3).clamp(1, 3);
     known
         .iter()
-        .map(|k| (levenshtein(&lower, &k.to_ascii_lowercase()), *k))
+        .map(|k| (edit_distance(&lower, &k.to_ascii_lowercase()), *k))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
 }
 
-fn levenshtein(a: &str, b: &str) -> usize {
+/// Optimal-string-alignment distance: edits plus adjacent swaps ("tga" is one step from "tag").
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 #[cfg(test)]
@@ -277,7 +298,7 @@ mod tests {
     #[test]
     fn keys_match_like_go() {
         let src = [Source::new("t", "")];
-        let mut ctx = Ctx { sources: &src, errors: vec![] };
+        let mut ctx = Ctx { sources: &src, errors: vec![], order: vec![] };
         let n = parse(r#"{"TAG": "a", "Protocol": "x", "tag": "b", "path": 1, "Path": 2}"#, 0).unwrap();
         let o = ctx.obj(&n, "", &["tag", "protocol", "path", "Path"]).unwrap();
         // Last duplicate wins; case-insensitive matches count as the same field.
@@ -292,7 +313,7 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors_with_suggestions() {
         let src = [Source::new("t", "{\n \"protocl\": 1, \"zzzzzz\": 2}")];
-        let mut ctx = Ctx { sources: &src, errors: vec![] };
+        let mut ctx = Ctx { sources: &src, errors: vec![], order: vec![] };
         let n = parse("{\n \"protocl\": 1, \"zzzzzz\": 2}", 0).unwrap();
         ctx.obj(&n, "inbounds[0]", &["protocol", "port"]);
         assert_eq!(ctx.errors.len(), 2);

@@ -47,10 +47,10 @@ pub(crate) struct Merged<'n> {
 /// Builds the typed config from the merged tree, collecting errors in `ctx`.
 pub(crate) fn build(ctx: &mut Ctx<'_>, m: &Merged<'_>) -> Config {
     for key in ["api", "dns", "transport", "stats"] {
-        if let Some(n) = m.singles.get(key) {
-            if !is_noop(n) {
-                ctx.unsupported(n, key, &format!("{key:?}"));
-            }
+        if let Some(n) = m.singles.get(key)
+            && !is_noop(n)
+        {
+            ctx.unsupported(n, key, &format!("{key:?}"));
         }
     }
     let log = build_log(ctx, m.singles.get("log").copied());
@@ -90,12 +90,11 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, m: &Merged<'_>) -> Config {
 /// Where to blame a portal/outbound tag clash: the outbound's `tag` value.
 fn portal_tag_site<'n>(m: &Merged<'n>, tag: &str) -> (Option<&'n Node>, String) {
     for (node, path) in &m.outbounds {
-        if let Value::Object(members) = &node.value {
-            if let Some(mm) = members.iter().rev().find(|mm| mm.key.eq_ignore_ascii_case("tag")) {
-                if matches!(&mm.node.value, Value::String(s) if s == tag) {
-                    return (Some(&mm.node), join(path, "tag"));
-                }
-            }
+        if let Value::Object(members) = &node.value
+            && let Some(mm) = members.iter().rev().find(|mm| mm.key.eq_ignore_ascii_case("tag"))
+            && matches!(&mm.node.value, Value::String(s) if s == tag)
+        {
+            return (Some(&mm.node), join(path, "tag"));
         }
     }
     (None, "reverse.portals".into())
@@ -188,10 +187,10 @@ fn build_inbound(ctx: &mut Ctx<'_>, node: &Node, path: &str, legacy_port: Option
     if let Some(n) = o.get("sniffing") {
         check_sniffing(ctx, n, &o.path_of("sniffing"));
     }
-    if let Some(n) = o.get("domainOverride") {
-        if !is_noop(n) {
-            ctx.unsupported(n, &o.path_of("domainOverride"), "\"domainOverride\" (sniffing)");
-        }
+    if let Some(n) = o.get("domainOverride")
+        && !is_noop(n)
+    {
+        ctx.unsupported(n, &o.path_of("domainOverride"), "\"domainOverride\" (sniffing)");
     }
     let mut listen = Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     if let Some(s) = o.str(ctx, "listen") {
@@ -273,25 +272,21 @@ const STREAM_KEYS: &[&str] = &[
 fn check_stream_settings(ctx: &mut Ctx<'_>, owner: &Obj<'_>) {
     let Some(n) = owner.get("streamSettings") else { return };
     let Some(o) = ctx.obj(n, &owner.path_of("streamSettings"), STREAM_KEYS) else { return };
-    if let Some(net) = o.str(ctx, "network") {
-        if !net.eq_ignore_ascii_case("tcp") {
-            let at = o.get("network").unwrap_or(n);
-            ctx.error(
-                at,
-                &o.path_of("network"),
-                format!("transport {net:?} is not supported yet by oxray (only \"tcp\")"),
-            );
-        }
+    if let Some(net) = o.str(ctx, "network")
+        && !net.eq_ignore_ascii_case("tcp")
+    {
+        let at = o.get("network").unwrap_or(n);
+        ctx.error(at, &o.path_of("network"), format!("transport {net:?} is not supported yet by oxray (only \"tcp\")"));
     }
-    if let Some(sec) = o.str(ctx, "security") {
-        if !(sec.is_empty() || sec.eq_ignore_ascii_case("none")) {
-            let at = o.get("security").unwrap_or(n);
-            ctx.error(
-                at,
-                &o.path_of("security"),
-                format!("security {sec:?} is not supported yet by oxray (only \"none\")"),
-            );
-        }
+    if let Some(sec) = o.str(ctx, "security")
+        && !(sec.is_empty() || sec.eq_ignore_ascii_case("none"))
+    {
+        let at = o.get("security").unwrap_or(n);
+        ctx.error(
+            at,
+            &o.path_of("security"),
+            format!("security {sec:?} is not supported yet by oxray (only \"none\")"),
+        );
     }
     if let Some(t) = o.get("tcpSettings") {
         let p = o.path_of("tcpSettings");
@@ -320,10 +315,10 @@ fn check_stream_settings(ctx: &mut Ctx<'_>, owner: &Obj<'_>) {
         }
     }
     for key in ["tlsSettings", "kcpSettings", "wsSettings", "httpSettings", "dsSettings", "quicSettings", "sockopt"] {
-        if let Some(v) = o.get(key) {
-            if !is_noop(v) {
-                ctx.unsupported(v, &o.path_of(key), &format!("{key:?}"));
-            }
+        if let Some(v) = o.get(key)
+            && !is_noop(v)
+        {
+            ctx.unsupported(v, &o.path_of(key), &format!("{key:?}"));
         }
     }
 }
@@ -377,12 +372,12 @@ fn dokodemo(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<DokodemoConfig> {
         None => Some(NetworkList { tcp: true, udp: false }),
         Some(n) => network_list(ctx, n, &o.path_of("network")),
     };
-    if let Some(nl) = network {
-        if nl.udp {
-            let at = o.get("network").unwrap_or(o.node);
-            ctx.error(at, &o.path_of("network"), "udp is not supported yet by oxray's dokodemo-door");
-            return None;
-        }
+    if let Some(nl) = network
+        && nl.udp
+    {
+        let at = o.get("network").unwrap_or(o.node);
+        ctx.error(at, &o.path_of("network"), "udp is not supported yet by oxray's dokodemo-door");
+        return None;
     }
     if address.is_none() && !follow_redirect {
         ctx.error(o.node, &o.path_of("address"), "\"address\" is required unless \"followRedirect\" is true");
@@ -442,21 +437,21 @@ fn email(ctx: &mut Ctx<'_>, u: &Obj<'_>) -> Option<String> {
 
 fn vmess_inbound(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<VmessInboundConfig> {
     for key in ["features", "detour"] {
-        if let Some(n) = o.get(key) {
-            if !is_noop(n) {
-                ctx.unsupported(n, &o.path_of(key), &format!("vmess {key:?} (dynamic ports)"));
-            }
+        if let Some(n) = o.get(key)
+            && !is_noop(n)
+        {
+            ctx.unsupported(n, &o.path_of(key), &format!("vmess {key:?} (dynamic ports)"));
         }
     }
     let mut cfg = VmessInboundConfig {
         disable_insecure_encryption: o.bool(ctx, "disableInsecureEncryption").unwrap_or(false),
         ..Default::default()
     };
-    if let Some(d) = o.get("default") {
-        if let Some(d) = ctx.obj(d, &o.path_of("default"), &["alterId", "level"]) {
-            cfg.default_alter_id = d.int::<u16>(ctx, "alterId", 0, u16::MAX).unwrap_or(0);
-            cfg.default_level = d.int::<u8>(ctx, "level", 0, u8::MAX).unwrap_or(0).into();
-        }
+    if let Some(d) = o.get("default")
+        && let Some(d) = ctx.obj(d, &o.path_of("default"), &["alterId", "level"])
+    {
+        cfg.default_alter_id = d.int::<u16>(ctx, "alterId", 0, u16::MAX).unwrap_or(0);
+        cfg.default_level = d.int::<u8>(ctx, "level", 0, u8::MAX).unwrap_or(0).into();
     }
     let mut ok = true;
     for (i, c) in o.array(ctx, "clients").unwrap_or_default().iter().enumerate() {
@@ -576,14 +571,14 @@ fn freedom(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<FreedomConfig> {
             _ => FreedomDomainStrategy::AsIs,
         };
     }
-    if let Some(t) = o.int::<u32>(ctx, "timeout", 0, u32::MAX) {
-        if t > 0 {
-            ctx.unsupported(
-                o.get("timeout").unwrap_or(o.node),
-                &o.path_of("timeout"),
-                "freedom \"timeout\" (use policy levels)",
-            );
-        }
+    if let Some(t) = o.int::<u32>(ctx, "timeout", 0, u32::MAX)
+        && t > 0
+    {
+        ctx.unsupported(
+            o.get("timeout").unwrap_or(o.node),
+            &o.path_of("timeout"),
+            "freedom \"timeout\" (use policy levels)",
+        );
     }
     cfg.user_level = o.int::<u32>(ctx, "userLevel", 0, u32::MAX).unwrap_or(0);
     if let Some(r) = o.str(ctx, "redirect").filter(|r| !r.is_empty()) {
@@ -714,10 +709,10 @@ const RULE_KEYS: &[&str] = &[
 fn build_routing(ctx: &mut Ctx<'_>, node: &Node, tags: &[&str]) -> RoutingConfig {
     let mut cfg = RoutingConfig::default();
     let Some(o) = ctx.obj(node, "routing", ROUTING_KEYS) else { return cfg };
-    if let Some(b) = o.get("balancers") {
-        if !is_noop(b) {
-            ctx.unsupported(b, &o.path_of("balancers"), "\"balancers\"");
-        }
+    if let Some(b) = o.get("balancers")
+        && !is_noop(b)
+    {
+        ctx.unsupported(b, &o.path_of("balancers"), "\"balancers\"");
     }
     // Deprecated nested form: its rules come after the top-level ones, its strategy is a fallback.
     let nested = o.get("settings").and_then(|n| ctx.obj(n, &o.path_of("settings"), &["rules", "domainStrategy"]));
@@ -725,18 +720,18 @@ fn build_routing(ctx: &mut Ctx<'_>, node: &Node, tags: &[&str]) -> RoutingConfig
         Some(n) => Some((n, o.path_of("domainStrategy"))),
         None => nested.as_ref().and_then(|s| s.get("domainStrategy").map(|n| (n, s.path_of("domainStrategy")))),
     };
-    if let Some((n, p)) = strategy {
-        if let Some(s) = ctx.string(n, &p) {
-            cfg.domain_strategy = match s.to_ascii_lowercase().as_str() {
-                "ipifnonmatch" | "ip_if_non_match" | "ip-if-non-match" => RoutingDomainStrategy::IpIfNonMatch,
-                "ipondemand" | "ip_on_demand" | "ip-on-demand" => RoutingDomainStrategy::IpOnDemand,
-                "alwaysip" | "always_ip" | "always-ip" => {
-                    ctx.unsupported(n, &p, "domainStrategy \"AlwaysIP\"");
-                    RoutingDomainStrategy::AsIs
-                }
-                _ => RoutingDomainStrategy::AsIs,
-            };
-        }
+    if let Some((n, p)) = strategy
+        && let Some(s) = ctx.string(n, &p)
+    {
+        cfg.domain_strategy = match s.to_ascii_lowercase().as_str() {
+            "ipifnonmatch" | "ip_if_non_match" | "ip-if-non-match" => RoutingDomainStrategy::IpIfNonMatch,
+            "ipondemand" | "ip_on_demand" | "ip-on-demand" => RoutingDomainStrategy::IpOnDemand,
+            "alwaysip" | "always_ip" | "always-ip" => {
+                ctx.unsupported(n, &p, "domainStrategy \"AlwaysIP\"");
+                RoutingDomainStrategy::AsIs
+            }
+            _ => RoutingDomainStrategy::AsIs,
+        };
     }
     let mut lists = vec![(o.array(ctx, "rules").unwrap_or_default(), o.path_of("rules"))];
     if let Some(s) = &nested {
@@ -847,11 +842,11 @@ fn build_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, tags: &[&str]) -> Opti
             out.extend(ctx.string_list(n, &o.path_of(key)).unwrap_or_default().into_iter().map(|(s, _, _)| s));
         }
     }
-    if let Some(n) = o.get("attrs") {
-        if !is_noop(n) {
-            ctx.unsupported(n, &o.path_of("attrs"), "\"attrs\" (needs sniffed HTTP attributes)");
-            ok = false;
-        }
+    if let Some(n) = o.get("attrs")
+        && !is_noop(n)
+    {
+        ctx.unsupported(n, &o.path_of("attrs"), "\"attrs\" (needs sniffed HTTP attributes)");
+        ok = false;
     }
     let has_condition = !rule.domain.is_empty()
         || !rule.ip.is_empty()
@@ -880,9 +875,9 @@ pub(crate) fn domain_matcher(s: &str) -> Result<DomainMatcher, String> {
         return Err(format!("domain rule {s:?} is not supported yet by oxray (dotless:)"));
     }
     if let Some(re) = s.strip_prefix("regexp:") {
-        return regex::Regex::new(re)
-            .map(|_| DomainMatcher::Regexp(re.to_string()))
-            .map_err(|e| format!("invalid regexp {re:?}: {e}"));
+        return regex::Regex::new(re).map(|_| DomainMatcher::Regexp(re.to_string())).map_err(|e| {
+            format!("invalid regexp {re:?}: {}", e.to_string().split_whitespace().collect::<Vec<_>>().join(" "))
+        });
     }
     Ok(if let Some(d) = s.strip_prefix("domain:") {
         DomainMatcher::Domain(d.to_string())
