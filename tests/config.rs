@@ -459,3 +459,25 @@ fn v2ray_accepts_the_examples() {
         assert!(out.status.success() && text.contains("Configuration OK"), "V2Ray refuses {}:\n{text}", f.display());
     }
 }
+
+#[test]
+fn seed_reverse_object_fragment_loads() {
+    // The ReverseObject example of reverse-seed.md, as given, under "reverse".
+    let text = r#"{"reverse": {
+    "bridges": [
+        {
+            "tag": "bridge",
+            "domain": "test.v2fly.org"
+        }
+    ],
+    "portals": [
+        {
+            "tag": "portal",
+            "domain": "test.v2fly.org"
+        }
+    ]
+}}"#;
+    let c = load_str("seed.json", text).unwrap();
+    assert_eq!(c.reverse.bridges[0].tag, "bridge");
+    assert_eq!(c.reverse.portals[0].tag, "portal");
+}
