@@ -1,1 +1,28 @@
-//! Mux.Cool: many sessions over one stream.
+//! Mux.Cool: many sessions over one stream (PROTOCOLS.md §4).
+
+pub mod frame;
+
+use std::io;
+
+/// The target domain that turns a connection into a Mux.Cool connection (any port).
+pub const MUX_COOL_DOMAIN: &str = "v1.mux.cool";
+
+/// Why a Mux operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MuxError {
+    /// The Mux connection has ended.
+    #[error("mux connection closed")]
+    Closed,
+    /// The connection takes no more sessions (concurrency or total limit, or ids used up).
+    #[error("mux connection is full")]
+    Full,
+    /// The peer sent an invalid frame.
+    #[error("mux frame: {0}")]
+    Frame(#[from] frame::FrameError),
+    /// A UDP datagram above 2048 bytes.
+    #[error("mux packet of {0} bytes is too large")]
+    PacketTooLarge(usize),
+    /// The underlying stream failed.
+    #[error("mux i/o: {0}")]
+    Io(#[from] io::Error),
+}
