@@ -1,6 +1,14 @@
 //! Mux.Cool: many sessions over one stream (PROTOCOLS.md §4).
 
+pub mod client;
+mod conn;
 pub mod frame;
+pub mod server;
+mod stream;
+
+pub use client::{MuxClient, MuxClientConfig};
+pub use server::{MuxHandler, MuxServer};
+pub use stream::{MuxPacket, MuxStream};
 
 use std::io;
 
