@@ -148,9 +148,12 @@ impl Demo {
         let portal_config = portal_json(&uuid);
         let portal = Instance::new(&config::load_str("<demo portal>", &portal_config)?)?.start().await?;
         let addr_of = |tag: &str| {
-            portal.local_addrs().iter().find(|(t, _)| t.as_deref() == Some(tag)).map(|(_, a)| *a).ok_or_else(|| {
-                DemoError::Check(format!("portal inbound {tag} did not start"))
-            })
+            portal
+                .local_addrs()
+                .iter()
+                .find(|(t, _)| t.as_deref() == Some(tag))
+                .map(|(_, a)| *a)
+                .ok_or_else(|| DemoError::Check(format!("portal inbound {tag} did not start")))
         };
         let public = addr_of("external")?;
         let interconn = addr_of("interconn")?;

@@ -12,7 +12,13 @@ use tokio::net::{TcpListener, TcpStream};
 fn start_oxray(name: &str, config: &str) -> (Proc, std::path::PathBuf) {
     let dir = temp_dir(name);
     let cfg = write_file(&dir, "config.json", config);
-    let proc = Proc::spawn(name, &oxray_bin(), &["run", "-c", cfg.to_str().unwrap()], &dir.join("oxray.log"), &[]);
+    let proc = Proc::spawn(
+        name,
+        &oxray_bin(),
+        &["run", "-c", cfg.to_str().unwrap()],
+        &dir.join("oxray.log"),
+        &[("OXRAY_LOG", "info")],
+    );
     (proc, dir)
 }
 
@@ -36,9 +42,12 @@ async fn forwards_32_concurrent_10mib_streams_byte_exact() {
     let (proc, _dir) = start_oxray("forward32", &config);
     assert!(wait_for_port(addr(port), Duration::from_secs(10)), "oxray did not listen: {}", proc.log_text());
 
+    // Payloads are made before any connection opens: generating them inside the tasks would starve the
+    // echo server long enough to trip the 1 s downlinkOnly idle limit.
+    let payloads: Vec<Vec<u8>> = (0..32u64).map(|i| payload(10 << 20, i)).collect();
     let mut tasks = Vec::new();
-    for i in 0..32u64 {
-        tasks.push(tokio::spawn(async move { xor_roundtrip(addr(port), &payload(10 << 20, i)).await }));
+    for data in payloads {
+        tasks.push(tokio::spawn(async move { xor_roundtrip(addr(port), &data).await }));
     }
     for (i, t) in tasks.into_iter().enumerate() {
         t.await.unwrap().unwrap_or_else(|e| panic!("connection {i}: {e}"));
@@ -142,7 +151,11 @@ async fn routes_by_inbound_tag_port_and_domain() {
         }
     })
     .await;
-    assert!(ok, "access log does not show the expected routes:\n{}", std::fs::read_to_string(&access).unwrap_or_default());
+    assert!(
+        ok,
+        "access log does not show the expected routes:\n{}",
+        std::fs::read_to_string(&access).unwrap_or_default()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,7 +188,8 @@ fn cli_test_reports_ok_and_errors_with_paths() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("Configuration OK"));
 
     // V2Ray 4's spelling works too.
-    let out = std::process::Command::new(oxray_bin()).args(["-test", "-config", good.to_str().unwrap()]).output().unwrap();
+    let out =
+        std::process::Command::new(oxray_bin()).args(["-test", "-config", good.to_str().unwrap()]).output().unwrap();
     assert!(out.status.success());
 
     let bad = write_file(&dir, "bad.json", "{\n  \"outbounds\": [{\"protocol\": \"socks\"}]\n}\n");

@@ -103,9 +103,10 @@ async fn pairing(bridge_impl: Impl, portal_impl: Impl) {
     until_traffic(public, Duration::from_secs(15)).await.unwrap_or_else(|| panic!("no traffic: {}", logs()));
 
     // 32 concurrent connections × 10 MiB, every byte checked.
+    let payloads: Vec<Vec<u8>> = (0..32u64).map(|i| payload(10 << 20, i)).collect();
     let mut tasks = Vec::new();
-    for i in 0..32u64 {
-        tasks.push(tokio::spawn(async move { xor_roundtrip(public, &payload(10 << 20, i)).await }));
+    for data in payloads {
+        tasks.push(tokio::spawn(async move { xor_roundtrip(public, &data).await }));
     }
     for (i, t) in tasks.into_iter().enumerate() {
         let r = tokio::time::timeout(Duration::from_secs(120), t).await;
@@ -161,7 +162,8 @@ async fn portal_restart_recovers_within_half_a_second() {
 
     for round in 0..3 {
         // A long transfer in flight when the portal dies.
-        let inflight = tokio::spawn(async move { xor_roundtrip(public, &payload(256 << 20, 9)).await });
+        let big = payload(256 << 20, 9);
+        let inflight = tokio::spawn(async move { xor_roundtrip(public, &big).await });
         tokio::time::sleep(Duration::from_millis(100)).await;
         portal.kill();
         let r = tokio::time::timeout(Duration::from_secs(10), inflight).await.expect("in-flight transfer hangs");
@@ -196,7 +198,10 @@ async fn bridge_restart_is_picked_up_at_once() {
         bridge = spawn(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, echo.port(), "info"));
         let took = until_traffic(public, Duration::from_secs(10)).await;
         let took = took.unwrap_or_else(|| panic!("no traffic after bridge restart {round}:\n{}", portal.log_text()));
-        eprintln!("bridge restart {round}: traffic {took:?} after the new bridge started ({:?} since kill)", started.elapsed());
+        eprintln!(
+            "bridge restart {round}: traffic {took:?} after the new bridge started ({:?} since kill)",
+            started.elapsed()
+        );
         assert!(took <= Duration::from_secs(1), "portal kept using a dead tunnel: {took:?}");
     }
 }

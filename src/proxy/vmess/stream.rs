@@ -91,17 +91,7 @@ impl<S> VmessStream<S> {
         wbuf.extend_from_slice(&queued);
         VmessStream {
             inner,
-            r: Reader {
-                stage,
-                dec,
-                buf,
-                start: 0,
-                end: leftover.len(),
-                plain: 0,
-                plain_end: 0,
-                after: 0,
-                eof: false,
-            },
+            r: Reader { stage, dec, buf, start: 0, end: leftover.len(), plain: 0, plain_end: 0, after: 0, eof: false },
             w: Writer { enc, buf: wbuf, pos: 0, end_queued: false },
         }
     }
@@ -188,8 +178,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for VmessStream<S> {
             let n = rb.filled().len();
             if n == 0 {
                 // EOF at a chunk boundary is a clean end: Go often closes without the end chunk.
-                let clean =
-                    r.start == r.end && !r.dec.mid_chunk() && matches!(r.stage, ReadStage::Body);
+                let clean = r.start == r.end && !r.dec.mid_chunk() && matches!(r.stage, ReadStage::Body);
                 if clean {
                     r.eof = true;
                     return Poll::Ready(Ok(()));
