@@ -158,6 +158,28 @@ impl Session {
         }
     }
 
+    /// Datagram sessions have no half-close worth keeping: a clean End, and the session is freed
+    /// (the Go bridge never answers the control session's End, so waiting for one would pin it).
+    fn close_packet(self: &Arc<Self>) {
+        let end = {
+            let mut st = lock(&self.state);
+            if st.detached {
+                return;
+            }
+            st.detached = true;
+            st.queue.clear();
+            st.queued = 0;
+            wake_all(&mut st);
+            let end = !st.end_sent && matches!(st.remote, Remote::Open | Remote::Ended);
+            st.end_sent = true;
+            end
+        };
+        if end {
+            self.conn.queue_end(self.id, false);
+        }
+        self.conn.remove(self);
+    }
+
     /// Our side is done writing: queue a clean End once.
     fn shutdown(self: &Arc<Self>) -> io::Result<()> {
         let remove = {
@@ -184,6 +206,9 @@ impl Session {
     fn detach(self: &Arc<Self>) {
         let end = {
             let mut st = lock(&self.state);
+            if st.detached {
+                return;
+            }
             st.detached = true;
             st.queue.clear();
             st.queued = 0;
@@ -259,6 +284,8 @@ impl Session {
     /// Nothing queued: EOF, an error, or wait.
     fn poll_empty(st: &mut State, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match st.remote {
+            // Closed locally (packet sessions): nothing more will be delivered.
+            Remote::Open if st.detached => Poll::Ready(Ok(())),
             Remote::Open => {
                 st.read_waker = Some(cx.waker().clone());
                 Poll::Pending
@@ -359,9 +386,9 @@ impl MuxPacket {
         self.session.id
     }
 
-    /// Sends End for this session (once); receiving goes on until the peer's End.
+    /// Sends End for this session (once) and frees it; later `recv` returns None, `send` fails.
     pub fn close(&self) {
-        let _ = self.session.shutdown();
+        self.session.close_packet();
     }
 }
 
