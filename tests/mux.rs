@@ -397,8 +397,29 @@ async fn udp_packet_sessions() {
     assert_eq!(timeout(T, p.recv()).await.unwrap().unwrap().map(|d| d.len()), Some(2048));
     assert!(p.send(Bytes::from(vec![1u8; 2049])).await.is_err());
     p.close();
+    assert_eq!(client.active_sessions(), 0, "close frees the packet session at once");
+    assert_eq!(p.recv().await.unwrap(), None);
+    assert!(p.send(Bytes::from_static(b"late")).await.is_err());
     drop(p);
-    assert!(wait_until(T, || async { server.active_sessions() == 0 && client.active_sessions() == 0 }).await);
+    assert!(wait_until(T, || async { server.active_sessions() == 0 }).await);
+}
+
+#[tokio::test]
+async fn control_like_packet_session_wire() {
+    // What the portal does on DRAIN: a datagram, then close; the bridge never answers.
+    let (a, mut raw) = tokio::io::duplex(64 * 1024);
+    let client = MuxClient::new(Box::new(a), unlimited());
+    let ctl = Destination::udp(Address::parse("reverse.internal.v2ray.com"), 0);
+    let p = client.open_packet(ctl.clone()).unwrap();
+    p.send(Bytes::from_static(&[0x08, 0x01])).await.unwrap();
+    p.close();
+    drop(p);
+    let mut buf = BytesMut::new();
+    assert_eq!(read_frame(&mut raw, &mut buf).await, Some(Frame::new_session(1, ctl, None)));
+    assert_eq!(read_frame(&mut raw, &mut buf).await, Some(Frame::keep(1, Bytes::from_static(&[0x08, 0x01]))));
+    assert_eq!(read_frame(&mut raw, &mut buf).await, Some(Frame::end(1, false)));
+    client.close();
+    assert_eq!(read_frame(&mut raw, &mut buf).await, None, "exactly one End, then a clean EOF");
 }
 
 #[tokio::test]

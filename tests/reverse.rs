@@ -79,7 +79,8 @@ fn local(port: u16) -> SocketAddr {
 async fn until_traffic(public: SocketAddr, deadline: Duration) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < deadline {
-        if tokio::time::timeout(Duration::from_secs(2), xor_roundtrip(public, b"ping")).await.is_ok_and(|r| r.is_ok()) {
+        let r = tokio::time::timeout(Duration::from_secs(2), xor_exchange(public, b"ping", false)).await;
+        if r.is_ok_and(|r| r.is_ok()) {
             return Some(start.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -101,12 +102,15 @@ async fn pairing(bridge_impl: Impl, portal_impl: Impl) {
     let logs = || format!("--- bridge\n{}\n--- portal\n{}", bridge.log_text(), portal.log_text());
 
     until_traffic(public, Duration::from_secs(15)).await.unwrap_or_else(|| panic!("no traffic: {}", logs()));
+    // V2Ray 4.34's portal (Mux client) drops the answer of a half-closed session, a known bug: visitors of
+    // a V2Ray portal read the whole answer before closing. oxray portals get real half-close.
+    let half_close = portal_impl == Impl::Oxray;
 
     // 32 concurrent connections × 10 MiB, every byte checked.
     let payloads: Vec<Vec<u8>> = (0..32u64).map(|i| payload(10 << 20, i)).collect();
     let mut tasks = Vec::new();
     for data in payloads {
-        tasks.push(tokio::spawn(async move { xor_roundtrip(public, &data).await }));
+        tasks.push(tokio::spawn(async move { xor_exchange(public, &data, half_close).await }));
     }
     for (i, t) in tasks.into_iter().enumerate() {
         let r = tokio::time::timeout(Duration::from_secs(120), t).await;
@@ -117,7 +121,8 @@ async fn pairing(bridge_impl: Impl, portal_impl: Impl) {
     // 600 sequential 1 KiB connections: each tunnel drains after 256 sessions, so this crosses the
     // drain twice; no connection may fail while tunnels are replaced.
     for i in 0..600u64 {
-        let r = tokio::time::timeout(Duration::from_secs(10), xor_roundtrip(public, &payload(1024, 1000 + i))).await;
+        let data = payload(1024, 1000 + i);
+        let r = tokio::time::timeout(Duration::from_secs(10), xor_exchange(public, &data, half_close)).await;
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => panic!("sequential connection {i}: {e}\n{}", logs()),

@@ -157,9 +157,8 @@ impl Conn {
 
     /// Queues an End frame for `id`.
     pub(crate) fn queue_end(&self, id: u16, error: bool) {
-        let mut b = Vec::with_capacity(frame::BASE_HEADER_LEN);
-        frame::put_short_header(&mut b, id, Status::End, if error { OPT_ERROR } else { 0 });
-        self.queue_control(&b);
+        let [hi, lo] = id.to_be_bytes();
+        self.queue_control(&[0, 4, hi, lo, Status::End as u8, if error { OPT_ERROR } else { 0 }]);
     }
 
     /// Queues `Keep|Data` with `data` (≤ 8192 bytes for streams, ≤ 2048 for packets), or waits while the
@@ -386,6 +385,11 @@ async fn accept_new(conn: &Arc<Conn>, f: Frame, handler: &Arc<dyn MuxHandler>) -
     let session = Session::new(f.id, udp, conn.clone());
     let old = {
         let mut s = lock(&conn.sessions);
+        // close() drains the table under this lock after cancelling: past this check the session is
+        // either in the table it drains or never created, so no handler can wait on an orphan.
+        if conn.is_closed() {
+            return Err(MuxError::Closed);
+        }
         s.set_ended(f.id, false);
         s.total += 1;
         s.map.insert(f.id, session.clone())

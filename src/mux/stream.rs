@@ -158,6 +158,28 @@ impl Session {
         }
     }
 
+    /// Datagram sessions have no half-close worth keeping: a clean End, and the session is freed
+    /// (the Go bridge never answers the control session's End, so waiting for one would pin it).
+    fn close_packet(self: &Arc<Self>) {
+        let end = {
+            let mut st = lock(&self.state);
+            if st.detached {
+                return;
+            }
+            st.detached = true;
+            st.queue.clear();
+            st.queued = 0;
+            wake_all(&mut st);
+            let end = !st.end_sent && matches!(st.remote, Remote::Open | Remote::Ended);
+            st.end_sent = true;
+            end
+        };
+        if end {
+            self.conn.queue_end(self.id, false);
+        }
+        self.conn.remove(self);
+    }
+
     /// Our side is done writing: queue a clean End once.
     fn shutdown(self: &Arc<Self>) -> io::Result<()> {
         let remove = {
@@ -184,6 +206,9 @@ impl Session {
     fn detach(self: &Arc<Self>) {
         let end = {
             let mut st = lock(&self.state);
+            if st.detached {
+                return;
+            }
             st.detached = true;
             st.queue.clear();
             st.queued = 0;
@@ -224,28 +249,59 @@ impl Session {
         self.conn.poll_queue_data(cx, self.id, data)
     }
 
-    /// Takes the next queued chunk (None: nothing yet, Ok(None): end of data).
-    fn poll_pop(&self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Option<Bytes>>> {
+    /// Takes the next queued datagram (Ok(None): the peer ended the session).
+    fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
         let mut st = lock(&self.state);
-        if let Some(front) = st.queue.front_mut() {
-            let chunk = if front.len() > max { front.split_to(max) } else { st.queue.pop_front().unwrap_or_default() };
+        if let Some(chunk) = st.queue.pop_front() {
             st.queued -= chunk.len();
-            if st.queued < RECV_HIGH_WATER
-                && let Some(w) = st.feeder_waker.take()
-            {
-                w.wake();
-            }
+            wake_feeder_if_room(&mut st);
             return Poll::Ready(Ok(Some(chunk)));
         }
+        Self::poll_empty(&mut st, cx).map_ok(|()| None)
+    }
+
+    /// Copies as much queued stream data as fits into `buf` (nothing copied: EOF).
+    fn poll_read_into(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let mut st = lock(&self.state);
+        if st.queue.is_empty() {
+            return Self::poll_empty(&mut st, cx);
+        }
+        while buf.remaining() > 0 {
+            let Some(front) = st.queue.front_mut() else { break };
+            let n = front.len().min(buf.remaining());
+            buf.put_slice(&front[..n]);
+            if n == front.len() {
+                st.queue.pop_front();
+            } else {
+                bytes::Buf::advance(front, n);
+            }
+            st.queued -= n;
+        }
+        wake_feeder_if_room(&mut st);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Nothing queued: EOF, an error, or wait.
+    fn poll_empty(st: &mut State, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match st.remote {
+            // Closed locally (packet sessions): nothing more will be delivered.
+            Remote::Open if st.detached => Poll::Ready(Ok(())),
             Remote::Open => {
                 st.read_waker = Some(cx.waker().clone());
                 Poll::Pending
             }
-            Remote::Ended => Poll::Ready(Ok(None)),
+            Remote::Ended => Poll::Ready(Ok(())),
             Remote::Aborted => Poll::Ready(Err(aborted())),
             Remote::ConnClosed => Poll::Ready(Err(conn_closed())),
         }
+    }
+}
+
+fn wake_feeder_if_room(st: &mut State) {
+    if st.queued < RECV_HIGH_WATER
+        && let Some(w) = st.feeder_waker.take()
+    {
+        w.wake();
     }
 }
 
@@ -292,15 +348,7 @@ impl AsyncRead for MuxStream {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        match self.session.poll_pop(cx, buf.remaining()) {
-            Poll::Ready(Ok(Some(chunk))) => {
-                buf.put_slice(&chunk);
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Ok(None)) => Poll::Ready(Ok(())),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
+        self.session.poll_read_into(cx, buf)
     }
 }
 
@@ -338,9 +386,9 @@ impl MuxPacket {
         self.session.id
     }
 
-    /// Sends End for this session (once); receiving goes on until the peer's End.
+    /// Sends End for this session (once) and frees it; later `recv` returns None, `send` fails.
     pub fn close(&self) {
-        let _ = self.session.shutdown();
+        self.session.close_packet();
     }
 }
 
@@ -369,6 +417,6 @@ impl PacketConn for MuxPacket {
     }
 
     async fn recv(&self) -> io::Result<Option<Bytes>> {
-        poll_fn(|cx| self.session.poll_pop(cx, usize::MAX)).await
+        poll_fn(|cx| self.session.poll_pop(cx)).await
     }
 }

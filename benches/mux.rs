@@ -1,0 +1,106 @@
+//! Mux.Cool: frame codec cost at 8 KiB, and one session's throughput through client ↔ server over an
+//! in-memory duplex (the tunnel's upper bound before VMess and sockets).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use oxray::mux::frame::{self, Frame};
+use oxray::mux::{MuxClient, MuxClientConfig, MuxHandler, MuxPacket, MuxServer, MuxStream};
+use oxray::session::{Address, Destination};
+
+fn codec(c: &mut Criterion) {
+    let data = Bytes::from(vec![0x42u8; 8192]);
+    let mut g = c.benchmark_group("mux_frame_8k");
+    g.throughput(Throughput::Bytes(8192));
+    let mut out = Vec::with_capacity(16 * 1024);
+    g.bench_function("encode", |b| {
+        b.iter(|| {
+            out.clear();
+            frame::put_short_header(&mut out, 7, frame::Status::Keep, frame::OPT_DATA);
+            out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            out.extend_from_slice(black_box(&data));
+            black_box(out.len())
+        })
+    });
+    let mut wire = Vec::new();
+    Frame::keep(7, data.clone()).encode(&mut wire).unwrap();
+    // 8 frames per buffer, like a 64 KiB read.
+    let batch: Vec<u8> = wire.iter().copied().cycle().take(wire.len() * 8).collect();
+    g.throughput(Throughput::Bytes(8192 * 8));
+    g.bench_function("decode_x8", |b| {
+        b.iter(|| {
+            let mut buf = BytesMut::from(black_box(&batch[..]));
+            let mut n = 0;
+            while let Some(f) = frame::decode(&mut buf).unwrap() {
+                n += f.data.map_or(0, |d| d.len());
+            }
+            black_box(n)
+        })
+    });
+    g.finish();
+}
+
+/// Reads to EOF, then answers with the byte count and ends.
+struct Sink;
+
+#[async_trait]
+impl MuxHandler for Sink {
+    async fn stream(&self, _t: Destination, mut s: MuxStream) {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        let _ = s.write_all(&total.to_be_bytes()).await;
+        let _ = s.shutdown().await;
+    }
+    async fn packet(&self, _t: Destination, _p: MuxPacket) {}
+}
+
+const TRANSFER: usize = 64 << 20;
+
+fn throughput(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (client, _server) = rt.block_on(async {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let cfg = MuxClientConfig { max_concurrency: None, max_total: None, idle_close: None };
+        (MuxClient::new(Box::new(a), cfg), MuxServer::start(Box::new(b), Arc::new(Sink)))
+    });
+    let chunk = vec![0x5au8; 64 * 1024];
+    let mut g = c.benchmark_group("mux_session");
+    g.throughput(Throughput::Bytes(TRANSFER as u64));
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    g.bench_function("one_session_64MiB", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let mut s = client.open_stream(Destination::tcp(Address::parse("127.0.0.1"), 80)).unwrap();
+                    let mut sent = 0;
+                    while sent < TRANSFER {
+                        s.write_all(&chunk).await.unwrap();
+                        sent += chunk.len();
+                    }
+                    s.shutdown().await.unwrap();
+                    let mut ack = [0u8; 8];
+                    s.read_exact(&mut ack).await.unwrap();
+                    assert_eq!(u64::from_be_bytes(ack), TRANSFER as u64);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, throughput);
+criterion_main!(benches);
