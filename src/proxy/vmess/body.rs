@@ -183,7 +183,8 @@ impl ChunkEncoder {
         if let Framing::Aead(_) = self.st.framing {
             let nonce = self.st.nonce();
             let Framing::Aead(key) = &self.st.framing else { unreachable!() };
-            let tag = key.seal_in_place_separate_tag(nonce, Aad::empty(), &mut out[start..]).map_err(|_| BodyError::Auth)?;
+            let tag =
+                key.seal_in_place_separate_tag(nonce, Aad::empty(), &mut out[start..]).map_err(|_| BodyError::Auth)?;
             out.extend_from_slice(tag.as_ref());
         }
         if pad > 0 {

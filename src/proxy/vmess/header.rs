@@ -131,13 +131,19 @@ fn gcm_seal(key: &[u8; 16], nonce: [u8; 12], aad: &[u8], plain: &[u8], out: &mut
     let start = out.len();
     out.extend_from_slice(plain);
     // Sealing with a valid key and a buffer far below the GCM limit cannot fail.
-    if let Ok(tag) = gcm(key).seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut out[start..])
+    if let Ok(tag) =
+        gcm(key).seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut out[start..])
     {
         out.extend_from_slice(tag.as_ref());
     }
 }
 
-fn gcm_open<'a>(key: &[u8; 16], nonce: [u8; 12], aad: &[u8], sealed: &'a mut [u8]) -> Result<&'a mut [u8], HeaderError> {
+fn gcm_open<'a>(
+    key: &[u8; 16],
+    nonce: [u8; 12],
+    aad: &[u8],
+    sealed: &'a mut [u8],
+) -> Result<&'a mut [u8], HeaderError> {
     gcm(key)
         .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), sealed)
         .map_err(|_| HeaderError::AeadOpen)
@@ -200,8 +206,17 @@ pub fn parse_command(plain: &[u8]) -> Result<ParsedCommand, HeaderError> {
     pos += padding;
     let Some(sum) = plain.get(pos..pos + 4) else { return Err(HeaderError::Truncated) };
     let checksum_ok = u32::from_be_bytes([sum[0], sum[1], sum[2], sum[3]]) == fnv1a32(&plain[..pos]);
-    let header =
-        RequestHeader { version: plain[0], body_iv, body_key, v: plain[33], options: plain[34], security, command, port, address };
+    let header = RequestHeader {
+        version: plain[0],
+        body_iv,
+        body_key,
+        v: plain[33],
+        options: plain[34],
+        security,
+        command,
+        port,
+        address,
+    };
     Ok(ParsedCommand { header, used: pos + 4, checksum_ok })
 }
 
@@ -219,7 +234,13 @@ pub fn create_auth_id(cmd_key: &[u8; 16], now: i64, rand: [u8; 4]) -> [u8; 16] {
 }
 
 /// Seals a command into a full AEAD request header: AuthID ‖ EncLen ‖ nonce ‖ EncHeader (§2.4).
-pub fn seal_aead_header(cmd_key: &[u8; 16], auth_id: &[u8; 16], conn_nonce: &[u8; 8], command: &[u8], out: &mut Vec<u8>) {
+pub fn seal_aead_header(
+    cmd_key: &[u8; 16],
+    auth_id: &[u8; 16],
+    conn_nonce: &[u8; 8],
+    command: &[u8],
+    out: &mut Vec<u8>,
+) {
     let path = |label: &'static [u8]| [label, &auth_id[..], &conn_nonce[..]];
     out.extend_from_slice(auth_id);
     let len = (command.len() as u16).to_be_bytes();
@@ -231,11 +252,23 @@ pub fn seal_aead_header(cmd_key: &[u8; 16], auth_id: &[u8; 16], conn_nonce: &[u8
         out,
     );
     out.extend_from_slice(conn_nonce);
-    gcm_seal(&kdf16(cmd_key, &path(kdf::LABEL_REQ_KEY)), kdf12(cmd_key, &path(kdf::LABEL_REQ_NONCE)), auth_id, command, out);
+    gcm_seal(
+        &kdf16(cmd_key, &path(kdf::LABEL_REQ_KEY)),
+        kdf12(cmd_key, &path(kdf::LABEL_REQ_NONCE)),
+        auth_id,
+        command,
+        out,
+    );
 }
 
 /// Seals a command into a legacy request header: HMAC-MD5(auth id, ts) ‖ AES-CFB(command) (§3.2).
-pub fn seal_legacy_header(auth_uuid: &[u8; 16], primary_cmd_key: &[u8; 16], ts: u64, command: &[u8], out: &mut Vec<u8>) {
+pub fn seal_legacy_header(
+    auth_uuid: &[u8; 16],
+    primary_cmd_key: &[u8; 16],
+    ts: u64,
+    command: &[u8],
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(&kdf::hmac_md5(auth_uuid, &ts.to_be_bytes()));
     let start = out.len();
     out.extend_from_slice(command);
@@ -310,7 +343,12 @@ impl ResponseDecoder {
             };
             let total = 18 + len + 16;
             let Some(sealed) = buf.get_mut(18..total) else { return Ok(Progress::Need(total)) };
-            let plain = gcm_open(&kdf16(&self.key, &[kdf::LABEL_RESP_KEY]), kdf12(&self.iv, &[kdf::LABEL_RESP_NONCE]), &[], sealed)?;
+            let plain = gcm_open(
+                &kdf16(&self.key, &[kdf::LABEL_RESP_KEY]),
+                kdf12(&self.iv, &[kdf::LABEL_RESP_NONCE]),
+                &[],
+                sealed,
+            )?;
             if plain.len() < 4 || plain[0] != self.v {
                 return Err(HeaderError::ResponseMismatch);
             }
@@ -447,7 +485,12 @@ impl<'a> ServerHandshake<'a> {
     }
 
     /// Go's checks after parsing, in Go's order: session history, checksum, security, options.
-    fn check(&self, parsed: ParsedCommand, user: usize, legacy_hash: Option<&[u8; 16]>) -> Result<RequestHeader, HeaderError> {
+    fn check(
+        &self,
+        parsed: ParsedCommand,
+        user: usize,
+        legacy_hash: Option<&[u8; 16]>,
+    ) -> Result<RequestHeader, HeaderError> {
         let h = parsed.header;
         if !self.validator.check_session(user, &h.body_key, &h.body_iv, self.now) {
             if let Some(hash) = legacy_hash {
@@ -536,7 +579,9 @@ mod tests {
         encode_command(&sample("127.0.0.1", 80), 0, &mut out).unwrap();
         assert_eq!(
             out,
-            unhex("01 000102030405060708090a0b0c0d0e0f 101112131415161718191a1b1c1d1e1f 5a 0d 03 00 01 0050 01 7f000001 c0b8ac40")
+            unhex(
+                "01 000102030405060708090a0b0c0d0e0f 101112131415161718191a1b1c1d1e1f 5a 0d 03 00 01 0050 01 7f000001 c0b8ac40"
+            )
         );
         out.clear();
         encode_command(&sample("test.v2fly.org", 0), 0, &mut out).unwrap();
@@ -627,7 +672,10 @@ mod tests {
         let mut legacy_resp = Vec::new();
         let (rk, riv) = response_keys(false, &req.header.body_key, &req.header.body_iv);
         encode_response(false, &rk, &riv, 0x5a, &mut legacy_resp);
-        assert!(matches!(ResponseDecoder::new(false, rk, riv, 0x5a).decode(&mut legacy_resp).unwrap(), Progress::Done((), 4)));
+        assert!(matches!(
+            ResponseDecoder::new(false, rk, riv, 0x5a).decode(&mut legacy_resp).unwrap(),
+            Progress::Done((), 4)
+        ));
     }
 
     #[test]

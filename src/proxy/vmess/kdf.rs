@@ -208,10 +208,7 @@ mod tests {
     #[test]
     fn chacha_key_vector() {
         let k: [u8; 16] = unhex("101112131415161718191a1b1c1d1e1f").try_into().unwrap();
-        assert_eq!(
-            chacha_key(&k).to_vec(),
-            unhex("1bf42e241816ba29ff5f307bb1bc1d168b39e04ece3e33ab822442d7e6cefd5f")
-        );
+        assert_eq!(chacha_key(&k).to_vec(), unhex("1bf42e241816ba29ff5f307bb1bc1d168b39e04ece3e33ab822442d7e6cefd5f"));
     }
 
     #[test]

@@ -190,9 +190,8 @@ impl Outbound for VmessOutbound {
             return Err(ProxyError::Refused("vmess: server has no user".into()));
         };
         let tcp = tcp::dial(&server.address, server.port, self.send_through, Resolve::Any, &DIAL_WAITS).await?;
-        let mut stream = user
-            .handshake(tcp, &session.target, unix_now())
-            .map_err(|e| ProxyError::Refused(format!("vmess: {e}")))?;
+        let mut stream =
+            user.handshake(tcp, &session.target, unix_now()).map_err(|e| ProxyError::Refused(format!("vmess: {e}")))?;
         // The request header goes out now, with no payload: the reverse bridge deadlocks otherwise.
         stream.flush().await?;
         Ok(Box::new(stream))

@@ -213,7 +213,12 @@ mod tests {
     fn cfg(n: usize, alter: u16) -> VmessInboundConfig {
         let mut c = VmessInboundConfig::default();
         for i in 0..n {
-            c.clients.push(VmessClientConfig { id: SecretId([i as u8 + 1; 16]), alter_id: alter, level: 0, email: None });
+            c.clients.push(VmessClientConfig {
+                id: SecretId([i as u8 + 1; 16]),
+                alter_id: alter,
+                level: 0,
+                email: None,
+            });
         }
         c
     }
