@@ -78,6 +78,35 @@ async fn check_concurrent(entry: SocketAddr, what: &str) {
     }
 }
 
+const GREETING: &[u8] = b"server speaks first";
+
+/// A server that greets on accept without reading first (like SMTP, or the reverse portal).
+async fn greeting_server() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let _ = s.write_all(GREETING).await;
+                let mut sink = [0u8; 64];
+                while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+/// The request header must go out before the client sends anything, or this hangs.
+async fn check_server_first(entry: SocketAddr, what: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut s = tokio::net::TcpStream::connect(entry).await.unwrap();
+    let mut got = vec![0u8; GREETING.len()];
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got)).await;
+    assert!(matches!(r, Ok(Ok(_))), "{what}: no greeting through VMess without client data: {r:?}");
+    assert_eq!(got, GREETING, "{what}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oxray_to_oxray() {
     let (echo, _e) = xor_echo_server().await;
@@ -94,6 +123,10 @@ async fn oxray_to_oxray() {
             client.shutdown(Duration::from_secs(1)).await;
         }
     }
+    let greet = greeting_server().await;
+    let (client, entry) = start(&vmess_client_config(greet, server_addr, ID_AEAD, 0, VmessSecurity::Auto)).await;
+    check_server_first(entry, "oxray→oxray").await;
+    client.shutdown(Duration::from_secs(1)).await;
     server.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -138,6 +171,13 @@ async fn oxray_client_to_v2ray_server() {
             client.shutdown(Duration::from_secs(1)).await;
         }
     }
+    let greet = greeting_server().await;
+    for alter in [0u16, 64] {
+        let (client, entry) =
+            start(&vmess_client_config(greet, server_addr, id_for(alter), alter, VmessSecurity::Auto)).await;
+        check_server_first(entry, &format!("oxray→V2Ray alterId {alter}")).await;
+        client.shutdown(Duration::from_secs(1)).await;
+    }
     assert!(proc.log_text().find("panic").is_none(), "V2Ray panicked: {}", proc.log_text());
 }
 
@@ -169,6 +209,14 @@ async fn v2ray_client_to_oxray_server() {
             entries.push((SocketAddr::from(([127, 0, 0, 1], port)), sec, name, alter));
         }
     }
+    let greet = greeting_server().await;
+    let greet_port = free_port();
+    inbounds.push(format!(
+        r#"{{"tag": "greet", "listen": "127.0.0.1", "port": {greet_port}, "protocol": "dokodemo-door",
+            "settings": {{"address": "127.0.0.1", "port": {}, "network": "tcp"}}}}"#,
+        greet.port()
+    ));
+    rules.push(r#"{"type": "field", "inboundTag": ["greet"], "outboundTag": "out0"}"#.to_string());
     let json = format!(
         r#"{{"log": {{"loglevel": "warning"}}, "inbounds": [{}], "outbounds": [{}], "routing": {{"rules": [{}]}}}}"#,
         inbounds.join(","),
@@ -188,6 +236,7 @@ async fn v2ray_client_to_oxray_server() {
             check_concurrent(entry, &what).await;
         }
     }
+    check_server_first(SocketAddr::from(([127, 0, 0, 1], greet_port)), "V2Ray→oxray").await;
     drop(proc);
     server.shutdown(Duration::from_secs(1)).await;
 }
