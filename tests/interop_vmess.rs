@@ -7,9 +7,13 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::*;
 use oxray::config::VmessSecurity;
 use oxray::instance::{Instance, Running};
+use oxray::proxy::Outbound;
+use oxray::proxy::vmess::VmessOutbound;
+use oxray::session::{Address, Destination, Session};
 
 const ID_AEAD: [u8; 16] =
     [0x27, 0x84, 0x87, 0x39, 0x7e, 0x62, 0x41, 0x38, 0x9f, 0xd3, 0x09, 0x8a, 0x63, 0x96, 0x4b, 0x6b];
@@ -107,6 +111,53 @@ async fn check_server_first(entry: SocketAddr, what: &str) {
     assert_eq!(got, GREETING, "{what}");
 }
 
+/// A UDP server that sends every datagram back XORed with [`XOR`].
+async fn udp_xor_echo() -> SocketAddr {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            buf[..n].iter_mut().for_each(|b| *b ^= XOR);
+            let _ = sock.send_to(&buf[..n], from).await;
+        }
+    });
+    addr
+}
+
+const DATAGRAMS: [usize; 6] = [1, 16, 17, 500, 1400, 1900];
+
+/// Datagrams through a VMess UDP session (command 2) come back XORed, one for one.
+async fn check_udp_outbound(outbound: &VmessOutbound, echo: SocketAddr, what: &str) {
+    let session = Session::new(None, None, Destination::udp(Address::from(echo.ip()), echo.port()));
+    let conn = outbound.connect_packet(&session).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+    for (i, &n) in DATAGRAMS.iter().enumerate() {
+        let data = payload(n, 300 + i as u64);
+        conn.send(Bytes::from(data.clone())).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), conn.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: datagram {n} timed out"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{what}: UDP session ended"));
+        assert_eq!(got.len(), n, "{what}");
+        assert!(got.iter().zip(&data).all(|(g, d)| *g == d ^ XOR), "{what}: datagram {n} differs");
+    }
+}
+
+fn udp_outbound(server: SocketAddr, id: [u8; 16], alter_id: u16, security: VmessSecurity) -> VmessOutbound {
+    use oxray::config::*;
+    VmessOutbound::new(
+        VmessOutboundConfig {
+            servers: vec![VmessServerConfig {
+                address: Address::from(server.ip()),
+                port: server.port(),
+                users: vec![VmessUserConfig { id: SecretId(id), alter_id, security, level: 0, email: None }],
+            }],
+        },
+        None,
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oxray_to_oxray() {
     let (echo, _e) = xor_echo_server().await;
@@ -127,6 +178,13 @@ async fn oxray_to_oxray() {
     let (client, entry) = start(&vmess_client_config(greet, server_addr, ID_AEAD, 0, VmessSecurity::Auto)).await;
     check_server_first(entry, "oxray→oxray").await;
     client.shutdown(Duration::from_secs(1)).await;
+    let udp_echo = udp_xor_echo().await;
+    for (sec, name) in SECURITIES {
+        for alter in [0u16, 64] {
+            let ob = udp_outbound(server_addr, id_for(alter), alter, sec);
+            check_udp_outbound(&ob, udp_echo, &format!("oxray→oxray UDP {name} alterId {alter}")).await;
+        }
+    }
     server.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -178,6 +236,13 @@ async fn oxray_client_to_v2ray_server() {
         check_server_first(entry, &format!("oxray→V2Ray alterId {alter}")).await;
         client.shutdown(Duration::from_secs(1)).await;
     }
+    let udp_echo = udp_xor_echo().await;
+    for (sec, name) in SECURITIES {
+        for alter in [0u16, 64] {
+            let ob = udp_outbound(server_addr, id_for(alter), alter, sec);
+            check_udp_outbound(&ob, udp_echo, &format!("oxray→V2Ray UDP {name} alterId {alter}")).await;
+        }
+    }
     assert!(proc.log_text().find("panic").is_none(), "V2Ray panicked: {}", proc.log_text());
 }
 
@@ -217,6 +282,22 @@ async fn v2ray_client_to_oxray_server() {
         greet.port()
     ));
     rules.push(r#"{"type": "field", "inboundTag": ["greet"], "outboundTag": "out0"}"#.to_string());
+    let udp_echo = udp_xor_echo().await;
+    let mut udp_entries = Vec::new();
+    for (i, (_, name)) in SECURITIES.iter().enumerate() {
+        for alter in [0u16, 64] {
+            let port = free_port();
+            let out = i * 2 + usize::from(alter != 0);
+            inbounds.push(format!(
+                r#"{{"tag": "udp{out}", "listen": "127.0.0.1", "port": {port}, "protocol": "dokodemo-door",
+                    "settings": {{"address": "127.0.0.1", "port": {}, "network": "udp"}}}}"#,
+                udp_echo.port()
+            ));
+            rules.push(format!(r#"{{"type": "field", "inboundTag": ["udp{out}"], "outboundTag": "out{out}"}}"#));
+            udp_entries
+                .push((SocketAddr::from(([127, 0, 0, 1], port)), format!("V2Ray→oxray UDP {name} alterId {alter}")));
+        }
+    }
     let json = format!(
         r#"{{"log": {{"loglevel": "warning"}}, "inbounds": [{}], "outbounds": [{}], "routing": {{"rules": [{}]}}}}"#,
         inbounds.join(","),
@@ -237,6 +318,27 @@ async fn v2ray_client_to_oxray_server() {
         }
     }
     check_server_first(SocketAddr::from(([127, 0, 0, 1], greet_port)), "V2Ray→oxray").await;
+    for (entry, what) in udp_entries {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        sock.connect(entry).await.unwrap();
+        for (i, &n) in DATAGRAMS.iter().enumerate() {
+            let data = payload(n, 400 + i as u64);
+            // The first datagram may race V2Ray's UDP listener start-up: retry a few times.
+            let mut got = None;
+            for _ in 0..5 {
+                sock.send(&data).await.unwrap();
+                let mut buf = vec![0u8; 4096];
+                if let Ok(Ok(k)) = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf)).await {
+                    buf.truncate(k);
+                    got = Some(buf);
+                    break;
+                }
+            }
+            let got = got.unwrap_or_else(|| panic!("{what}: no reply to a {n}-byte datagram"));
+            assert_eq!(got.len(), n, "{what}");
+            assert!(got.iter().zip(&data).all(|(g, d)| *g == d ^ XOR), "{what}: datagram {n} differs");
+        }
+    }
     drop(proc);
     server.shutdown(Duration::from_secs(1)).await;
 }

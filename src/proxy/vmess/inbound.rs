@@ -12,8 +12,8 @@ use tokio::time::{Instant, timeout_at};
 use tracing::{debug, info};
 
 use super::body::{BodySecurity, ChunkDecoder, ChunkEncoder};
-use super::outbound::PacketStream;
 use super::header::{Command, HeaderError, Progress, ServerHandshake, encode_response, response_keys};
+use super::outbound::PacketStream;
 use super::stream::VmessStream;
 use super::unix_now;
 use super::validator::Validator;
