@@ -224,3 +224,89 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 pub fn oxray_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_oxray"))
 }
+
+/// A typed oxray config builder for VMess tests: a VMess server (vmess inbound → freedom).
+pub fn vmess_server_config(users: &[([u8; 16], u16)], handshake: Option<Duration>) -> oxray::config::Config {
+    use oxray::config::*;
+    let mut cfg = Config::default();
+    let clients = users
+        .iter()
+        .enumerate()
+        .map(|(i, (id, alter))| VmessClientConfig {
+            id: SecretId(*id),
+            alter_id: *alter,
+            level: 0,
+            email: Some(format!("user{i}@test")),
+        })
+        .collect();
+    cfg.inbounds.push(InboundConfig {
+        tag: Some("vmess-in".into()),
+        listen: "127.0.0.1".parse().unwrap(),
+        port: PortRange { first: 0, last: 0 },
+        protocol: InboundProtocol::Vmess(VmessInboundConfig { clients, ..Default::default() }),
+        path: "inbounds[0]".into(),
+    });
+    cfg.outbounds.push(OutboundConfig {
+        tag: Some("direct".into()),
+        protocol: OutboundProtocol::Freedom(FreedomConfig::default()),
+        mux: None,
+        send_through: None,
+        path: "outbounds[0]".into(),
+    });
+    if let Some(h) = handshake {
+        cfg.policy.levels.insert(0, LevelPolicy { handshake: h, ..Default::default() });
+    }
+    cfg
+}
+
+/// A typed oxray config for a VMess client: dokodemo (to `target`) → vmess outbound to `server`.
+pub fn vmess_client_config(
+    target: SocketAddr,
+    server: SocketAddr,
+    id: [u8; 16],
+    alter_id: u16,
+    security: oxray::config::VmessSecurity,
+) -> oxray::config::Config {
+    use oxray::config::*;
+    use oxray::session::Address;
+    let mut cfg = Config::default();
+    cfg.inbounds.push(InboundConfig {
+        tag: Some("local".into()),
+        listen: "127.0.0.1".parse().unwrap(),
+        port: PortRange { first: 0, last: 0 },
+        protocol: InboundProtocol::Dokodemo(DokodemoConfig {
+            address: Some(Address::from(target.ip())),
+            port: target.port(),
+            network: NetworkList { tcp: true, udp: false },
+            follow_redirect: false,
+            timeout: None,
+            user_level: 0,
+        }),
+        path: "inbounds[0]".into(),
+    });
+    cfg.outbounds.push(OutboundConfig {
+        tag: Some("proxy".into()),
+        protocol: OutboundProtocol::Vmess(VmessOutboundConfig {
+            servers: vec![VmessServerConfig {
+                address: Address::from(server.ip()),
+                port: server.port(),
+                users: vec![VmessUserConfig { id: SecretId(id), alter_id, security, level: 0, email: None }],
+            }],
+        }),
+        mux: None,
+        send_through: None,
+        path: "outbounds[0]".into(),
+    });
+    cfg
+}
+
+/// The UUID text form of 16 bytes.
+pub fn uuid_text(id: &[u8; 16]) -> String {
+    let h: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+/// Waits (polling, with a deadline) until `addr` accepts TCP connections.
+pub async fn wait_port_async(addr: SocketAddr, deadline: Duration) -> bool {
+    wait_until(deadline, || async move { TcpStream::connect(addr).await.is_ok() }).await
+}

@@ -144,12 +144,21 @@ fn aead_key(alg: &'static aws_lc_rs::aead::Algorithm, key: &[u8]) -> LessSafeKey
 /// Seals payloads into chunks for one direction.
 pub struct ChunkEncoder {
     st: ChunkState,
+    /// Random bytes for padding, refilled in bulk: one RNG call per chunk would cost more than
+    /// sealing a 1 KiB chunk.
+    pad_pool: Vec<u8>,
+    pad_pos: usize,
 }
+
+/// Size of the padding pool (refilled when fewer than 64 bytes are left).
+const PAD_POOL: usize = 4096;
 
 impl ChunkEncoder {
     /// An encoder for the direction whose body key and IV are `key`/`iv`; `udp` selects packet framing.
     pub fn new(security: BodySecurity, options: u8, udp: bool, key: &[u8; 16], iv: &[u8; 16]) -> Self {
-        ChunkEncoder { st: ChunkState::new(security, options, udp, key, iv) }
+        let st = ChunkState::new(security, options, udp, key, iv);
+        let pad_pool = if st.padding { vec![0u8; PAD_POOL] } else { Vec::new() };
+        ChunkEncoder { st, pad_pool, pad_pos: PAD_POOL }
     }
 
     /// True when there is no framing (raw bytes pass through).
@@ -188,10 +197,15 @@ impl ChunkEncoder {
             out.extend_from_slice(tag.as_ref());
         }
         if pad > 0 {
-            let at = out.len();
-            out.resize(at + pad, 0);
             // Padding is never checked; randomness only keeps it from being a fingerprint.
-            let _ = aws_lc_rs::rand::fill(&mut out[at..]);
+            if self.pad_pos + pad > self.pad_pool.len() {
+                let _ = aws_lc_rs::rand::fill(&mut self.pad_pool);
+                self.pad_pos = 0;
+            }
+            if let Some(p) = self.pad_pool.get(self.pad_pos..self.pad_pos + pad) {
+                out.extend_from_slice(p);
+            }
+            self.pad_pos += pad;
         }
         Ok(())
     }

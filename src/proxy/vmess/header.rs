@@ -516,25 +516,44 @@ impl<'a> ServerHandshake<'a> {
     }
 }
 
-/// Feeds arbitrary bytes to a server handshake with one known user (fuzzing and robustness tests).
+/// Feeds arbitrary bytes to a server handshake (fuzzing and robustness tests). The first byte picks
+/// the mode: raw bytes as the whole request, or the rest as a command block sealed under a valid AEAD
+/// or legacy header so the parser behind authentication is reached too.
 #[doc(hidden)]
 pub fn fuzz_request_header(data: &[u8]) {
-    use std::sync::OnceLock;
-    static VALIDATOR: OnceLock<Validator> = OnceLock::new();
-    let v = VALIDATOR.get_or_init(|| {
-        let mut cfg = crate::config::VmessInboundConfig::default();
-        cfg.clients.push(crate::config::VmessClientConfig {
-            id: crate::config::SecretId([0x27; 16]),
-            alter_id: 4,
-            level: 0,
-            email: None,
-        });
-        Validator::new(&cfg)
+    const NOW: i64 = 1_700_000_000;
+    const ID: [u8; 16] = [0x27; 16];
+    let Some((&mode, rest)) = data.split_first() else { return };
+    let mut cfg = crate::config::VmessInboundConfig::default();
+    cfg.clients.push(crate::config::VmessClientConfig {
+        id: crate::config::SecretId(ID),
+        alter_id: 0,
+        level: 0,
+        email: None,
     });
-    let mut hs = ServerHandshake::new(v, 1_700_000_000);
-    for cut in [16, 42, 64, data.len()] {
-        match hs.step(&data[..cut.min(data.len())]) {
-            Ok(Progress::Need(_)) => continue,
+    let validator = Validator::new(&cfg);
+    let cmd_key = kdf::cmd_key(&ID);
+    let wire = match mode % 3 {
+        0 => rest.to_vec(),
+        1 => {
+            let mut w = Vec::new();
+            if rest.len() > u16::MAX as usize {
+                return;
+            }
+            seal_aead_header(&cmd_key, &create_auth_id(&cmd_key, NOW, [1, 2, 3, 4]), &[5; 8], rest, &mut w);
+            w
+        }
+        _ => {
+            let mut w = Vec::new();
+            seal_legacy_header(&ID, &cmd_key, NOW as u64, rest, &mut w);
+            w
+        }
+    };
+    let mut hs = ServerHandshake::new(&validator, NOW);
+    let mut have = 0;
+    loop {
+        match hs.step(&wire[..have]) {
+            Ok(Progress::Need(n)) if have < wire.len() => have = n.max(have + 1).min(wire.len()),
             _ => return,
         }
     }

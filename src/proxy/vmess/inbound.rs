@@ -13,12 +13,13 @@ use tracing::{debug, info};
 
 use super::body::{BodySecurity, ChunkDecoder, ChunkEncoder};
 use super::header::{Command, HeaderError, Progress, ServerHandshake, encode_response, response_keys};
+use super::outbound::PacketStream;
 use super::stream::VmessStream;
 use super::unix_now;
 use super::validator::Validator;
 use crate::config::VmessInboundConfig;
 use crate::dispatch::Dispatcher;
-use crate::proxy::Inbound;
+use crate::proxy::{BoxPacketConn, Inbound, PacketConn};
 use crate::session::{Destination, Session};
 
 /// Largest request header accepted (AEAD length is a u16).
@@ -128,23 +129,56 @@ impl Inbound for VmessInbound {
             self.drain(&mut stream, buf.len(), deadline).await;
             return;
         }
-        if h.command == Command::Udp {
-            info!(%peer, target = %h.address, "vmess: UDP requests are not supported yet");
-            return;
-        }
         let (resp_key, resp_iv) = response_keys(req.aead, &h.body_key, &h.body_iv);
         let mut response = Vec::with_capacity(64);
         encode_response(req.aead, &resp_key, &resp_iv, h.v, &mut response);
-        let target = Destination::tcp(h.address.clone(), h.port);
+        let udp = h.command == Command::Udp;
+        let target =
+            if udp { Destination::udp(h.address.clone(), h.port) } else { Destination::tcp(h.address.clone(), h.port) };
         let server_stream = VmessStream::server(
             stream,
             &buf[used..],
-            ChunkDecoder::new(security, h.options, false, &h.body_key, &h.body_iv),
-            ChunkEncoder::new(security, h.options, false, &resp_key, &resp_iv),
+            ChunkDecoder::new(security, h.options, udp, &h.body_key, &h.body_iv),
+            ChunkEncoder::new(security, h.options, udp, &resp_key, &resp_iv),
             response,
         );
+        let user = self.validator.user(req.user).clone();
+        let level = user.level;
         let mut session = Session::new(self.tag.clone(), Some(peer), target);
-        session.user = Some(self.validator.user(req.user).clone());
+        session.user = Some(user);
+        if udp {
+            let policy = dispatcher.policy(level);
+            match dispatcher.connect_packet(session).await {
+                Ok(conn) => serve_udp(PacketStream::new(server_stream), conn, policy.downlink_only).await,
+                Err(e) => info!(%peer, "vmess: UDP session refused: {e}"),
+            }
+            return;
+        }
         dispatcher.dispatch(session, Box::new(server_stream)).await;
     }
+}
+
+/// Pumps datagrams between a VMess UDP session and a packet flow. When the client's side ends, replies
+/// are still relayed for `linger` (the policy's downlinkOnly).
+async fn serve_udp(client: PacketStream<TcpStream>, conn: BoxPacketConn, linger: std::time::Duration) {
+    let up = async {
+        while let Ok(Some(p)) = client.recv().await {
+            if conn.send(p).await.is_err() {
+                break;
+            }
+        }
+    };
+    let down = async {
+        while let Ok(Some(p)) = conn.recv().await {
+            if client.send(p).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::pin!(down);
+    tokio::select! {
+        _ = up => { let _ = tokio::time::timeout(linger, &mut down).await; }
+        _ = &mut down => {}
+    }
+    client.close().await;
 }

@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
 
 use super::body::{BodySecurity, ChunkDecoder, ChunkEncoder, OPT_CHUNK_MASKING, OPT_CHUNK_STREAM, OPT_GLOBAL_PADDING};
 use super::header::{
@@ -17,7 +20,7 @@ use super::kdf;
 use super::stream::VmessStream;
 use super::unix_now;
 use crate::config::{VmessOutboundConfig, VmessSecurity};
-use crate::proxy::{BoxStream, Outbound, ProxyError};
+use crate::proxy::{BoxPacketConn, BoxStream, Outbound, PacketConn, ProxyError};
 use crate::session::{Address, Destination, Network, Session};
 use crate::transport::tcp::{self, Resolve};
 
@@ -178,9 +181,9 @@ fn random_index(n: usize) -> usize {
     u32::from_be_bytes(b) as usize % n.max(1)
 }
 
-#[async_trait]
-impl Outbound for VmessOutbound {
-    async fn connect(&self, session: &Session) -> Result<BoxStream, ProxyError> {
+impl VmessOutbound {
+    /// Dials the next server and sends the request header for `target` at once.
+    async fn open(&self, target: &Destination) -> Result<VmessStream<TcpStream>, ProxyError> {
         if self.servers.is_empty() {
             return Err(ProxyError::Refused("vmess: no server configured".into()));
         }
@@ -191,9 +194,70 @@ impl Outbound for VmessOutbound {
         };
         let tcp = tcp::dial(&server.address, server.port, self.send_through, Resolve::Any, &DIAL_WAITS).await?;
         let mut stream =
+<<<<<<< HEAD
             user.handshake(tcp, &session.target, unix_now()).map_err(|e| ProxyError::Refused(format!("vmess: {e}")))?;
+=======
+            user.handshake(tcp, target, unix_now()).map_err(|e| ProxyError::Refused(format!("vmess: {e}")))?;
+>>>>>>> wt-vmess
         // The request header goes out now, with no payload: the reverse bridge deadlocks otherwise.
         stream.flush().await?;
-        Ok(Box::new(stream))
+        Ok(stream)
+    }
+}
+
+#[async_trait]
+impl Outbound for VmessOutbound {
+    async fn connect(&self, session: &Session) -> Result<BoxStream, ProxyError> {
+        Ok(Box::new(self.open(&session.target).await?))
+    }
+
+    async fn connect_packet(&self, session: &Session) -> Result<BoxPacketConn, ProxyError> {
+        let target = Destination::udp(session.target.address.clone(), session.target.port);
+        let stream = self.open(&target).await?;
+        Ok(Box::new(PacketStream::new(stream)))
+    }
+}
+
+/// Largest datagram carried (Go drops packets whose chunk would exceed its 2048-byte buffer; oxray
+/// carries up to one chunk).
+const MAX_DATAGRAM: usize = super::body::MAX_CHUNK_PAYLOAD;
+
+/// A VMess UDP session (command 2): one chunk per datagram, in both directions.
+pub struct PacketStream<S> {
+    reader: Mutex<(ReadHalf<VmessStream<S>>, Vec<u8>)>,
+    writer: Mutex<WriteHalf<VmessStream<S>>>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Send + Unpin> PacketStream<S> {
+    /// Wraps a stream whose codecs use packet framing. A read with a buffer of a whole chunk returns
+    /// exactly one chunk, and a write of at most one chunk's payload is sealed as one chunk.
+    pub fn new(stream: VmessStream<S>) -> Self {
+        let (r, w) = tokio::io::split(stream);
+        PacketStream { reader: Mutex::new((r, vec![0u8; 65536])), writer: Mutex::new(w) }
+    }
+
+    /// Sends the end chunk and half-closes.
+    pub async fn close(&self) {
+        let _ = self.writer.lock().await.shutdown().await;
+    }
+}
+
+#[async_trait]
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> PacketConn for PacketStream<S> {
+    async fn send(&self, packet: Bytes) -> std::io::Result<()> {
+        if packet.len() > MAX_DATAGRAM || packet.is_empty() {
+            // An empty chunk would end the stream; oversized ones Go drops too.
+            return Ok(());
+        }
+        let mut w = self.writer.lock().await;
+        w.write_all(&packet).await?;
+        w.flush().await
+    }
+
+    async fn recv(&self) -> std::io::Result<Option<Bytes>> {
+        let mut guard = self.reader.lock().await;
+        let (r, buf) = &mut *guard;
+        let n = r.read(buf).await?;
+        Ok((n > 0).then(|| Bytes::copy_from_slice(&buf[..n])))
     }
 }

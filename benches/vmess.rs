@@ -1,0 +1,88 @@
+//! VMess chunk sealing and opening throughput (options 0x0d as 4.34 sends them: masking + padding).
+
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use oxray::proxy::vmess::body::{BodySecurity, ChunkDecoder, ChunkEncoder, Decoded};
+
+const KEY: [u8; 16] = [0x10; 16];
+const IV: [u8; 16] = [0x20; 16];
+const OPTIONS: u8 = 0x0d;
+
+fn securities() -> [(BodySecurity, &'static str); 3] {
+    [
+        (BodySecurity::Aes128Gcm, "aes-128-gcm"),
+        (BodySecurity::Chacha20Poly1305, "chacha20-poly1305"),
+        (BodySecurity::None, "none"),
+    ]
+}
+
+fn seal(c: &mut Criterion) {
+    let mut g = c.benchmark_group("vmess_chunk_seal");
+    for (sec, name) in securities() {
+        for size in [1024usize, 16 * 1024] {
+            g.throughput(Throughput::Bytes(size as u64));
+            let payload = vec![0xabu8; size];
+            let mut enc = ChunkEncoder::new(sec, OPTIONS, false, &KEY, &IV);
+            let mut out = Vec::with_capacity(size + 128);
+            g.bench_with_input(BenchmarkId::new(name, size), &size, |b, _| {
+                b.iter(|| {
+                    out.clear();
+                    enc.encode(std::hint::black_box(&payload), &mut out).unwrap();
+                    std::hint::black_box(&out);
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn open(c: &mut Criterion) {
+    let mut g = c.benchmark_group("vmess_chunk_open");
+    for (sec, name) in securities() {
+        for size in [1024usize, 16 * 1024] {
+            g.throughput(Throughput::Bytes(size as u64));
+            let payload = vec![0xabu8; size];
+            g.bench_with_input(BenchmarkId::new(name, size), &size, |b, _| {
+                // Chunks must be opened in the order they were sealed, so seal a batch (untimed), then
+                // time opening it in place.
+                let mut enc = ChunkEncoder::new(sec, OPTIONS, false, &KEY, &IV);
+                let mut dec = ChunkDecoder::new(sec, OPTIONS, false, &KEY, &IV);
+                let mut wire = Vec::with_capacity(256 * (size + 128));
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    let mut left = iters;
+                    while left > 0 {
+                        let batch = left.min(256);
+                        wire.clear();
+                        for _ in 0..batch {
+                            enc.encode(&payload, &mut wire).unwrap();
+                        }
+                        let start = Instant::now();
+                        let mut pos = 0;
+                        for _ in 0..batch {
+                            match dec.decode(&mut wire[pos..]).unwrap() {
+                                Decoded::Data { end, consumed, .. } => {
+                                    std::hint::black_box(end);
+                                    pos += consumed;
+                                }
+                                other => panic!("{other:?}"),
+                            }
+                        }
+                        total += start.elapsed();
+                        left -= batch;
+                    }
+                    total
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    targets = seal, open
+}
+criterion_main!(benches);
