@@ -209,10 +209,7 @@ fn clk_tck() -> f64 {
 
 /// Pins every thread of `pid` (taskset -a) to `cpus`.
 fn pin(pid: u32, cpus: &str) -> io::Result<()> {
-    let st = Command::new("taskset")
-        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
-        .stdout(Stdio::null())
-        .status()?;
+    let st = Command::new("taskset").args(["-a", "-p", "-c", cpus, &pid.to_string()]).stdout(Stdio::null()).status()?;
     if st.success() { Ok(()) } else { Err(err(format!("taskset for pid {pid} failed"))) }
 }
 
@@ -280,7 +277,9 @@ impl Ctx {
 
     async fn pingpong(&self, addr: SocketAddr, pinned: bool) -> io::Result<(f64, f64)> {
         let n = self.opts.ping_count.to_string();
-        let v = run_json(pinned, &self.args(&["pingpong", "--count", &n, "--size", "64"], addr), Duration::from_secs(120)).await?;
+        let v =
+            run_json(pinned, &self.args(&["pingpong", "--count", &n, "--size", "64"], addr), Duration::from_secs(120))
+                .await?;
         Ok((num(&v, "p50_us")?, num(&v, "p99_us")?))
     }
 
@@ -292,8 +291,16 @@ impl Ctx {
         std::fs::write(&bcfg, bridge_config(ports))?;
         std::fs::write(&pcfg, portal_config(ports))?;
         let t0 = Instant::now();
-        let b = Proc::spawn(&format!("{} bridge", imp.name), imp.command(&bcfg), &self.dir.join(format!("{}-bridge.log", imp.name)))?;
-        let p = Proc::spawn(&format!("{} portal", imp.name), imp.command(&pcfg), &self.dir.join(format!("{}-portal.log", imp.name)))?;
+        let b = Proc::spawn(
+            &format!("{} bridge", imp.name),
+            imp.command(&bcfg),
+            &self.dir.join(format!("{}-bridge.log", imp.name)),
+        )?;
+        let p = Proc::spawn(
+            &format!("{} portal", imp.name),
+            imp.command(&pcfg),
+            &self.dir.join(format!("{}-portal.log", imp.name)),
+        )?;
         let ext = SocketAddr::from(([127, 0, 0, 1], ports.external));
         let fb = client::first_byte(ext, t0, Duration::from_millis(5), Duration::from_secs(20)).await;
         b.check_alive()?;
@@ -323,7 +330,12 @@ impl Ctx {
 
         // Fresh pair per repetition: start-to-first-byte, idle RSS, then RSS with N held.
         for r in 0..reps {
-            eprintln!("[{}] start {}/{reps}: first byte, idle RSS, {} held connections", imp.name, r + 1, self.opts.hold_conns);
+            eprintln!(
+                "[{}] start {}/{reps}: first byte, idle RSS, {} held connections",
+                imp.name,
+                r + 1,
+                self.opts.hold_conns
+            );
             let (b, p, fb) = self.start_pair(imp, &ports).await?;
             push(&mut s, "first_byte_ms", fb * 1e3);
             // First traffic: a few fresh sessions and one small verified transfer each way.
@@ -338,7 +350,10 @@ impl Ctx {
             let (per, alive) = self.hold(ext, &pids, idle).await?;
             push(&mut s, "rss_per_conn_kib", per);
             if alive < self.opts.hold_conns {
-                eprintln!("[{}] WARNING: only {alive} of {} held connections still echoed after the hold", imp.name, self.opts.hold_conns);
+                eprintln!(
+                    "[{}] WARNING: only {alive} of {} held connections still echoed after the hold",
+                    imp.name, self.opts.hold_conns
+                );
             }
             push(&mut s, "hold_alive", alive as f64);
         }
@@ -379,7 +394,8 @@ impl Ctx {
         eprintln!("[{}] connection rate", imp.name);
         let secs = self.opts.connrate_secs.to_string();
         for _ in 0..reps {
-            let v = run_json(false, &self.args(&["connrate", "--seconds", &secs], ext), Duration::from_secs(120)).await?;
+            let v =
+                run_json(false, &self.args(&["connrate", "--seconds", &secs], ext), Duration::from_secs(120)).await?;
             push(&mut s, "connrate", num(&v, "conns_per_s")?);
             let failed = num(&v, "failed")?;
             if failed > 0.0 {
@@ -439,7 +455,9 @@ impl Ctx {
         let last = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
         let alive = match last {
-            Ok(Ok(Some(l))) => serde_json::from_str::<Value>(&l).ok().and_then(|v| v["alive_after"].as_u64()).unwrap_or(0),
+            Ok(Ok(Some(l))) => {
+                serde_json::from_str::<Value>(&l).ok().and_then(|v| v["alive_after"].as_u64()).unwrap_or(0)
+            }
             _ => 0,
         };
         Ok(((with as f64 - before_kib as f64) / n as f64, alive as u32))
@@ -551,15 +569,30 @@ const ROWS: &[Row] = &[
     Row { key: "bulk_up_8", label: "Bulk upload, 8 conns (MB/s)", decimals: 0, target: Target::AtLeast(2.0) },
     Row { key: "bulk_down_1", label: "Bulk download, 1 conn (MB/s)", decimals: 0, target: Target::AtLeast(2.0) },
     Row { key: "bulk_down_8", label: "Bulk download, 8 conns (MB/s)", decimals: 0, target: Target::AtLeast(2.0) },
-    Row { key: "cpu_per_gib", label: "Tunnel CPU-seconds per GiB (bridge+portal)", decimals: 2, target: Target::AtMost(0.35) },
+    Row {
+        key: "cpu_per_gib",
+        label: "Tunnel CPU-seconds per GiB (bridge+portal)",
+        decimals: 2,
+        target: Target::AtMost(0.35),
+    },
     Row { key: "rtt_p50_added", label: "64 B RTT p50 added by tunnel (µs)", decimals: 1, target: Target::AtMost(0.3) },
     Row { key: "rtt_p50", label: "64 B RTT p50 (µs)", decimals: 1, target: Target::None },
     Row { key: "rtt_p99", label: "64 B RTT p99 (µs)", decimals: 1, target: Target::None },
-    Row { key: "rtt1_p50_added", label: "64 B RTT p50 added, all on CPU 0 (µs)", decimals: 1, target: Target::AtMost(0.3) },
+    Row {
+        key: "rtt1_p50_added",
+        label: "64 B RTT p50 added, all on CPU 0 (µs)",
+        decimals: 1,
+        target: Target::AtMost(0.3),
+    },
     Row { key: "rtt1_p50", label: "64 B RTT p50, all on CPU 0 (µs)", decimals: 1, target: Target::None },
     Row { key: "rtt1_p99", label: "64 B RTT p99, all on CPU 0 (µs)", decimals: 1, target: Target::None },
     Row { key: "connrate", label: "Sequential connections/s", decimals: 0, target: Target::AtLeast(3.0) },
-    Row { key: "rss_per_conn_kib", label: "RSS per held idle conn (KiB, 2,000 held)", decimals: 1, target: Target::AtMostAbs(0.15, 8.0) },
+    Row {
+        key: "rss_per_conn_kib",
+        label: "RSS per held idle conn (KiB, 2,000 held)",
+        decimals: 1,
+        target: Target::AtMostAbs(0.15, 8.0),
+    },
     Row { key: "idle_rss_mib", label: "Idle RSS, bridge+portal (MiB)", decimals: 1, target: Target::Abs(8.0) },
     Row { key: "first_byte_ms", label: "Start to first byte (ms)", decimals: 0, target: Target::None },
 ];
@@ -570,13 +603,14 @@ struct Report {
     json: String,
 }
 
-fn render(opts: &Opts, direct: &Samples, results: &[(&'static str, Result<Samples, String>)], took: Duration) -> Report {
+fn render(
+    opts: &Opts,
+    direct: &Samples,
+    results: &[(&'static str, Result<Samples, String>)],
+    took: Duration,
+) -> Report {
     let get = |name: &str, key: &str| -> Option<f64> {
-        results
-            .iter()
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, r)| r.as_ref().ok())
-            .and_then(|s| median(s.get(key)?))
+        results.iter().find(|(n, _)| *n == name).and_then(|(_, r)| r.as_ref().ok()).and_then(|s| median(s.get(key)?))
     };
     let cell = |name: &str, key: &str, d: usize| -> String {
         match results.iter().find(|(n, _)| *n == name) {
@@ -622,7 +656,8 @@ fn render(opts: &Opts, direct: &Samples, results: &[(&'static str, Result<Sample
     }
     let pad = |s: &str, n: usize| format!("{s}{}", " ".repeat(n.saturating_sub(s.chars().count())));
     let mut table = String::new();
-    let line = |cells: &[String; 5]| cells.iter().enumerate().map(|(i, c)| pad(c, w[i])).collect::<Vec<_>>().join(" | ");
+    let line =
+        |cells: &[String; 5]| cells.iter().enumerate().map(|(i, c)| pad(c, w[i])).collect::<Vec<_>>().join(" | ");
     let _ = writeln!(table, "{}", line(&head.map(String::from)));
     let _ = writeln!(table, "{}", w.iter().map(|&n| "-".repeat(n)).collect::<Vec<_>>().join("-+-"));
     for r in &rows {
@@ -702,7 +737,10 @@ fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

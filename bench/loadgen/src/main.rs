@@ -110,16 +110,28 @@ async fn run(cmd: &str, rest: &[String]) -> Result<Option<String>, String> {
             };
             client::bulk(a.addr()?, a.get("conns", Some(1))?, a.get("bytes", None)?, up).await.map_err(s)?
         }
-        "pingpong" => client::pingpong(a.addr()?, a.get("count", Some(10_000))?, a.get("size", Some(64))?, a.get("warmup", Some(200))?)
-            .await
-            .map_err(s)?,
+        "pingpong" => client::pingpong(
+            a.addr()?,
+            a.get("count", Some(10_000))?,
+            a.get("size", Some(64))?,
+            a.get("warmup", Some(200))?,
+        )
+        .await
+        .map_err(s)?,
         "connrate" => client::connrate(a.addr()?, a.get("seconds", Some(3.0))?).await.map_err(s)?,
-        "hold" => client::hold(a.addr()?, a.get("conns", Some(2000))?, a.get("max-secs", Some(120))?).await.map_err(s)?,
+        "hold" => {
+            client::hold(a.addr()?, a.get("conns", Some(2000))?, a.get("max-secs", Some(120))?).await.map_err(s)?
+        }
         "firstbyte" => {
             let t: u64 = a.get("timeout-secs", Some(20))?;
-            let secs = client::first_byte(a.addr()?, Instant::now(), Duration::from_millis(5), Duration::from_secs(t.min(600)))
-                .await
-                .map_err(s)?;
+            let secs = client::first_byte(
+                a.addr()?,
+                Instant::now(),
+                Duration::from_millis(5),
+                Duration::from_secs(t.min(600)),
+            )
+            .await
+            .map_err(s)?;
             format!("{{\"first_byte_ms\":{:.2}}}", secs * 1e3)
         }
         "drive" => {
