@@ -116,6 +116,38 @@ impl Impl {
     }
 }
 
+#[derive(Clone, Copy)]
+enum Step {
+    Ping,
+    PingPinned,
+    ConnRate,
+    Bulk { up: bool, conns: u32 },
+}
+
+/// One implementation's progress through the run.
+struct State {
+    imp: Impl,
+    ports: Ports,
+    /// The long-lived (bridge, portal) pair used by the latency, rate and bulk steps.
+    pair: Option<(Proc, Proc)>,
+    samples: Samples,
+    failed: Option<String>,
+}
+
+impl State {
+    fn push(&mut self, k: &'static str, v: f64) {
+        self.samples.entry(k).or_default().push(v);
+    }
+
+    fn ext(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports.external))
+    }
+}
+
+fn all_cpus() -> String {
+    format!("0-{}", std::thread::available_parallelism().map_or(1, |n| n.get()) - 1)
+}
+
 struct Ports {
     service: u16,
     external: u16,
@@ -262,7 +294,6 @@ fn median(v: &[f64]) -> Option<f64> {
 struct Ctx {
     opts: Opts,
     dir: PathBuf,
-    service: SocketAddr,
     service_pid: u32,
     ticks: f64,
 }
@@ -302,13 +333,23 @@ impl Ctx {
             &self.dir.join(format!("{}-portal.log", imp.name)),
         )?;
         let ext = SocketAddr::from(([127, 0, 0, 1], ports.external));
-        let fb = client::first_byte(ext, t0, Duration::from_millis(5), Duration::from_secs(20)).await;
-        b.check_alive()?;
-        p.check_alive()?;
-        match fb {
-            Ok(s) => Ok((b, p, s)),
-            Err(e) => Err(err(format!("{e}\nbridge log:\n{}\nportal log:\n{}", tail(&b.log), tail(&p.log)))),
+        // Poll every 5 ms; stop at once if either process dies (a config error, say).
+        let mut last = String::from("never tried");
+        while t0.elapsed() < Duration::from_secs(20) {
+            b.check_alive()?;
+            p.check_alive()?;
+            match tokio::time::timeout(Duration::from_secs(1), client::echo_roundtrip(ext, b"f")).await {
+                Ok(Ok(_)) => return Ok((b, p, t0.elapsed().as_secs_f64())),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "round trip timed out".into(),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        Err(err(format!(
+            "no round trip through {ext} within 20 s (last: {last})\nbridge log:\n{}\nportal log:\n{}",
+            tail(&b.log),
+            tail(&p.log)
+        )))
     }
 
     async fn settle_rss(&self, pids: &[u32]) -> io::Result<u64> {
@@ -320,115 +361,96 @@ impl Ctx {
         Ok(pids.iter().map(|&p| cpu_ticks(p)).sum::<io::Result<u64>>()? as f64 / self.ticks)
     }
 
-    async fn run_impl(&self, imp: &Impl, direct: &Samples) -> io::Result<Samples> {
-        let mut s = Samples::new();
-        let push = |s: &mut Samples, k: &'static str, v: f64| s.entry(k).or_default().push(v);
-        let pp = free_ports(2)?;
-        let ports = Ports { service: self.service.port(), external: pp[0], interconn: pp[1] };
-        let ext = SocketAddr::from(([127, 0, 0, 1], ports.external));
-        let reps = self.opts.reps;
-
-        // Fresh pair per repetition: start-to-first-byte, idle RSS, then RSS with N held.
-        for r in 0..reps {
-            eprintln!(
-                "[{}] start {}/{reps}: first byte, idle RSS, {} held connections",
-                imp.name,
-                r + 1,
-                self.opts.hold_conns
-            );
-            let (b, p, fb) = self.start_pair(imp, &ports).await?;
-            push(&mut s, "first_byte_ms", fb * 1e3);
-            // First traffic: a few fresh sessions and one small verified transfer each way.
-            for _ in 0..10 {
-                client::echo_roundtrip(ext, b"w").await?;
-            }
-            client::bulk(ext, 1, 1 << 20, true).await?;
-            client::bulk(ext, 1, 1 << 20, false).await?;
-            let pids = [b.pid, p.pid];
-            let idle = self.settle_rss(&pids).await?;
-            push(&mut s, "idle_rss_mib", idle as f64 / 1024.0);
-            let (per, alive) = self.hold(ext, &pids, idle).await?;
-            push(&mut s, "rss_per_conn_kib", per);
-            if alive < self.opts.hold_conns {
-                eprintln!(
-                    "[{}] WARNING: only {alive} of {} held connections still echoed after the hold",
-                    imp.name, self.opts.hold_conns
-                );
-            }
-            push(&mut s, "hold_alive", alive as f64);
+    /// One startup repetition on a fresh pair: start-to-first-byte, idle RSS, RSS with N held.
+    async fn startup_rep(&self, st: &mut State) -> io::Result<()> {
+        let (b, p, fb) = self.start_pair(&st.imp, &st.ports).await?;
+        st.push("first_byte_ms", fb * 1e3);
+        let ext = st.ext();
+        // First traffic: a few fresh sessions and one small verified transfer each way.
+        for _ in 0..10 {
+            client::echo_roundtrip(ext, b"w").await?;
         }
-
-        eprintln!("[{}] fresh pair for latency, connection rate and bulk", imp.name);
-        let (b, p, _) = self.start_pair(imp, &ports).await?;
+        client::bulk(ext, 1, 1 << 20, true).await?;
+        client::bulk(ext, 1, 1 << 20, false).await?;
         let pids = [b.pid, p.pid];
-        let dp50 = median(direct.get("rtt_p50").map_or(&[][..], |v| v)).unwrap_or(0.0);
-        let dp50_1 = median(direct.get("rtt1_p50").map_or(&[][..], |v| v)).unwrap_or(0.0);
-        for _ in 0..reps {
-            let (p50, p99) = self.pingpong(ext, false).await?;
-            push(&mut s, "rtt_p50", p50);
-            push(&mut s, "rtt_p99", p99);
-            push(&mut s, "rtt_p50_added", p50 - dp50);
+        let idle = self.settle_rss(&pids).await?;
+        st.push("idle_rss_mib", idle as f64 / 1024.0);
+        let (per, alive) = self.hold(ext, &pids, idle).await?;
+        st.push("rss_per_conn_kib", per);
+        st.push("hold_alive", alive as f64);
+        if alive < self.opts.hold_conns {
+            eprintln!(
+                "[{}] WARNING: only {alive} of {} held connections still echoed after the hold",
+                st.imp.name, self.opts.hold_conns
+            );
         }
-        // Second row: everything on CPU 0, where cross-CPU wakeups do not add noise.
-        for &pid in &[self.service_pid, b.pid, p.pid] {
-            pin(pid, "0")?;
-        }
-        let pinned = async {
-            let mut out = Vec::new();
-            for _ in 0..reps {
-                out.push(self.pingpong(ext, true).await?);
-            }
-            Ok::<_, io::Error>(out)
-        }
-        .await;
-        let all = format!("0-{}", std::thread::available_parallelism().map_or(1, |n| n.get()) - 1);
-        for &pid in &[self.service_pid, b.pid, p.pid] {
-            pin(pid, &all)?;
-        }
-        for (p50, p99) in pinned? {
-            push(&mut s, "rtt1_p50", p50);
-            push(&mut s, "rtt1_p99", p99);
-            push(&mut s, "rtt1_p50_added", p50 - dp50_1);
-        }
+        b.check_alive()?;
+        p.check_alive()
+    }
 
-        eprintln!("[{}] connection rate", imp.name);
-        let secs = self.opts.connrate_secs.to_string();
-        for _ in 0..reps {
-            let v =
-                run_json(false, &self.args(&["connrate", "--seconds", &secs], ext), Duration::from_secs(120)).await?;
-            push(&mut s, "connrate", num(&v, "conns_per_s")?);
-            let failed = num(&v, "failed")?;
-            if failed > 0.0 {
-                eprintln!("[{}] connrate: {failed} failed connections (last: {})", imp.name, v["last_error"]);
+    /// One repetition of one measurement on the implementation's long-lived pair.
+    async fn measure(&self, step: Step, st: &mut State, direct: &Samples) -> io::Result<()> {
+        let ext = st.ext();
+        let (bpid, ppid) = match &st.pair {
+            Some((b, p)) => (b.pid, p.pid),
+            None => return Err(err("no running pair")),
+        };
+        let pids = [bpid, ppid];
+        let dm = |k: &str| median(direct.get(k).map_or(&[][..], |v| v)).unwrap_or(0.0);
+        match step {
+            Step::Ping => {
+                let (p50, p99) = self.pingpong(ext, false).await?;
+                st.push("rtt_p50", p50);
+                st.push("rtt_p99", p99);
+                st.push("rtt_p50_added", p50 - dm("rtt_p50"));
             }
-            push(&mut s, "connrate_failed", failed);
-        }
-
-        let bytes = self.opts.bulk_bytes;
-        let bstr = bytes.to_string();
-        for (dir, up) in [("up", true), ("down", false)] {
-            for conns in [1u32, 8] {
-                eprintln!("[{}] bulk {dir}, {conns} conn(s), {} MiB x {reps}", imp.name, bytes >> 20);
+            Step::PingPinned => {
+                // Everything on CPU 0, where cross-CPU wakeups do not add noise.
+                for &pid in &[self.service_pid, bpid, ppid] {
+                    pin(pid, "0")?;
+                }
+                let r = self.pingpong(ext, true).await;
+                for &pid in &[self.service_pid, bpid, ppid] {
+                    pin(pid, &all_cpus())?;
+                }
+                let (p50, p99) = r?;
+                st.push("rtt1_p50", p50);
+                st.push("rtt1_p99", p99);
+                st.push("rtt1_p50_added", p50 - dm("rtt1_p50"));
+            }
+            Step::ConnRate => {
+                let secs = self.opts.connrate_secs.to_string();
+                let v = run_json(false, &self.args(&["connrate", "--seconds", &secs], ext), Duration::from_secs(120))
+                    .await?;
+                st.push("connrate", num(&v, "conns_per_s")?);
+                let failed = num(&v, "failed")?;
+                if failed > 0.0 {
+                    eprintln!("[{}] connrate: {failed} failed connections (last: {})", st.imp.name, v["last_error"]);
+                }
+                st.push("connrate_failed", failed);
+            }
+            Step::Bulk { up, conns } => {
                 let key: &'static str = match (up, conns) {
                     (true, 1) => "bulk_up_1",
                     (true, _) => "bulk_up_8",
                     (false, 1) => "bulk_down_1",
                     (false, _) => "bulk_down_8",
                 };
-                for _ in 0..reps {
-                    let c0 = self.cpu(&pids)?;
-                    let cs = conns.to_string();
-                    let a = ["bulk", "--conns", &cs, "--bytes", &bstr, "--dir", dir];
-                    let v = run_json(false, &self.args(&a, ext), Duration::from_secs(300)).await?;
-                    let c1 = self.cpu(&pids)?;
-                    push(&mut s, key, num(&v, "mb_per_s")?);
-                    push(&mut s, "cpu_per_gib", (c1 - c0) / (bytes as f64 / (1u64 << 30) as f64));
-                }
+                let bytes = self.opts.bulk_bytes;
+                let (bs, cs) = (bytes.to_string(), conns.to_string());
+                let a = ["bulk", "--conns", &cs, "--bytes", &bs, "--dir", if up { "up" } else { "down" }];
+                let c0 = self.cpu(&pids)?;
+                let v = run_json(false, &self.args(&a, ext), Duration::from_secs(300)).await?;
+                let c1 = self.cpu(&pids)?;
+                st.push(key, num(&v, "mb_per_s")?);
+                st.push("cpu_per_gib", (c1 - c0) / (bytes as f64 / (1u64 << 30) as f64));
             }
         }
-        b.check_alive()?;
-        p.check_alive()?;
-        Ok(s)
+        if let Some((b, p)) = &st.pair {
+            b.check_alive()?;
+            p.check_alive()?;
+        }
+        Ok(())
     }
 
     /// Opens N connections in a `loadgen hold` process, measures RSS growth of bridge+portal.
@@ -502,7 +524,7 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
     let service = SocketAddr::from(([127, 0, 0, 1], sp));
     // Readiness by polling, not sleeping.
     client::first_byte(service, Instant::now(), Duration::from_millis(5), Duration::from_secs(10)).await?;
-    let ctx = Ctx { service_pid: svc.pid, opts, dir: dir.clone(), service, ticks: clk_tck() };
+    let ctx = Ctx { service_pid: svc.pid, opts, dir: dir.clone(), ticks: clk_tck() };
 
     eprintln!("[direct] baseline round trips straight to the service ({} x 64 B)", ctx.opts.ping_count);
     let mut direct = Samples::new();
@@ -517,21 +539,87 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
         direct.entry("rtt1_p50").or_default().push(p50);
         direct.entry("rtt1_p99").or_default().push(p99);
     }
-    let all = format!("0-{}", std::thread::available_parallelism().map_or(1, |n| n.get()) - 1);
-    pin(svc.pid, &all)?;
+    pin(svc.pid, &all_cpus())?;
 
-    let started = Instant::now();
-    let mut results: Vec<(&'static str, Result<Samples, String>)> = Vec::new();
-    for imp in &impls {
-        let r = ctx.run_impl(imp, &direct).await.map_err(|e| e.to_string());
-        if let Err(e) = &r {
-            eprintln!("\n!!!!!!!! {} FAILED: {e} !!!!!!!!\n(logs in {})\n", imp.name, dir.display());
-        }
-        results.push((imp.name, r));
+    let load_start = loadavg();
+    if load_start.split_whitespace().next().and_then(|l| l.parse::<f64>().ok()).unwrap_or(0.0) > 0.5 {
+        eprintln!(
+            "bench: NOTE load average is {load_start} before the run: other work shares these CPUs, expect noise"
+        );
     }
+    let started = Instant::now();
+    let mut states: Vec<State> = Vec::new();
+    for imp in impls {
+        let pp = free_ports(2)?;
+        let ports = Ports { service: sp, external: pp[0], interconn: pp[1] };
+        states.push(State { imp, ports, pair: None, samples: Samples::new(), failed: None });
+    }
+    let reps = ctx.opts.reps;
+    let fail = |st: &mut State, e: io::Error| {
+        eprintln!("\n!!!!!!!! {} FAILED: {e} !!!!!!!!\n(configs and logs in {})\n", st.imp.name, dir.display());
+        st.pair = None;
+        st.failed = Some(e.to_string());
+    };
+    // Implementations alternate inside every repetition, so a burst of background load (this
+    // machine is shared) hits both columns alike instead of skewing one of them.
+    for r in 0..reps {
+        for st in states.iter_mut().filter(|s| s.failed.is_none()) {
+            eprintln!(
+                "[{}] startup {}/{reps}: first byte, idle RSS, {} held connections",
+                st.imp.name,
+                r + 1,
+                ctx.opts.hold_conns
+            );
+            if let Err(e) = ctx.startup_rep(st).await {
+                fail(st, e);
+            }
+        }
+    }
+    for st in states.iter_mut().filter(|s| s.failed.is_none()) {
+        match ctx.start_pair(&st.imp, &st.ports).await {
+            Ok((b, p, _)) => st.pair = Some((b, p)),
+            Err(e) => fail(st, e),
+        }
+    }
+    let mut steps = vec![
+        (Step::Ping, "64 B ping-pong"),
+        (Step::PingPinned, "64 B ping-pong on CPU 0"),
+        (Step::ConnRate, "connection rate"),
+    ];
+    for up in [true, false] {
+        for conns in [1, 8] {
+            steps.push((Step::Bulk { up, conns }, if up { "bulk upload" } else { "bulk download" }));
+        }
+    }
+    for (step, what) in steps {
+        if let Step::Bulk { conns, .. } = step {
+            eprintln!("[all] {what}, {conns} conn(s), {} MiB x {reps}", ctx.opts.bulk_bytes >> 20);
+        } else {
+            eprintln!("[all] {what} x {reps}");
+        }
+        for _ in 0..reps {
+            for st in states.iter_mut().filter(|s| s.failed.is_none()) {
+                if let Err(e) = ctx.measure(step, st, &direct).await {
+                    fail(st, e);
+                }
+            }
+        }
+    }
+    let results: Vec<(&'static str, Result<Samples, String>)> = states
+        .into_iter()
+        .map(|st| {
+            (
+                st.imp.name,
+                match st.failed {
+                    Some(e) => Err(e),
+                    None => Ok(st.samples),
+                },
+            )
+        })
+        .collect();
     drop(svc);
 
-    let report = render(&ctx.opts, &direct, &results, started.elapsed());
+    let report = render(&ctx.opts, &direct, &results, started.elapsed(), &load_start);
     println!("{}", report.table);
     std::fs::create_dir_all(&ctx.opts.out_dir)?;
     let md = ctx.opts.out_dir.join("latest.md");
@@ -608,6 +696,7 @@ fn render(
     direct: &Samples,
     results: &[(&'static str, Result<Samples, String>)],
     took: Duration,
+    load_start: &str,
 ) -> Report {
     let get = |name: &str, key: &str| -> Option<f64> {
         results.iter().find(|(n, _)| *n == name).and_then(|(_, r)| r.as_ref().ok()).and_then(|s| median(s.get(key)?))
@@ -683,7 +772,7 @@ fn render(
     let _ = writeln!(md, "<!-- generated by bench/run.sh; do not edit by hand -->");
     let _ = writeln!(
         md,
-        "Run: {}{} repetition(s) per figure, medians; bulk {} MiB per run; {} round trips per latency run; connection rate {} s per run; {} held connections. Took {:.0} s.\n",
+        "Run: {}{} repetition(s) per figure, medians; bulk {} MiB per run; {} round trips per latency run; connection rate {} s per run; {} held connections; implementations alternate within each repetition. Took {:.0} s; load average before the run {load_start}.\n",
         if opts.quick { "**quick mode** (smaller, noisier), " } else { "" },
         opts.reps,
         opts.bulk_bytes >> 20,
@@ -702,7 +791,7 @@ fn render(
     for (n, r) in results {
         match r {
             Err(e) => {
-                let _ = writeln!(md, "\n**{n} failed:** `{}`", e.lines().next().unwrap_or(""));
+                let _ = writeln!(md, "\n**{n} failed:**\n```\n{e}\n```");
             }
             Ok(s) => {
                 let _ = writeln!(md, "\n<details><summary>{n}: every sample</summary>\n");
@@ -743,10 +832,11 @@ fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpus} CPUs, {model}, Linux {}, load average at the end {}", kernel.trim(), loadavg())
+}
+
+/// The 1, 5 and 15 minute load averages: how busy the shared machine was.
+fn loadavg() -> String {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    format!(
-        "{cpus} CPUs, {model}, Linux {}, load average at the end {}",
-        kernel.trim(),
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-    )
+    load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
