@@ -16,6 +16,7 @@ use crate::proxy::blackhole::Blackhole;
 use crate::proxy::dokodemo::Dokodemo;
 use crate::proxy::freedom::Freedom;
 use crate::proxy::muxed::Muxed;
+use crate::proxy::vmess::{VmessInbound, VmessOutbound};
 use crate::proxy::{Inbound, Outbound};
 use crate::reverse::bridge::{Bridge, BridgeStatusHandle};
 use crate::reverse::portal::Portal;
@@ -80,12 +81,7 @@ impl Instance {
             let handler: Arc<dyn Outbound> = match &ob.protocol {
                 OutboundProtocol::Freedom(f) => Arc::new(Freedom::new(f.clone(), ob.send_through)),
                 OutboundProtocol::Blackhole(b) => Arc::new(Blackhole::new(b.clone())),
-                OutboundProtocol::Vmess(_) => {
-                    return Err(InstanceError::Handler {
-                        path: ob.path.clone(),
-                        message: "vmess is not available yet".into(),
-                    });
-                }
+                OutboundProtocol::Vmess(v) => Arc::new(VmessOutbound::new(v.clone(), ob.send_through)),
             };
             let handler: Arc<dyn Outbound> = match ob.mux {
                 Some(mux) => Arc::new(Muxed::new(handler, mux)),
@@ -106,12 +102,10 @@ impl Instance {
         for ib in &config.inbounds {
             let handler: Arc<dyn Inbound> = match &ib.protocol {
                 InboundProtocol::Dokodemo(d) => Arc::new(Dokodemo::new(ib.tag.clone(), d.clone())),
-                InboundProtocol::Vmess(_) => {
-                    return Err(InstanceError::Handler {
-                        path: ib.path.clone(),
-                        message: "vmess is not available yet".into(),
-                    });
-                }
+                InboundProtocol::Vmess(v) => Arc::new(
+                    VmessInbound::new(ib.tag.clone(), v.clone())
+                        .map_err(|e| InstanceError::Handler { path: ib.path.clone(), message: e.to_string() })?,
+                ),
             };
             let addrs = (ib.port.first..=ib.port.last).map(|p| SocketAddr::new(ib.listen, p)).collect();
             inbounds.push(InboundEntry { path: ib.path.clone(), tag: ib.tag.clone(), addrs, handler });

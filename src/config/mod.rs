@@ -1,9 +1,18 @@
 //! Configuration: V2Ray v4 JSON (with comments) → raw serde structs → validated [`Config`].
 
+mod ctx;
+mod json;
+mod strip;
 mod types;
+mod validate;
+mod values;
 
 use std::fmt;
 use std::path::Path;
+
+use ctx::{Ctx, Source, index};
+use json::{Node, Value};
+use validate::{Merged, TOP_KEYS};
 
 pub use types::*;
 
@@ -51,22 +60,137 @@ impl fmt::Display for ConfigErrors {
 
 /// Loads and merges config files (later files override earlier ones, as V2Ray does), then validates.
 pub fn load_files<P: AsRef<Path>>(paths: &[P]) -> Result<Config, ConfigErrors> {
-    let _ = paths;
-    Err(ConfigErrors(vec![ConfigError {
-        file: String::new(),
-        path: String::new(),
-        location: None,
-        message: "config loading is not implemented yet".into(),
-    }]))
+    let mut texts = Vec::with_capacity(paths.len());
+    let mut errors = Vec::new();
+    for p in paths {
+        let p = p.as_ref();
+        match std::fs::read_to_string(p) {
+            Ok(t) => texts.push((p.display().to_string(), t)),
+            Err(e) => errors.push(ConfigError {
+                file: p.display().to_string(),
+                path: String::new(),
+                location: None,
+                message: format!("cannot read the file: {e}"),
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    if texts.is_empty() {
+        return Err(ConfigErrors(vec![ConfigError {
+            file: String::new(),
+            path: String::new(),
+            location: None,
+            message: "no config file given".into(),
+        }]));
+    }
+    load_texts(&texts)
 }
 
 /// Loads one config from text; `origin` names it in errors.
 pub fn load_str(origin: &str, text: &str) -> Result<Config, ConfigErrors> {
-    let _ = text;
-    Err(ConfigErrors(vec![ConfigError {
-        file: origin.into(),
-        path: String::new(),
-        location: None,
-        message: "config loading is not implemented yet".into(),
-    }]))
+    load_texts(&[(origin.to_string(), text.to_string())])
+}
+
+/// Parses every text (collecting syntax errors from all of them), merges, validates.
+fn load_texts(texts: &[(String, String)]) -> Result<Config, ConfigErrors> {
+    let sources: Vec<Source> = texts.iter().map(|(name, text)| Source::new(name, text)).collect();
+    let mut ctx = Ctx { sources: &sources, errors: Vec::new(), order: Vec::new() };
+    let mut trees = Vec::with_capacity(texts.len());
+    for (file, (_, text)) in texts.iter().enumerate() {
+        let parsed = strip::strip_comments(text)
+            .map_err(|e| json::SyntaxError { pos: e.0, message: "unterminated /* comment".into() })
+            .and_then(|clean| json::parse(&clean, file));
+        match parsed {
+            Ok(tree) => trees.push(tree),
+            Err(e) => ctx.error_pos(file, e.pos, "", e.message),
+        }
+    }
+    if !ctx.errors.is_empty() {
+        return Err(ConfigErrors(ctx.into_errors()));
+    }
+    let merged = merge(&mut ctx, &trees, texts);
+    let config = validate::build(&mut ctx, &merged);
+    if ctx.errors.is_empty() { Ok(config) } else { Err(ConfigErrors(ctx.into_errors())) }
+}
+
+/// Merges top levels as `infra/conf/v2ray.go Config.Override` does (the first file is taken whole).
+fn merge<'n>(ctx: &mut Ctx<'_>, trees: &'n [Node], texts: &[(String, String)]) -> Merged<'n> {
+    let mut m = Merged::default();
+    let mut inbounds: Vec<(&'n Node, String)> = Vec::new();
+    let mut outbounds: Vec<(&'n Node, String)> = Vec::new();
+    let mut legacy_in: Vec<(&'n Node, String)> = Vec::new();
+    let mut legacy_out: Vec<(&'n Node, String)> = Vec::new();
+    for (i, tree) in trees.iter().enumerate() {
+        let Some(top) = ctx.obj(tree, "", TOP_KEYS) else { continue };
+        for key in ["log", "routing", "dns", "transport", "policy", "api", "stats", "reverse"] {
+            if let Some(n) = top.get(key) {
+                m.singles.insert(key, n);
+            }
+        }
+        if i == 0 {
+            m.port = top.get("port");
+        }
+        let single = |key: &str| top.get(key).map(|n| vec![(n, key.to_string())]);
+        let list = |ctx: &mut Ctx<'_>, key: &str| -> Option<Vec<(&'n Node, String)>> {
+            let items = top.array(ctx, key)?;
+            Some(items.iter().enumerate().map(|(j, n)| (n, index(key, j))).collect())
+        };
+        // Legacy keys come before the lists; a later file replaces each of them whole.
+        let legacy = |ctx: &mut Ctx<'_>, one: &str, many: &str, into: &mut Vec<(&'n Node, String)>| {
+            let mut v = single(one).unwrap_or_default();
+            v.extend(list(ctx, many).unwrap_or_default());
+            if !v.is_empty() {
+                *into = v;
+            }
+        };
+        legacy(ctx, "inbound", "inboundDetour", &mut legacy_in);
+        legacy(ctx, "outbound", "outboundDetour", &mut legacy_out);
+        let tail = texts[i].0.to_lowercase().contains("tail");
+        if let Some(new) = list(ctx, "inbounds") {
+            merge_list(&mut inbounds, new, i == 0, false);
+        }
+        if let Some(new) = list(ctx, "outbounds") {
+            merge_list(&mut outbounds, new, i == 0, !tail);
+        }
+    }
+    m.inbounds = legacy_in.into_iter().chain(inbounds).collect();
+    m.outbounds = legacy_out.into_iter().chain(outbounds).collect();
+    m
+}
+
+/// One later file's `inbounds`/`outbounds`: a single entry replaces the one with its tag, else is
+/// appended (outbounds: prepended unless the file name contains "tail"); a longer list replaces all.
+fn merge_list<'n>(list: &mut Vec<(&'n Node, String)>, new: Vec<(&'n Node, String)>, first: bool, prepend: bool) {
+    if new.is_empty() {
+        return;
+    }
+    if first || list.is_empty() || new.len() > 1 {
+        *list = new;
+        return;
+    }
+    let Some(entry) = new.into_iter().next() else { return };
+    let new_tag = tag_of(entry.0);
+    if let Some(slot) = list.iter_mut().find(|(n, _)| tag_of(n) == new_tag) {
+        *slot = entry;
+    } else if prepend {
+        list.insert(0, entry);
+    } else {
+        list.push(entry);
+    }
+}
+
+/// The `tag` string of an inbound/outbound object ("" when absent, as Go's zero value).
+fn tag_of(node: &Node) -> String {
+    let Value::Object(members) = &node.value else { return String::new() };
+    let m = members
+        .iter()
+        .rev()
+        .find(|m| m.key == "tag")
+        .or_else(|| members.iter().rev().find(|m| m.key.eq_ignore_ascii_case("tag")));
+    match m.map(|m| &m.node.value) {
+        Some(Value::String(s)) => s.clone(),
+        _ => String::new(),
+    }
 }

@@ -1,7 +1,23 @@
 //! The router: `type: "field"` rules matched in order; the first match names the outbound.
+//!
+//! Rule conditions are compiled once. The `domain` conditions of all rules go into one `DomainIndex`
+//! that returns the ids of the rules whose domain list matches, so a lookup costs about the same with one
+//! rule of 10k domains as with 10k rules of one domain. Those ids are merged, in rule order, with the rules
+//! that have no `domain` condition, and the remaining conditions are checked on each candidate in turn.
 
-use crate::config::RoutingConfig;
-use crate::session::Session;
+mod domain;
+mod ip;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::config::{NetworkList, RoutingConfig, RoutingDomainStrategy, RuleConfig};
+use crate::session::{Address, Network, Session, canonical_ip};
+
+use domain::{DomainIndex, IdBuf};
+use ip::{IpSet, PortSet, port_set};
 
 /// Why routing rules could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -16,29 +32,254 @@ pub enum RouterError {
     },
 }
 
+/// A string condition (`inboundTag`, `user`): exact match against any entry.
+#[derive(Debug)]
+struct StringSet(Box<[Box<str>]>);
+
+impl StringSet {
+    fn new(list: &[String]) -> Option<StringSet> {
+        if list.is_empty() {
+            return None;
+        }
+        // V2Ray drops empty entries but keeps the condition, which then can never match.
+        Some(StringSet(list.iter().filter(|s| !s.is_empty()).map(|s| Box::from(s.as_str())).collect()))
+    }
+
+    #[inline]
+    fn contains(&self, s: &str) -> bool {
+        // V2Ray: an empty input matches nothing.
+        !s.is_empty() && self.0.iter().any(|x| **x == *s)
+    }
+}
+
+/// One compiled rule, minus its `domain` condition (which lives in the [`DomainIndex`]).
+#[derive(Debug)]
+struct Rule {
+    outbound_tag: Box<str>,
+    inbound_tag: Option<StringSet>,
+    user: Option<StringSet>,
+    network: Option<NetworkList>,
+    port: Option<PortSet>,
+    source_port: Option<PortSet>,
+    source: Option<IpSet>,
+    ip: Option<IpSet>,
+}
+
+impl Rule {
+    /// Every condition except `domain` and `ip`.
+    #[inline]
+    fn check_static(&self, s: &Session) -> bool {
+        if let Some(tags) = &self.inbound_tag
+            && !s.inbound_tag.as_deref().is_some_and(|t| tags.contains(t))
+        {
+            return false;
+        }
+        if let Some(net) = &self.network {
+            let ok = match s.target.network {
+                Network::Tcp => net.tcp,
+                Network::Udp => net.udp,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if let Some(ports) = &self.port
+            && !ports.contains(s.target.port)
+        {
+            return false;
+        }
+        if let Some(ports) = &self.source_port
+            && !s.source.is_some_and(|a| ports.contains(a.port()))
+        {
+            return false;
+        }
+        if let Some(nets) = &self.source
+            && !s.source.is_some_and(|a| nets.contains(canonical_ip(a.ip())))
+        {
+            return false;
+        }
+        if let Some(users) = &self.user
+            && !s.user.as_ref().and_then(|u| u.email.as_deref()).is_some_and(|e| users.contains(e))
+        {
+            return false;
+        }
+        true
+    }
+}
+
 /// Compiled routing rules.
-#[derive(Debug, Default)]
 pub struct Router {
-    rules: Vec<crate::config::RuleConfig>,
+    strategy: RoutingDomainStrategy,
+    rules: Vec<Rule>,
+    /// Ids of the rules without a `domain` condition, ascending: the only ones an IP target can match.
+    no_domain: Vec<u32>,
+    /// The `domain` conditions of all rules.
+    domains: DomainIndex,
+    /// Whether any live rule has an `ip` condition (else IPIfNonMatch has nothing to resolve for).
+    any_ip: bool,
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The full rule set can be huge: show its shape only.
+        f.debug_struct("Router")
+            .field("strategy", &self.strategy)
+            .field("rules", &self.rules.len())
+            .field("without_domain", &self.no_domain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(rule: &RuleConfig, index: usize, message: impl Into<String>) -> RouterError {
+    let path = if rule.path.is_empty() { format!("routing.rules[{index}]") } else { rule.path.clone() };
+    RouterError::Invalid { path, message: message.into() }
+}
+
+/// True if the rule has no condition at all besides `domain`.
+fn only_domain(r: &RuleConfig) -> bool {
+    r.inbound_tag.is_empty()
+        && r.ip.is_empty()
+        && r.port.is_none()
+        && r.source_port.is_none()
+        && r.network.is_none()
+        && r.source.is_empty()
+        && r.user.is_empty()
+        && r.protocol.is_empty()
 }
 
 impl Router {
     /// Compiles the rules.
     pub fn new(config: &RoutingConfig) -> Result<Router, RouterError> {
-        Ok(Router { rules: config.rules.clone() })
+        let mut rules = Vec::with_capacity(config.rules.len());
+        let mut no_domain = Vec::new();
+        let mut any_ip = false;
+        let mut domain_lists: Vec<&[crate::config::DomainMatcher]> = Vec::with_capacity(config.rules.len());
+        let mut terminal = Vec::with_capacity(config.rules.len());
+        for (i, r) in config.rules.iter().enumerate() {
+            let id = u32::try_from(i).map_err(|_| invalid(r, i, "too many rules"))?;
+            if r.domain.is_empty() && only_domain(r) {
+                return Err(invalid(r, i, "this rule has no effective fields"));
+            }
+            // oxray does not sniff: a `protocol` condition can never hold, so the rule is dead.
+            let dead = !r.protocol.is_empty();
+            rules.push(Rule {
+                outbound_tag: Box::from(r.outbound_tag.as_str()),
+                inbound_tag: StringSet::new(&r.inbound_tag),
+                user: StringSet::new(&r.user),
+                network: r.network,
+                port: r.port.as_ref().map(port_set),
+                source_port: r.source_port.as_ref().map(port_set),
+                source: (!r.source.is_empty()).then(|| IpSet::new(&r.source)),
+                ip: (!r.ip.is_empty()).then(|| IpSet::new(&r.ip)),
+            });
+            // A dead rule gets an empty domain list, so the index never names it.
+            domain_lists.push(if dead { &[] } else { &r.domain });
+            terminal.push(!dead && only_domain(r));
+            if !dead && r.domain.is_empty() {
+                no_domain.push(id);
+            }
+            any_ip |= !dead && !r.ip.is_empty();
+        }
+        let domains = DomainIndex::new(&domain_lists, terminal).map_err(|e| {
+            let rule = &config.rules[e.rule.min(config.rules.len().saturating_sub(1))];
+            let mut err = invalid(rule, e.rule, e.message);
+            if let (Some(entry), RouterError::Invalid { path, .. }) = (e.entry, &mut err) {
+                path.push_str(&format!(".domain[{entry}]"));
+            }
+            err
+        })?;
+        Ok(Router { strategy: config.domain_strategy, rules, no_domain, domains, any_ip })
     }
 
     /// The outbound tag of the first rule that matches, or None (use the default outbound).
     pub async fn pick(&self, session: &Session) -> Option<&str> {
-        // Placeholder until the real matcher lands: inboundTag and full: domains only.
-        self.rules.iter().find_map(|r| {
-            let tag_ok = r.inbound_tag.is_empty()
-                || session.inbound_tag.as_deref().is_some_and(|t| r.inbound_tag.iter().any(|x| x == t));
-            let dom_ok = r.domain.is_empty()
-                || session.target.address.domain().is_some_and(|d| {
-                    r.domain.iter().any(|m| matches!(m, crate::config::DomainMatcher::Full(f) if f == d))
-                });
-            (tag_ok && dom_ok).then_some(r.outbound_tag.as_str())
+        match &session.target.address {
+            Address::Ip(ip) => self.pick_ip(session, *ip),
+            Address::Domain(d) => self.pick_domain(session, d).await,
+        }
+    }
+
+    /// An IP target: no resolution, no `domain` rule can match.
+    fn pick_ip(&self, s: &Session, ip: IpAddr) -> Option<&str> {
+        self.no_domain.iter().map(|&id| &self.rules[id as usize]).find_map(|r| {
+            (r.check_static(s) && r.ip.as_ref().is_none_or(|set| set.contains(ip))).then_some(&*r.outbound_tag)
         })
     }
+
+    async fn pick_domain(&self, s: &Session, domain: &str) -> Option<&str> {
+        let mut buf = IdBuf::new();
+        let matched = self.domains.lookup(domain, &mut buf);
+        // Resolved IPs for IPOnDemand, looked up at most once.
+        let mut resolved: Option<Vec<IpAddr>> = None;
+        for id in merge(matched, &self.no_domain) {
+            let r = &self.rules[id as usize];
+            if !r.check_static(s) {
+                continue;
+            }
+            let Some(set) = &r.ip else { return Some(&r.outbound_tag) };
+            // A domain target has no IP unless the strategy resolves it on demand.
+            if self.strategy == RoutingDomainStrategy::IpOnDemand && !domain.is_empty() {
+                if resolved.is_none() {
+                    resolved = Some(resolve(domain).await);
+                }
+                if resolved.as_deref().is_some_and(|ips| set.contains_any(ips)) {
+                    return Some(&r.outbound_tag);
+                }
+            }
+        }
+        if self.strategy != RoutingDomainStrategy::IpIfNonMatch || domain.is_empty() || !self.any_ip {
+            return None;
+        }
+        // V2Ray tries all rules again with the resolved IPs; only rules with an `ip` condition can
+        // change their answer, and the domain still counts as the target domain.
+        let ips = resolve(domain).await;
+        if ips.is_empty() {
+            return None;
+        }
+        merge(matched, &self.no_domain).map(|id| &self.rules[id as usize]).find_map(|r| {
+            let set = r.ip.as_ref()?;
+            (r.check_static(s) && set.contains_any(&ips)).then_some(&*r.outbound_tag)
+        })
+    }
+}
+
+/// Resolves with the system resolver; a failure is just "no IPs", as in V2Ray.
+async fn resolve(domain: &str) -> Vec<IpAddr> {
+    match tokio::net::lookup_host((domain, 0)).await {
+        Ok(addrs) => {
+            let mut ips: Vec<IpAddr> = addrs.map(|a| canonical_ip(a.ip())).collect();
+            ips.sort_unstable();
+            ips.dedup();
+            ips
+        }
+        Err(e) => {
+            tracing::debug!("routing: cannot resolve {domain}: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// The union of two ascending id lists, ascending.
+fn merge<'a>(a: &'a [u32], b: &'a [u32]) -> impl Iterator<Item = u32> + 'a {
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || match (a.get(i), b.get(j)) {
+        (Some(&x), Some(&y)) if x < y => {
+            i += 1;
+            Some(x)
+        }
+        (Some(&x), Some(&y)) if x == y => {
+            i += 1;
+            j += 1;
+            Some(x)
+        }
+        (_, Some(&y)) => {
+            j += 1;
+            Some(y)
+        }
+        (Some(&x), None) => {
+            i += 1;
+            Some(x)
+        }
+        (None, None) => None,
+    })
 }

@@ -123,7 +123,9 @@ pub fn v2ray() -> Option<PathBuf> {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("CI=true but V2Ray is not installed (apt-get install v2ray): interop tests cannot run");
     }
-    eprintln!("\n*** SKIPPED: V2Ray not found (install it with `apt-get install v2ray`); interop test did not run ***\n");
+    eprintln!(
+        "\n*** SKIPPED: V2Ray not found (install it with `apt-get install v2ray`); interop test did not run ***\n"
+    );
     None
 }
 

@@ -1,0 +1,1021 @@
+//! Positioned JSON trees (already merged) → the validated [`Config`].
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::ctx::{Ctx, Obj, index, is_noop, join};
+use super::json::{Node, Value};
+use super::types::*;
+use super::values::{parse_cidr, parse_port_list, parse_port_range, parse_uuid, split_host_port};
+use crate::session::Address;
+
+/// Keys of the top-level object (`infra/conf/v2ray.go Config`).
+pub(crate) const TOP_KEYS: &[&str] = &[
+    "port",
+    "inbound",
+    "outbound",
+    "inboundDetour",
+    "outboundDetour",
+    "log",
+    "routing",
+    "dns",
+    "inbounds",
+    "outbounds",
+    "transport",
+    "policy",
+    "api",
+    "stats",
+    "reverse",
+];
+
+/// The merged top level: each key's winning value, and the inbound/outbound lists in final order
+/// (each entry with the JSON path it had in its own file).
+#[derive(Default)]
+pub(crate) struct Merged<'n> {
+    /// Top-level objects, by canonical key (`log`, `routing`, …).
+    pub singles: HashMap<&'static str, &'n Node>,
+    /// Top-level `port` of the first file.
+    pub port: Option<&'n Node>,
+    /// Final inbound list.
+    pub inbounds: Vec<(&'n Node, String)>,
+    /// Final outbound list.
+    pub outbounds: Vec<(&'n Node, String)>,
+}
+
+/// Builds the typed config from the merged tree, collecting errors in `ctx`.
+pub(crate) fn build(ctx: &mut Ctx<'_>, m: &Merged<'_>) -> Config {
+    for key in ["api", "dns", "transport", "stats"] {
+        if let Some(n) = m.singles.get(key)
+            && !is_noop(n)
+        {
+            ctx.unsupported(n, key, &format!("{key:?}"));
+        }
+    }
+    let log = build_log(ctx, m.singles.get("log").copied());
+    let reverse = m.singles.get("reverse").map(|n| build_reverse(ctx, n)).unwrap_or_default();
+    let policy = m.singles.get("policy").map(|n| build_policy(ctx, n)).unwrap_or_default();
+
+    let legacy_port = m.port.and_then(|n| ctx.int::<u16>(n, "port", 0, u16::MAX));
+    let mut inbounds = Vec::new();
+    for (i, (node, path)) in m.inbounds.iter().enumerate() {
+        let fallback = if i == 0 { legacy_port.filter(|p| *p > 0) } else { None };
+        if let Some(ib) = build_inbound(ctx, node, path, fallback) {
+            inbounds.push(ib);
+        }
+    }
+    check_emails(ctx, &m.inbounds);
+    let mut outbounds = Vec::new();
+    for (node, path) in &m.outbounds {
+        if let Some(ob) = build_outbound(ctx, node, path) {
+            outbounds.push(ob);
+        }
+    }
+    for p in &reverse.portals {
+        if outbounds.iter().any(|o| o.tag.as_deref() == Some(p.tag.as_str())) {
+            let (node, path) = portal_tag_site(m, &p.tag);
+            match node {
+                Some(n) => ctx.error(n, &path, format!("portal tag {:?} is also an outbound tag", p.tag)),
+                None => ctx.error_pos(0, 0, &path, format!("portal tag {:?} is also an outbound tag", p.tag)),
+            }
+        }
+    }
+    let mut tags: Vec<&str> = outbounds.iter().filter_map(|o| o.tag.as_deref()).collect();
+    tags.extend(reverse.portals.iter().map(|p| p.tag.as_str()));
+    let routing = m.singles.get("routing").map(|n| build_routing(ctx, n, &tags)).unwrap_or_default();
+    Config { log, inbounds, outbounds, routing, policy, reverse }
+}
+
+/// Where to blame a portal/outbound tag clash: the outbound's `tag` value.
+fn portal_tag_site<'n>(m: &Merged<'n>, tag: &str) -> (Option<&'n Node>, String) {
+    for (node, path) in &m.outbounds {
+        if let Value::Object(members) = &node.value
+            && let Some(mm) = members.iter().rev().find(|mm| mm.key.eq_ignore_ascii_case("tag"))
+            && matches!(&mm.node.value, Value::String(s) if s == tag)
+        {
+            return (Some(&mm.node), join(path, "tag"));
+        }
+    }
+    (None, "reverse.portals".into())
+}
+
+fn build_log(ctx: &mut Ctx<'_>, node: Option<&Node>) -> LogConfig {
+    let Some(node) = node else { return LogConfig::default() };
+    let Some(o) = ctx.obj(node, "log", &["access", "error", "loglevel"]) else { return LogConfig::default() };
+    let target = |v: Option<String>| match v.as_deref() {
+        None | Some("") => LogTarget::Console,
+        Some("none") => LogTarget::Off,
+        Some(p) => LogTarget::File(PathBuf::from(p)),
+    };
+    let mut log = LogConfig {
+        level: LogLevel::Warning,
+        access: target(o.str(ctx, "access")),
+        error: target(o.str(ctx, "error")),
+    };
+    if let Some(level) = o.str(ctx, "loglevel") {
+        log.level = match level.to_ascii_lowercase().as_str() {
+            "debug" => LogLevel::Debug,
+            "info" => LogLevel::Info,
+            "warning" => LogLevel::Warning,
+            "error" => LogLevel::Error,
+            "none" => {
+                log.access = LogTarget::Off;
+                log.error = LogTarget::Off;
+                LogLevel::None
+            }
+            other => {
+                tracing::warn!("log.loglevel {other:?} is unknown; using \"warning\" as V2Ray does");
+                LogLevel::Warning
+            }
+        };
+    }
+    log
+}
+
+const INBOUND_KEYS: &[&str] =
+    &["protocol", "port", "listen", "settings", "tag", "allocate", "streamSettings", "domainOverride", "sniffing"];
+const OUTBOUND_KEYS: &[&str] =
+    &["protocol", "sendThrough", "tag", "settings", "streamSettings", "proxySettings", "mux"];
+const KNOWN_INBOUND_PROTOCOLS: &[&str] =
+    &["dokodemo-door", "http", "socks", "vmess", "shadowsocks", "vless", "trojan", "mtproto"];
+const KNOWN_OUTBOUND_PROTOCOLS: &[&str] =
+    &["freedom", "blackhole", "vmess", "socks", "http", "shadowsocks", "vless", "trojan", "mtproto", "dns"];
+
+fn protocol_name(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<String> {
+    match o.str(ctx, "protocol") {
+        Some(p) => Some(p.to_ascii_lowercase()),
+        None => {
+            if o.get("protocol").is_none() {
+                ctx.error(o.node, &o.path_of("protocol"), "\"protocol\" is missing");
+            }
+            None
+        }
+    }
+}
+
+fn unknown_protocol(ctx: &mut Ctx<'_>, o: &Obj<'_>, name: &str, known: &[&str]) {
+    let node = o.get("protocol").unwrap_or(o.node);
+    let msg = if known.contains(&name) {
+        format!("protocol {name:?} is not supported yet by oxray")
+    } else {
+        format!("unknown protocol {name:?}")
+    };
+    ctx.error(node, &o.path_of("protocol"), msg);
+}
+
+fn tag(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<String> {
+    o.str(ctx, "tag").filter(|t| !t.is_empty())
+}
+
+/// `settings` (missing → `{}`).
+fn settings<'n>(ctx: &mut Ctx<'_>, o: &Obj<'n>, known: &[&'static str]) -> Option<Obj<'n>> {
+    match o.get("settings") {
+        Some(n) => ctx.obj(n, &o.path_of("settings"), known),
+        None => Some(Obj::empty(o.node, o.path_of("settings"))),
+    }
+}
+
+fn build_inbound(ctx: &mut Ctx<'_>, node: &Node, path: &str, legacy_port: Option<u16>) -> Option<InboundConfig> {
+    let o = ctx.obj(node, path, INBOUND_KEYS)?;
+    let tag = tag(ctx, &o);
+    let protocol = protocol_name(ctx, &o);
+    check_stream_settings(ctx, &o);
+    if let Some(n) = o.get("allocate") {
+        check_allocate(ctx, n, &o.path_of("allocate"));
+    }
+    if let Some(n) = o.get("sniffing") {
+        check_sniffing(ctx, n, &o.path_of("sniffing"));
+    }
+    if let Some(n) = o.get("domainOverride")
+        && !is_noop(n)
+    {
+        ctx.unsupported(n, &o.path_of("domainOverride"), "\"domainOverride\" (sniffing)");
+    }
+    let mut listen = Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    if let Some(s) = o.str(ctx, "listen") {
+        let n = o.get("listen").unwrap_or(node);
+        let p = o.path_of("listen");
+        listen = if s.starts_with('/') || s.starts_with('@') {
+            ctx.error(n, &p, "listening on a unix domain socket is not supported yet by oxray");
+            None
+        } else if s == "localhost" {
+            Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        } else {
+            match Address::parse(&s) {
+                Address::Ip(ip) => Some(ip),
+                Address::Domain(_) => {
+                    ctx.error(n, &p, format!("unable to listen on domain address {s:?} (use an IP or \"localhost\")"));
+                    None
+                }
+            }
+        };
+    }
+    let port = match o.get("port") {
+        Some(n) => port_range(ctx, n, &o.path_of("port")),
+        None => match legacy_port {
+            Some(p) => Some(PortRange { first: p, last: p }),
+            None => {
+                ctx.error(node, &o.path_of("port"), "\"port\" is missing");
+                None
+            }
+        },
+    };
+    let protocol = match protocol.as_deref() {
+        Some("dokodemo-door") => {
+            settings(ctx, &o, DOKODEMO_KEYS).and_then(|s| dokodemo(ctx, &s)).map(InboundProtocol::Dokodemo)
+        }
+        Some("vmess") => {
+            settings(ctx, &o, VMESS_IN_KEYS).and_then(|s| vmess_inbound(ctx, &s)).map(InboundProtocol::Vmess)
+        }
+        Some(other) => {
+            unknown_protocol(ctx, &o, other, KNOWN_INBOUND_PROTOCOLS);
+            None
+        }
+        None => None,
+    };
+    Some(InboundConfig { tag, listen: listen?, port: port?, protocol: protocol?, path: path.to_string() })
+}
+
+fn port_range(ctx: &mut Ctx<'_>, n: &Node, path: &str) -> Option<PortRange> {
+    let r = match &n.value {
+        Value::Number(_) => ctx.int::<u16>(n, path, 0, u16::MAX).map(|p| (p, p)),
+        Value::String(s) => match parse_port_range(s, |v| std::env::var(v).ok()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                ctx.error(n, path, e);
+                None
+            }
+        },
+        _ => {
+            ctx.error(n, path, format!("expected a port number or a \"from-to\" string, got {}", n.value.kind()));
+            None
+        }
+    }?;
+    Some(PortRange { first: r.0, last: r.1 })
+}
+
+const STREAM_KEYS: &[&str] = &[
+    "network",
+    "security",
+    "tlsSettings",
+    "tcpSettings",
+    "kcpSettings",
+    "wsSettings",
+    "httpSettings",
+    "dsSettings",
+    "quicSettings",
+    "sockopt",
+];
+
+/// Accepts only what plain TCP without TLS means; anything else is refused, naming the key.
+fn check_stream_settings(ctx: &mut Ctx<'_>, owner: &Obj<'_>) {
+    let Some(n) = owner.get("streamSettings") else { return };
+    let Some(o) = ctx.obj(n, &owner.path_of("streamSettings"), STREAM_KEYS) else { return };
+    if let Some(net) = o.str(ctx, "network")
+        && !net.eq_ignore_ascii_case("tcp")
+    {
+        let at = o.get("network").unwrap_or(n);
+        ctx.error(at, &o.path_of("network"), format!("transport {net:?} is not supported yet by oxray (only \"tcp\")"));
+    }
+    if let Some(sec) = o.str(ctx, "security")
+        && !(sec.is_empty() || sec.eq_ignore_ascii_case("none"))
+    {
+        let at = o.get("security").unwrap_or(n);
+        ctx.error(
+            at,
+            &o.path_of("security"),
+            format!("security {sec:?} is not supported yet by oxray (only \"none\")"),
+        );
+    }
+    if let Some(t) = o.get("tcpSettings") {
+        let p = o.path_of("tcpSettings");
+        if let Some(tcp) = ctx.obj(t, &p, &["header", "acceptProxyProtocol"]) {
+            if tcp.bool(ctx, "acceptProxyProtocol") == Some(true) {
+                ctx.unsupported(
+                    tcp.get("acceptProxyProtocol").unwrap_or(t),
+                    &tcp.path_of("acceptProxyProtocol"),
+                    "\"acceptProxyProtocol\"",
+                );
+            }
+            if let Some(h) = tcp.get("header") {
+                let hp = tcp.path_of("header");
+                if let Value::Object(members) = &h.value {
+                    let only_none = members.iter().all(|m| {
+                        m.key.eq_ignore_ascii_case("type")
+                            && matches!(&m.node.value, Value::String(s) if s.eq_ignore_ascii_case("none"))
+                    });
+                    if !only_none {
+                        ctx.unsupported(h, &hp, "a tcpSettings header other than {\"type\": \"none\"}");
+                    }
+                } else {
+                    ctx.error(h, &hp, format!("expected an object, got {}", h.value.kind()));
+                }
+            }
+        }
+    }
+    for key in ["tlsSettings", "kcpSettings", "wsSettings", "httpSettings", "dsSettings", "quicSettings", "sockopt"] {
+        if let Some(v) = o.get(key)
+            && !is_noop(v)
+        {
+            ctx.unsupported(v, &o.path_of(key), &format!("{key:?}"));
+        }
+    }
+}
+
+fn check_allocate(ctx: &mut Ctx<'_>, n: &Node, path: &str) {
+    let Some(o) = ctx.obj(n, path, &["strategy", "concurrency", "refresh"]) else { return };
+    // "always" is what oxray does anyway; concurrency and refresh only matter for "random".
+    let _ = o.int::<u32>(ctx, "concurrency", 0, u32::MAX);
+    let _ = o.int::<u32>(ctx, "refresh", 0, u32::MAX);
+    match o.str(ctx, "strategy") {
+        Some(s) if s.eq_ignore_ascii_case("always") => {}
+        Some(s) if s.eq_ignore_ascii_case("random") || s.eq_ignore_ascii_case("external") => {
+            ctx.unsupported(
+                o.get("strategy").unwrap_or(n),
+                &o.path_of("strategy"),
+                &format!("allocate strategy {s:?}"),
+            );
+        }
+        Some(s) => ctx.error(
+            o.get("strategy").unwrap_or(n),
+            &o.path_of("strategy"),
+            format!("unknown allocation strategy {s:?}"),
+        ),
+        None => ctx.error(n, &o.path_of("strategy"), "unknown allocation strategy \"\""),
+    }
+}
+
+fn check_sniffing(ctx: &mut Ctx<'_>, n: &Node, path: &str) {
+    let Some(o) = ctx.obj(n, path, &["enabled", "destOverride"]) else { return };
+    if let Some(d) = o.get("destOverride") {
+        for (s, at, p) in ctx.string_list(d, &o.path_of("destOverride")).unwrap_or_default() {
+            if !["http", "tls", "https", "ssl"].contains(&s.to_ascii_lowercase().as_str()) {
+                ctx.error(at, &p, format!("unknown sniffing protocol {s:?}"));
+            }
+        }
+    }
+    if o.bool(ctx, "enabled") == Some(true) {
+        ctx.unsupported(o.get("enabled").unwrap_or(n), &o.path_of("enabled"), "sniffing");
+    }
+}
+
+const DOKODEMO_KEYS: &[&str] = &["address", "port", "network", "timeout", "followRedirect", "userLevel"];
+
+fn dokodemo(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<DokodemoConfig> {
+    let address = o.str(ctx, "address").map(|s| Address::parse(&s));
+    let port = o.int::<u16>(ctx, "port", 0, u16::MAX).unwrap_or(0);
+    let follow_redirect = o.bool(ctx, "followRedirect").unwrap_or(false);
+    let timeout = o.int::<u32>(ctx, "timeout", 0, u32::MAX).filter(|t| *t > 0).map(|t| Duration::from_secs(t.into()));
+    let user_level = o.int::<u32>(ctx, "userLevel", 0, u32::MAX).unwrap_or(0);
+    let network = match o.get("network") {
+        None => Some(NetworkList { tcp: true, udp: false }),
+        Some(n) => network_list(ctx, n, &o.path_of("network")),
+    };
+    if let Some(nl) = network
+        && nl.udp
+    {
+        let at = o.get("network").unwrap_or(o.node);
+        ctx.error(at, &o.path_of("network"), "udp is not supported yet by oxray's dokodemo-door");
+        return None;
+    }
+    if address.is_none() && !follow_redirect {
+        ctx.error(o.node, &o.path_of("address"), "\"address\" is required unless \"followRedirect\" is true");
+        return None;
+    }
+    Some(DokodemoConfig { address, port, network: network?, follow_redirect, timeout, user_level })
+}
+
+/// `"tcp"`, `"udp"`, `"tcp,udp"` or a list (case-insensitive, not trimmed, as V2Ray).
+fn network_list(ctx: &mut Ctx<'_>, n: &Node, path: &str) -> Option<NetworkList> {
+    let items = ctx.string_list(n, path)?;
+    let mut nl = NetworkList::default();
+    let mut ok = true;
+    for (s, at, p) in items {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => nl.tcp = true,
+            "udp" => nl.udp = true,
+            _ => {
+                ctx.error(
+                    at,
+                    &p,
+                    format!("unknown network {s:?} (expected \"tcp\" or \"udp\"; entries are not trimmed)"),
+                );
+                ok = false;
+            }
+        }
+    }
+    if ok && !nl.tcp && !nl.udp {
+        ctx.error(n, path, "the network list is empty");
+        ok = false;
+    }
+    ok.then_some(nl)
+}
+
+const VMESS_IN_KEYS: &[&str] = &["clients", "features", "default", "detour", "disableInsecureEncryption"];
+const VMESS_USER_KEYS: &[&str] = &["id", "alterId", "security", "email", "level"];
+
+fn secret_id(ctx: &mut Ctx<'_>, u: &Obj<'_>) -> Option<SecretId> {
+    let p = u.path_of("id");
+    let Some(n) = u.get("id") else {
+        ctx.error(u.node, &p, "\"id\" is missing");
+        return None;
+    };
+    let s = ctx.string(n, &p)?;
+    match parse_uuid(&s) {
+        Ok(b) => Some(SecretId(b)),
+        Err(e) => {
+            ctx.error(n, &p, e);
+            None
+        }
+    }
+}
+
+fn email(ctx: &mut Ctx<'_>, u: &Obj<'_>) -> Option<String> {
+    u.str(ctx, "email").filter(|e| !e.is_empty())
+}
+
+fn vmess_inbound(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<VmessInboundConfig> {
+    for key in ["features", "detour"] {
+        if let Some(n) = o.get(key)
+            && !is_noop(n)
+        {
+            ctx.unsupported(n, &o.path_of(key), &format!("vmess {key:?} (dynamic ports)"));
+        }
+    }
+    let mut cfg = VmessInboundConfig {
+        disable_insecure_encryption: o.bool(ctx, "disableInsecureEncryption").unwrap_or(false),
+        ..Default::default()
+    };
+    if let Some(d) = o.get("default")
+        && let Some(d) = ctx.obj(d, &o.path_of("default"), &["alterId", "level"])
+    {
+        cfg.default_alter_id = d.int::<u16>(ctx, "alterId", 0, u16::MAX).unwrap_or(0);
+        cfg.default_level = d.int::<u8>(ctx, "level", 0, u8::MAX).unwrap_or(0).into();
+    }
+    let mut ok = true;
+    for (i, c) in o.array(ctx, "clients").unwrap_or_default().iter().enumerate() {
+        let Some(u) = ctx.obj(c, &index(&o.path_of("clients"), i), VMESS_USER_KEYS) else {
+            ok = false;
+            continue;
+        };
+        let _ = u.str(ctx, "security");
+        let alter_id = u.int::<u16>(ctx, "alterId", 0, u16::MAX).unwrap_or(0);
+        let level = u.int::<u8>(ctx, "level", 0, u8::MAX).unwrap_or(0).into();
+        let email = email(ctx, &u);
+        match secret_id(ctx, &u) {
+            Some(id) => cfg.clients.push(VmessClientConfig { id, alter_id, level, email }),
+            None => ok = false,
+        }
+    }
+    ok.then_some(cfg)
+}
+
+/// Duplicate non-empty emails (case-insensitive) within one VMess inbound, as 4.34's user validator refuses.
+fn check_emails(ctx: &mut Ctx<'_>, inbounds: &[(&Node, String)]) {
+    for (node, path) in inbounds {
+        let Some(clients) = child(node, "settings").and_then(|s| child(s, "clients")) else { continue };
+        let Value::Array(items) = &clients.value else { continue };
+        let mut seen: Vec<String> = Vec::new();
+        for (i, c) in items.iter().enumerate() {
+            let Some(e) = child(c, "email") else { continue };
+            let Value::String(email) = &e.value else { continue };
+            if email.is_empty() {
+                continue;
+            }
+            let lower = email.to_lowercase();
+            if seen.contains(&lower) {
+                let p = join(&index(&join(&join(path, "settings"), "clients"), i), "email");
+                ctx.error(e, &p, format!("duplicate user email {email:?}"));
+            } else {
+                seen.push(lower);
+            }
+        }
+    }
+}
+
+/// The winning member of an object for a key, matched case-insensitively (for cross-checks only).
+fn child<'n>(node: &'n Node, key: &str) -> Option<&'n Node> {
+    let Value::Object(members) = &node.value else { return None };
+    let m = members
+        .iter()
+        .rev()
+        .find(|m| m.key == key)
+        .or_else(|| members.iter().rev().find(|m| m.key.eq_ignore_ascii_case(key)))?;
+    (!matches!(m.node.value, Value::Null)).then_some(&m.node)
+}
+
+fn build_outbound(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<OutboundConfig> {
+    let o = ctx.obj(node, path, OUTBOUND_KEYS)?;
+    let tag = tag(ctx, &o);
+    let protocol = protocol_name(ctx, &o);
+    check_stream_settings(ctx, &o);
+    if let Some(n) = o.get("proxySettings") {
+        ctx.unsupported(n, &o.path_of("proxySettings"), "\"proxySettings\"");
+    }
+    let mut send_through = None;
+    if let Some(s) = o.str(ctx, "sendThrough") {
+        match Address::parse(&s) {
+            Address::Ip(ip) => send_through = Some(ip),
+            Address::Domain(_) => {
+                let at = o.get("sendThrough").unwrap_or(node);
+                ctx.error(at, &o.path_of("sendThrough"), format!("unable to send through {s:?}: not an IP address"));
+            }
+        }
+    }
+    let mux = o.get("mux").and_then(|n| build_mux(ctx, n, &o.path_of("mux")));
+    let protocol = match protocol.as_deref() {
+        Some("freedom") => {
+            settings(ctx, &o, FREEDOM_KEYS).and_then(|s| freedom(ctx, &s)).map(OutboundProtocol::Freedom)
+        }
+        Some("blackhole") => {
+            settings(ctx, &o, &["response"]).and_then(|s| blackhole(ctx, &s)).map(OutboundProtocol::Blackhole)
+        }
+        Some("vmess") => {
+            settings(ctx, &o, &["vnext"]).and_then(|s| vmess_outbound(ctx, &s)).map(OutboundProtocol::Vmess)
+        }
+        Some(other) => {
+            unknown_protocol(ctx, &o, other, KNOWN_OUTBOUND_PROTOCOLS);
+            None
+        }
+        None => None,
+    };
+    Some(OutboundConfig { tag, protocol: protocol?, mux, send_through, path: path.to_string() })
+}
+
+fn build_mux(ctx: &mut Ctx<'_>, n: &Node, path: &str) -> Option<MuxConfig> {
+    let o = ctx.obj(n, path, &["enabled", "concurrency"])?;
+    let enabled = o.bool(ctx, "enabled").unwrap_or(false);
+    let concurrency = o.int::<i16>(ctx, "concurrency", i16::MIN, i16::MAX).unwrap_or(0);
+    if !enabled || concurrency < 0 {
+        return None;
+    }
+    let c = if concurrency == 0 { 8 } else { concurrency };
+    if c > 1024 {
+        let at = o.get("concurrency").unwrap_or(n);
+        ctx.error(at, &o.path_of("concurrency"), format!("mux concurrency must be in 1..=1024, got {c}"));
+        return None;
+    }
+    Some(MuxConfig { concurrency: c as u16 })
+}
+
+const FREEDOM_KEYS: &[&str] = &["domainStrategy", "timeout", "redirect", "userLevel"];
+
+fn freedom(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<FreedomConfig> {
+    let mut cfg = FreedomConfig::default();
+    if let Some(s) = o.str(ctx, "domainStrategy") {
+        cfg.domain_strategy = match s.to_ascii_lowercase().as_str() {
+            "useip" | "use_ip" => FreedomDomainStrategy::UseIp,
+            "useip4" | "useipv4" | "use_ipv4" | "use_ip_v4" | "use_ip4" => FreedomDomainStrategy::UseIpv4,
+            "useip6" | "useipv6" | "use_ipv6" | "use_ip_v6" | "use_ip6" => FreedomDomainStrategy::UseIpv6,
+            _ => FreedomDomainStrategy::AsIs,
+        };
+    }
+    if let Some(t) = o.int::<u32>(ctx, "timeout", 0, u32::MAX)
+        && t > 0
+    {
+        ctx.unsupported(
+            o.get("timeout").unwrap_or(o.node),
+            &o.path_of("timeout"),
+            "freedom \"timeout\" (use policy levels)",
+        );
+    }
+    cfg.user_level = o.int::<u32>(ctx, "userLevel", 0, u32::MAX).unwrap_or(0);
+    if let Some(r) = o.str(ctx, "redirect").filter(|r| !r.is_empty()) {
+        match split_host_port(&r) {
+            Ok((host, port)) => {
+                cfg.redirect_port = port;
+                if !host.is_empty() && host != "0.0.0.0" {
+                    cfg.redirect_host = Some(Address::parse(host));
+                }
+            }
+            Err(e) => {
+                ctx.error(
+                    o.get("redirect").unwrap_or(o.node),
+                    &o.path_of("redirect"),
+                    format!("invalid redirect: {e}"),
+                );
+                return None;
+            }
+        }
+    }
+    Some(cfg)
+}
+
+fn blackhole(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<BlackholeConfig> {
+    let Some(n) = o.get("response") else { return Some(BlackholeConfig::default()) };
+    let r = ctx.obj(n, &o.path_of("response"), &["type"])?;
+    let t = r.str(ctx, "type").unwrap_or_default();
+    let response = match t.to_ascii_lowercase().as_str() {
+        "none" => BlackholeResponse::None,
+        "http" => BlackholeResponse::Http,
+        _ => {
+            ctx.error(
+                r.get("type").unwrap_or(n),
+                &r.path_of("type"),
+                format!("unknown response type {t:?} (expected \"none\" or \"http\")"),
+            );
+            return None;
+        }
+    };
+    Some(BlackholeConfig { response })
+}
+
+fn vmess_outbound(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<VmessOutboundConfig> {
+    let vnext = o.array(ctx, "vnext").unwrap_or_default();
+    if vnext.is_empty() {
+        ctx.error(
+            o.get("vnext").unwrap_or(o.node),
+            &o.path_of("vnext"),
+            "0 VMess receiver configured (vnext is empty)",
+        );
+        return None;
+    }
+    let mut servers = Vec::new();
+    let mut ok = true;
+    for (i, s) in vnext.iter().enumerate() {
+        let Some(so) = ctx.obj(s, &index(&o.path_of("vnext"), i), &["address", "port", "users"]) else {
+            ok = false;
+            continue;
+        };
+        let address = so.str(ctx, "address").filter(|a| !a.is_empty()).map(|a| Address::parse(&a));
+        if address.is_none() && so.get("address").is_none_or(|n| matches!(n.value, Value::String(_))) {
+            ctx.error(
+                so.get("address").unwrap_or(s),
+                &so.path_of("address"),
+                "address is not set in VMess outbound config",
+            );
+        }
+        let port = so.int::<u16>(ctx, "port", 0, u16::MAX).unwrap_or(0);
+        let users_nodes = so.array(ctx, "users").unwrap_or_default();
+        if users_nodes.is_empty() {
+            ctx.error(so.get("users").unwrap_or(s), &so.path_of("users"), "0 user configured for VMess outbound");
+            ok = false;
+        }
+        let mut users = Vec::new();
+        for (j, u) in users_nodes.iter().enumerate() {
+            let Some(uo) = ctx.obj(u, &index(&so.path_of("users"), j), VMESS_USER_KEYS) else {
+                ok = false;
+                continue;
+            };
+            let alter_id = uo.int::<u16>(ctx, "alterId", 0, u16::MAX).unwrap_or(0);
+            let level = uo.int::<u8>(ctx, "level", 0, u8::MAX).unwrap_or(0).into();
+            let security = match uo.str(ctx, "security").map(|s| s.to_ascii_lowercase()).as_deref() {
+                None | Some("auto") | Some("") => VmessSecurity::Auto,
+                Some("aes-128-gcm") => VmessSecurity::Aes128Gcm,
+                Some("chacha20-poly1305") => VmessSecurity::Chacha20Poly1305,
+                Some("none") => VmessSecurity::None,
+                Some("zero") => VmessSecurity::Zero,
+                Some(other) => {
+                    tracing::warn!(
+                        "{}: unknown VMess security {other:?}; using \"auto\" as V2Ray 4.34 does",
+                        uo.path_of("security")
+                    );
+                    VmessSecurity::Auto
+                }
+            };
+            let email = email(ctx, &uo);
+            match secret_id(ctx, &uo) {
+                Some(id) => users.push(VmessUserConfig { id, alter_id, security, level, email }),
+                None => ok = false,
+            }
+        }
+        match address {
+            Some(address) => servers.push(VmessServerConfig { address, port, users }),
+            None => ok = false,
+        }
+    }
+    ok.then_some(VmessOutboundConfig { servers })
+}
+
+const ROUTING_KEYS: &[&str] = &["settings", "rules", "domainStrategy", "balancers"];
+const RULE_KEYS: &[&str] = &[
+    "type",
+    "outboundTag",
+    "balancerTag",
+    "domain",
+    "domains",
+    "ip",
+    "port",
+    "network",
+    "source",
+    "sourcePort",
+    "user",
+    "inboundTag",
+    "protocol",
+    "attrs",
+];
+
+fn build_routing(ctx: &mut Ctx<'_>, node: &Node, tags: &[&str]) -> RoutingConfig {
+    let mut cfg = RoutingConfig::default();
+    let Some(o) = ctx.obj(node, "routing", ROUTING_KEYS) else { return cfg };
+    if let Some(b) = o.get("balancers")
+        && !is_noop(b)
+    {
+        ctx.unsupported(b, &o.path_of("balancers"), "\"balancers\"");
+    }
+    // Deprecated nested form: its rules come after the top-level ones, its strategy is a fallback.
+    let nested = o.get("settings").and_then(|n| ctx.obj(n, &o.path_of("settings"), &["rules", "domainStrategy"]));
+    let strategy = match o.get("domainStrategy") {
+        Some(n) => Some((n, o.path_of("domainStrategy"))),
+        None => nested.as_ref().and_then(|s| s.get("domainStrategy").map(|n| (n, s.path_of("domainStrategy")))),
+    };
+    if let Some((n, p)) = strategy
+        && let Some(s) = ctx.string(n, &p)
+    {
+        cfg.domain_strategy = match s.to_ascii_lowercase().as_str() {
+            "ipifnonmatch" | "ip_if_non_match" | "ip-if-non-match" => RoutingDomainStrategy::IpIfNonMatch,
+            "ipondemand" | "ip_on_demand" | "ip-on-demand" => RoutingDomainStrategy::IpOnDemand,
+            "alwaysip" | "always_ip" | "always-ip" => {
+                ctx.unsupported(n, &p, "domainStrategy \"AlwaysIP\"");
+                RoutingDomainStrategy::AsIs
+            }
+            _ => RoutingDomainStrategy::AsIs,
+        };
+    }
+    let mut lists = vec![(o.array(ctx, "rules").unwrap_or_default(), o.path_of("rules"))];
+    if let Some(s) = &nested {
+        lists.push((s.array(ctx, "rules").unwrap_or_default(), s.path_of("rules")));
+    }
+    for (rules, base) in lists {
+        for (i, r) in rules.iter().enumerate() {
+            if let Some(rule) = build_rule(ctx, r, &index(&base, i), tags) {
+                cfg.rules.push(rule);
+            }
+        }
+    }
+    cfg
+}
+
+fn build_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, tags: &[&str]) -> Option<RuleConfig> {
+    let o = ctx.obj(node, path, RULE_KEYS)?;
+    let ty = o.str(ctx, "type").unwrap_or_default();
+    if !ty.eq_ignore_ascii_case("field") {
+        ctx.error(
+            o.get("type").unwrap_or(node),
+            &o.path_of("type"),
+            format!("unknown router rule type {ty:?} (4.34 needs \"type\": \"field\")"),
+        );
+        return None;
+    }
+    let mut ok = true;
+    let mut rule = RuleConfig { path: path.to_string(), ..Default::default() };
+    match o.str(ctx, "outboundTag").filter(|t| !t.is_empty()) {
+        Some(t) => {
+            if !tags.contains(&t.as_str()) {
+                let at = o.get("outboundTag").unwrap_or(node);
+                ctx.error(at, &o.path_of("outboundTag"), format!("outboundTag {t:?} names no outbound and no portal"));
+                ok = false;
+            }
+            rule.outbound_tag = t;
+        }
+        None => {
+            ok = false;
+            match o.get("balancerTag") {
+                Some(b) if !is_noop(b) => ctx.unsupported(b, &o.path_of("balancerTag"), "\"balancerTag\""),
+                _ => ctx.error(
+                    node,
+                    &o.path_of("outboundTag"),
+                    "neither outboundTag nor balancerTag is specified in routing rule",
+                ),
+            }
+        }
+    }
+    for key in ["domain", "domains"] {
+        if let Some(n) = o.get(key) {
+            for (s, at, p) in ctx.string_list(n, &o.path_of(key)).unwrap_or_default() {
+                match domain_matcher(&s) {
+                    Ok(m) => rule.domain.push(m),
+                    Err(e) => {
+                        ctx.error(at, &p, e);
+                        ok = false;
+                    }
+                }
+            }
+        }
+    }
+    for (key, out) in [("ip", &mut rule.ip), ("source", &mut rule.source)] {
+        if let Some(n) = o.get(key) {
+            for (s, at, p) in ctx.string_list(n, &o.path_of(key)).unwrap_or_default() {
+                match ip_matcher(&s) {
+                    Ok(net) => out.push(net),
+                    Err(e) => {
+                        ctx.error(at, &p, e);
+                        ok = false;
+                    }
+                }
+            }
+        }
+    }
+    for (key, out) in [("port", &mut rule.port), ("sourcePort", &mut rule.source_port)] {
+        if let Some(n) = o.get(key) {
+            let p = o.path_of(key);
+            let parsed = match &n.value {
+                Value::Number(_) => ctx.int::<u16>(n, &p, 0, u16::MAX).map(|v| vec![(v, v)]),
+                Value::String(s) => parse_port_list(s).map_err(|e| ctx.error(n, &p, e)).ok(),
+                _ => {
+                    ctx.error(
+                        n,
+                        &p,
+                        format!("expected a port number or a string like \"53,443,1000-2000\", got {}", n.value.kind()),
+                    );
+                    None
+                }
+            };
+            match parsed {
+                Some(v) if !v.is_empty() => *out = Some(PortList(v)),
+                Some(_) => {}
+                None => ok = false,
+            }
+        }
+    }
+    if let Some(n) = o.get("network") {
+        match network_list(ctx, n, &o.path_of("network")) {
+            Some(nl) => rule.network = Some(nl),
+            None => ok = false,
+        }
+    }
+    for (key, out) in
+        [("user", &mut rule.user), ("inboundTag", &mut rule.inbound_tag), ("protocol", &mut rule.protocol)]
+    {
+        if let Some(n) = o.get(key) {
+            out.extend(ctx.string_list(n, &o.path_of(key)).unwrap_or_default().into_iter().map(|(s, _, _)| s));
+        }
+    }
+    if let Some(n) = o.get("attrs")
+        && !is_noop(n)
+    {
+        ctx.unsupported(n, &o.path_of("attrs"), "\"attrs\" (needs sniffed HTTP attributes)");
+        ok = false;
+    }
+    let has_condition = !rule.domain.is_empty()
+        || !rule.ip.is_empty()
+        || rule.port.is_some()
+        || rule.source_port.is_some()
+        || rule.network.is_some()
+        || !rule.source.is_empty()
+        || !rule.user.is_empty()
+        || !rule.inbound_tag.is_empty()
+        || !rule.protocol.is_empty();
+    if ok && !has_condition {
+        ctx.error(node, path, "this rule has no effective fields (it needs at least one condition)");
+        ok = false;
+    }
+    ok.then_some(rule)
+}
+
+/// One `domain` entry (`router.go parseDomainRule`).
+pub(crate) fn domain_matcher(s: &str) -> Result<DomainMatcher, String> {
+    for prefix in ["geosite:", "ext:", "ext-domain:"] {
+        if s.starts_with(prefix) {
+            return Err(format!("domain rule {s:?} is not supported yet by oxray (needs geosite.dat)"));
+        }
+    }
+    if s.starts_with("dotless:") {
+        return Err(format!("domain rule {s:?} is not supported yet by oxray (dotless:)"));
+    }
+    if let Some(re) = s.strip_prefix("regexp:") {
+        return regex::Regex::new(re).map(|_| DomainMatcher::Regexp(re.to_string())).map_err(|e| {
+            format!("invalid regexp {re:?}: {}", e.to_string().split_whitespace().collect::<Vec<_>>().join(" "))
+        });
+    }
+    Ok(if let Some(d) = s.strip_prefix("domain:") {
+        DomainMatcher::Domain(d.to_string())
+    } else if let Some(d) = s.strip_prefix("full:") {
+        DomainMatcher::Full(d.to_string())
+    } else if let Some(d) = s.strip_prefix("keyword:") {
+        DomainMatcher::Keyword(d.to_string())
+    } else {
+        DomainMatcher::Keyword(s.to_string())
+    })
+}
+
+/// One `ip`/`source` entry (`router.go toCidrList`).
+fn ip_matcher(s: &str) -> Result<ipnet::IpNet, String> {
+    for prefix in ["geoip:", "ext:", "ext-ip:"] {
+        if s.starts_with(prefix) {
+            return Err(format!("IP rule {s:?} is not supported yet by oxray (needs geoip.dat)"));
+        }
+    }
+    parse_cidr(s)
+}
+
+fn build_policy(ctx: &mut Ctx<'_>, node: &Node) -> PolicyConfig {
+    let mut cfg = PolicyConfig::default();
+    let Some(o) = ctx.obj(node, "policy", &["levels", "system"]) else { return cfg };
+    if let Some(levels) = o.get("levels") {
+        let lp = o.path_of("levels");
+        if let Value::Object(members) = &levels.value {
+            for m in members {
+                let p = join(&lp, &m.key);
+                let Ok(level) = m.key.parse::<u32>() else {
+                    ctx.error_pos(levels.file, m.key_pos, &p, format!("policy level {:?} is not a u32 number", m.key));
+                    continue;
+                };
+                if matches!(m.node.value, Value::Null) {
+                    continue;
+                }
+                if let Some(l) = level_policy(ctx, &m.node, &p) {
+                    cfg.levels.insert(level, l);
+                }
+            }
+        } else {
+            ctx.error(levels, &lp, format!("expected an object, got {}", levels.value.kind()));
+        }
+    }
+    if let Some(sys) = o.get("system") {
+        let keys = ["statsInboundUplink", "statsInboundDownlink", "statsOutboundUplink", "statsOutboundDownlink"];
+        if let Some(s) = ctx.obj(sys, &o.path_of("system"), &keys) {
+            for k in keys {
+                if s.bool(ctx, k) == Some(true) {
+                    ctx.unsupported(s.get(k).unwrap_or(sys), &s.path_of(k), "statistics");
+                }
+            }
+        }
+    }
+    cfg
+}
+
+fn level_policy(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<LevelPolicy> {
+    let keys =
+        ["handshake", "connIdle", "uplinkOnly", "downlinkOnly", "statsUserUplink", "statsUserDownlink", "bufferSize"];
+    let o = ctx.obj(node, path, &keys)?;
+    let mut l = LevelPolicy::default();
+    let secs = |ctx: &mut Ctx<'_>, k: &str, d: &mut Duration| {
+        if let Some(v) = o.int::<u32>(ctx, k, 0, u32::MAX) {
+            *d = Duration::from_secs(v.into());
+        }
+    };
+    secs(ctx, "handshake", &mut l.handshake);
+    secs(ctx, "connIdle", &mut l.conn_idle);
+    secs(ctx, "uplinkOnly", &mut l.uplink_only);
+    secs(ctx, "downlinkOnly", &mut l.downlink_only);
+    for k in ["statsUserUplink", "statsUserDownlink"] {
+        if o.bool(ctx, k) == Some(true) {
+            ctx.unsupported(o.get(k).unwrap_or(node), &o.path_of(k), "statistics");
+        }
+    }
+    if let Some(kib) = o.int::<i32>(ctx, "bufferSize", i32::MIN, i32::MAX) {
+        l.buffer_size = usize::try_from(kib).ok().map(|k| k * 1024);
+    }
+    Some(l)
+}
+
+const BRIDGE_KEYS: &[&str] = &["tag", "domain", "sessionsPerTunnel", "drainAfter", "heartbeatSeconds"];
+const PORTAL_KEYS: &[&str] =
+    &["tag", "domain", "internalDomain", "sessionsPerTunnel", "drainAfter", "heartbeatSeconds"];
+
+fn build_reverse(ctx: &mut Ctx<'_>, node: &Node) -> ReverseConfig {
+    let mut cfg = ReverseConfig::default();
+    let Some(o) = ctx.obj(node, "reverse", &["bridges", "portals"]) else { return cfg };
+    for (list, role, keys) in [("bridges", "bridge", BRIDGE_KEYS), ("portals", "portal", PORTAL_KEYS)] {
+        for (i, n) in o.array(ctx, list).unwrap_or_default().iter().enumerate() {
+            let Some(e) = ctx.obj(n, &index(&o.path_of(list), i), keys) else { continue };
+            let required = |ctx: &mut Ctx<'_>, key: &str| {
+                let v = e.str(ctx, key).unwrap_or_default();
+                if v.is_empty() {
+                    ctx.error(e.get(key).unwrap_or(n), &e.path_of(key), format!("{role} {key} is empty"));
+                }
+                v
+            };
+            let tag = required(ctx, "tag");
+            let domain = required(ctx, "domain");
+            let tuning = tuning(ctx, &e);
+            if tag.is_empty() || domain.is_empty() {
+                continue;
+            }
+            if role == "bridge" {
+                cfg.bridges.push(BridgeConfig { tag, domain, tuning });
+            } else {
+                let internal_domain = match e.str(ctx, "internalDomain") {
+                    Some(d) if d.is_empty() => {
+                        ctx.error(
+                            e.get("internalDomain").unwrap_or(n),
+                            &e.path_of("internalDomain"),
+                            "portal internalDomain is empty",
+                        );
+                        continue;
+                    }
+                    Some(d) => d,
+                    None => "reverse.internal.v2fly.org".to_string(),
+                };
+                cfg.portals.push(PortalConfig { tag, domain, internal_domain, tuning });
+            }
+        }
+    }
+    cfg
+}
+
+fn tuning(ctx: &mut Ctx<'_>, e: &Obj<'_>) -> ReverseTuning {
+    let mut t = ReverseTuning::default();
+    if let Some(v) = e.int::<u32>(ctx, "sessionsPerTunnel", 1, u32::MAX) {
+        t.sessions_per_tunnel = v;
+    }
+    if let Some(v) = e.int::<u32>(ctx, "drainAfter", 1, u32::MAX) {
+        t.drain_after = v;
+    }
+    if let Some(v) = e.int::<u32>(ctx, "heartbeatSeconds", 1, 3600) {
+        t.heartbeat = Duration::from_secs(v.into());
+    }
+    t
+}

@@ -1,0 +1,411 @@
+//! One Mux.Cool connection, shared by the client and the server side: the session table, the write
+//! queue drained by a single writer task, and the reader task that feeds sessions.
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::frame::{self, Frame, MAX_UDP_FRAME, OPT_DATA, OPT_ERROR, Status};
+use super::server::MuxHandler;
+use super::stream::{MuxPacket, MuxStream, Session};
+use super::{MuxError, frame::FrameError};
+use crate::proxy::BoxStream;
+use crate::session::{Destination, Network};
+
+/// Serialized frames waiting for the writer above this size make session writers wait.
+const WRITE_HIGH_WATER: usize = 512 * 1024;
+/// Each read from the underlying stream gets at least this much free buffer.
+const READ_CHUNK: usize = 128 * 1024;
+/// How long the writer may spend flushing queued End frames and shutting the stream down at close.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Which side of the connection we are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Client,
+    Server,
+}
+
+struct WriteState {
+    /// Frames serialized back to back; the writer swaps it out whole, so a batch is one write.
+    pending: Vec<u8>,
+    closed: bool,
+    blocked: Vec<Waker>,
+}
+
+struct Sessions {
+    map: HashMap<u16, Arc<Session>>,
+    /// Ids we have sent End for (or answered with End): later Keep frames for them are dropped silently
+    /// instead of drawing one End reply per in-flight frame.
+    ended: Box<[u64; 1024]>,
+    /// Last id handed out (client side); ids are never reused on a connection.
+    last_id: u16,
+    /// Sessions ever allocated on this connection.
+    total: u32,
+}
+
+impl Sessions {
+    fn is_ended(&self, id: u16) -> bool {
+        self.ended[id as usize / 64] & (1 << (id % 64)) != 0
+    }
+    fn set_ended(&mut self, id: u16, on: bool) {
+        let bit = 1u64 << (id % 64);
+        let w = &mut self.ended[id as usize / 64];
+        if on { *w |= bit } else { *w &= !bit }
+    }
+}
+
+/// State shared by the handles, the sessions and the tasks of one Mux connection.
+pub(crate) struct Conn {
+    role: Role,
+    write: Mutex<WriteState>,
+    write_notify: Notify,
+    sessions: Mutex<Sessions>,
+    token: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind; keep going rather than cascade.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Conn {
+    /// Builds the shared state and spawns the reader and writer tasks over `stream`.
+    pub(crate) fn start(stream: BoxStream, role: Role, handler: Option<Arc<dyn MuxHandler>>) -> Arc<Conn> {
+        let conn = Arc::new(Conn {
+            role,
+            write: Mutex::new(WriteState {
+                pending: Vec::with_capacity(64 * 1024),
+                closed: false,
+                blocked: Vec::new(),
+            }),
+            write_notify: Notify::new(),
+            sessions: Mutex::new(Sessions { map: HashMap::new(), ended: Box::new([0; 1024]), last_id: 0, total: 0 }),
+            token: CancellationToken::new(),
+        });
+        let (rd, wr) = tokio::io::split(stream);
+        tokio::spawn(writer_task(conn.clone(), wr));
+        tokio::spawn(reader_task(conn.clone(), rd, handler));
+        conn
+    }
+
+    pub(crate) fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    pub(crate) fn active_sessions(&self) -> usize {
+        lock(&self.sessions).map.len()
+    }
+
+    pub(crate) fn total_sessions(&self) -> u32 {
+        lock(&self.sessions).total
+    }
+
+    /// True when no more ids can be handed out on this connection.
+    pub(crate) fn ids_exhausted(&self) -> bool {
+        lock(&self.sessions).last_id == u16::MAX
+    }
+
+    /// Client side: allocates the next id, registers the session and queues its New frame.
+    pub(crate) fn open(self: &Arc<Self>, target: Destination) -> Result<Arc<Session>, MuxError> {
+        let mut header = Vec::with_capacity(64);
+        // Validate the target before taking an id, so a bad target does not burn one.
+        frame::put_header(&mut header, 0, Status::New, false, Some(&target), None)?;
+        let session = {
+            let mut s = lock(&self.sessions);
+            if self.is_closed() {
+                return Err(MuxError::Closed);
+            }
+            if s.last_id == u16::MAX {
+                return Err(MuxError::Full);
+            }
+            s.last_id += 1;
+            s.total += 1;
+            let id = s.last_id;
+            let session = Session::new(id, target.network == Network::Udp, self.clone());
+            s.map.insert(id, session.clone());
+            header[2..4].copy_from_slice(&id.to_be_bytes());
+            session
+        };
+        self.queue_control(&header);
+        Ok(session)
+    }
+
+    /// Queues a small control frame (New, End) regardless of the write budget: these must never wait.
+    fn queue_control(&self, bytes: &[u8]) {
+        let mut w = lock(&self.write);
+        if w.closed {
+            return;
+        }
+        w.pending.extend_from_slice(bytes);
+        drop(w);
+        self.write_notify.notify_one();
+    }
+
+    /// Queues an End frame for `id`.
+    pub(crate) fn queue_end(&self, id: u16, error: bool) {
+        let mut b = Vec::with_capacity(frame::BASE_HEADER_LEN);
+        frame::put_short_header(&mut b, id, Status::End, if error { OPT_ERROR } else { 0 });
+        self.queue_control(&b);
+    }
+
+    /// Queues `Keep|Data` with `data` (≤ 8192 bytes for streams, ≤ 2048 for packets), or waits while the
+    /// write queue is above its high-water mark.
+    pub(crate) fn poll_queue_data(&self, cx: &mut Context<'_>, id: u16, data: &[u8]) -> Poll<io::Result<()>> {
+        let mut w = lock(&self.write);
+        if w.closed {
+            return Poll::Ready(Err(conn_closed()));
+        }
+        if w.pending.len() >= WRITE_HIGH_WATER {
+            if !w.blocked.iter().any(|k| k.will_wake(cx.waker())) {
+                w.blocked.push(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
+        frame::put_short_header(&mut w.pending, id, Status::Keep, OPT_DATA);
+        w.pending.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        w.pending.extend_from_slice(data);
+        drop(w);
+        self.write_notify.notify_one();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Wakes every writer waiting for queue space, so that one whose session just died notices.
+    pub(crate) fn wake_blocked_writers(&self) {
+        let blocked = std::mem::take(&mut lock(&self.write).blocked);
+        blocked.into_iter().for_each(Waker::wake);
+    }
+
+    /// Forgets session `id` (if it is still `session`) and remembers that its End has been dealt with.
+    pub(crate) fn remove(&self, session: &Arc<Session>) {
+        let mut s = lock(&self.sessions);
+        if s.map.get(&session.id).is_some_and(|cur| Arc::ptr_eq(cur, session)) {
+            s.map.remove(&session.id);
+        }
+        s.set_ended(session.id, true);
+    }
+
+    /// Ends the connection: every session errors out, the writer flushes what is queued and shuts the
+    /// stream down, the reader stops.
+    pub(crate) fn close(&self) {
+        if self.token.is_cancelled() {
+            return;
+        }
+        self.token.cancel();
+        {
+            let mut w = lock(&self.write);
+            w.closed = true;
+        }
+        self.wake_blocked_writers();
+        self.write_notify.notify_one();
+        let sessions: Vec<Arc<Session>> = lock(&self.sessions).map.drain().map(|(_, s)| s).collect();
+        for s in sessions {
+            s.on_conn_closed();
+        }
+    }
+
+    fn lookup(&self, id: u16) -> Option<Arc<Session>> {
+        lock(&self.sessions).map.get(&id).cloned()
+    }
+
+    /// A Keep frame arrived for an id we do not know: answer End once, drop the data.
+    fn unknown_session(&self, id: u16) {
+        let answer = {
+            let mut s = lock(&self.sessions);
+            let fresh = !s.is_ended(id);
+            s.set_ended(id, true);
+            fresh
+        };
+        if answer {
+            debug!(id, "mux: data for unknown session, answering End");
+            self.queue_end(id, false);
+        }
+    }
+}
+
+fn conn_closed() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "mux connection closed")
+}
+
+async fn writer_task(conn: Arc<Conn>, mut wr: WriteHalf<BoxStream>) {
+    let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let result: io::Result<()> = async {
+        loop {
+            tokio::select! {
+                _ = conn.write_notify.notified() => {}
+                _ = conn.token.cancelled() => return Ok(()),
+            }
+            loop {
+                take_pending(&conn, &mut batch);
+                if batch.is_empty() {
+                    break;
+                }
+                tokio::select! {
+                    r = wr.write_all(&batch) => r?,
+                    _ = conn.token.cancelled() => return Ok(()),
+                }
+                batch.clear();
+            }
+            tokio::select! {
+                r = wr.flush() => r?,
+                _ = conn.token.cancelled() => return Ok(()),
+            }
+        }
+    }
+    .await;
+    if let Err(e) = &result {
+        debug!(error = %e, "mux: write failed, closing connection");
+    }
+    conn.close();
+    if result.is_ok() {
+        // Orderly end: send what was queued before the close (End frames) and end the stream cleanly.
+        take_pending(&conn, &mut batch);
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            if !batch.is_empty() {
+                wr.write_all(&batch).await?;
+            }
+            wr.shutdown().await
+        })
+        .await;
+    }
+}
+
+/// Moves everything queued into `batch` and wakes writers waiting for space (they refill while we write).
+fn take_pending(conn: &Conn, batch: &mut Vec<u8>) {
+    batch.clear();
+    let blocked = {
+        let mut w = lock(&conn.write);
+        std::mem::swap(&mut w.pending, batch);
+        std::mem::take(&mut w.blocked)
+    };
+    blocked.into_iter().for_each(Waker::wake);
+}
+
+async fn reader_task(conn: Arc<Conn>, mut rd: ReadHalf<BoxStream>, handler: Option<Arc<dyn MuxHandler>>) {
+    let result = tokio::select! {
+        r = read_loop(&conn, &mut rd, handler.as_ref()) => r,
+        _ = conn.token.cancelled() => Ok(()),
+    };
+    match result {
+        Ok(()) => debug!("mux: connection ended"),
+        Err(e) => debug!(error = %e, "mux: connection failed"),
+    }
+    conn.close();
+}
+
+async fn read_loop(
+    conn: &Arc<Conn>,
+    rd: &mut ReadHalf<BoxStream>,
+    handler: Option<&Arc<dyn MuxHandler>>,
+) -> Result<(), MuxError> {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        while let Some(f) = frame::decode(&mut buf)? {
+            handle_frame(conn, f, handler).await?;
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+            buf.reserve(READ_CHUNK);
+        }
+        if rd.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+async fn handle_frame(conn: &Arc<Conn>, f: Frame, handler: Option<&Arc<dyn MuxHandler>>) -> Result<(), MuxError> {
+    match f.status {
+        Status::New => {
+            // The client ignores New from the server (Go drains it).
+            if let (Role::Server, Some(h)) = (conn.role, handler) {
+                accept_new(conn, f, h).await?;
+            }
+        }
+        Status::Keep => {
+            let Some(data) = f.data else { return Ok(()) };
+            match conn.lookup(f.id) {
+                None => {
+                    if conn.role == Role::Server || !is_ours(conn, f.id) {
+                        conn.unknown_session(f.id);
+                    }
+                }
+                Some(s) => {
+                    if s.udp && data.len() > MAX_UDP_FRAME {
+                        return Err(MuxError::PacketTooLarge(data.len()));
+                    }
+                    deliver(&s, data).await;
+                }
+            }
+        }
+        Status::End => {
+            if let Some(s) = conn.lookup(f.id) {
+                s.on_remote_end(f.error);
+            }
+        }
+        Status::KeepAlive => {}
+    }
+    Ok(())
+}
+
+/// Client side: ids at or below the last one handed out were ours and have been answered with End already.
+fn is_ours(conn: &Conn, id: u16) -> bool {
+    let s = lock(&conn.sessions);
+    id != 0 && id <= s.last_id
+}
+
+/// Hands data to a session, waiting while its receive buffer is full (back-pressure on the whole connection).
+async fn deliver(s: &Arc<Session>, data: Bytes) {
+    if data.is_empty() && !s.udp {
+        return;
+    }
+    let mut data = Some(data);
+    poll_fn(|cx| s.poll_push(cx, &mut data)).await;
+}
+
+async fn accept_new(conn: &Arc<Conn>, f: Frame, handler: &Arc<dyn MuxHandler>) -> Result<(), MuxError> {
+    let Some(target) = f.target else { return Err(FrameError::Target.into()) };
+    let udp = target.network == Network::Udp;
+    if let Some(d) = &f.data
+        && udp
+        && d.len() > MAX_UDP_FRAME
+    {
+        return Err(MuxError::PacketTooLarge(d.len()));
+    }
+    let session = Session::new(f.id, udp, conn.clone());
+    let old = {
+        let mut s = lock(&conn.sessions);
+        s.set_ended(f.id, false);
+        s.total += 1;
+        s.map.insert(f.id, session.clone())
+    };
+    if let Some(old) = old {
+        // A reused id (a wrapped Go counter): the old session cannot receive anything any more.
+        old.on_remote_end(true);
+    }
+    if let Some(d) = f.data {
+        deliver(&session, d).await;
+    }
+    debug!(id = f.id, %target, "mux: new session");
+    let h = handler.clone();
+    let task = if udp {
+        let p = MuxPacket::new(session.clone());
+        tokio::spawn(async move { h.packet(target, p).await })
+    } else {
+        let st = MuxStream::new(session.clone());
+        tokio::spawn(async move { h.stream(target, st).await })
+    };
+    session.set_task(task.abort_handle());
+    Ok(())
+}

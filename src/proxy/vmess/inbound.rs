@@ -1,0 +1,150 @@
+//! The VMess server (inbound): authenticates the request header, then dispatches the body stream.
+//! Every refused request is drained silently (Go's `drainConnection`), so a probe cannot tell a wrong
+//! key from a slow server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout_at};
+use tracing::{debug, info};
+
+use super::body::{BodySecurity, ChunkDecoder, ChunkEncoder};
+use super::header::{Command, HeaderError, Progress, ServerHandshake, encode_response, response_keys};
+use super::stream::VmessStream;
+use super::unix_now;
+use super::validator::Validator;
+use crate::config::VmessInboundConfig;
+use crate::dispatch::Dispatcher;
+use crate::proxy::Inbound;
+use crate::session::{Destination, Session};
+
+/// Largest request header accepted (AEAD length is a u16).
+const MAX_HEADER: usize = 16 + 18 + 8 + 65535 + 16;
+
+/// Why an inbound could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum VmessError {
+    /// No `clients`.
+    #[error("vmess inbound has no clients")]
+    NoClients,
+}
+
+/// The VMess inbound.
+pub struct VmessInbound {
+    tag: Option<Arc<str>>,
+    validator: Validator,
+    disable_insecure: bool,
+}
+
+impl VmessInbound {
+    /// Builds it for an inbound with this tag.
+    pub fn new(tag: Option<String>, cfg: VmessInboundConfig) -> Result<Self, VmessError> {
+        if cfg.clients.is_empty() {
+            return Err(VmessError::NoClients);
+        }
+        Ok(VmessInbound {
+            tag: tag.map(Arc::from),
+            validator: Validator::new(&cfg),
+            disable_insecure: cfg.disable_insecure_encryption,
+        })
+    }
+
+    /// Go's drain size: a per-user-set base (from the behaviour seed) + 16 + 38 + a small random part.
+    fn drain_size(&self) -> usize {
+        let seed = self.validator.behavior_seed();
+        let base = (seed % 3266) as usize;
+        let rand_max = ((seed >> 32) % 64 + 1) as usize;
+        let mut b = [0u8; 2];
+        let _ = aws_lc_rs::rand::fill(&mut b);
+        base + 16 + 38 + u16::from_be_bytes(b) as usize % rand_max
+    }
+
+    /// Reads and discards up to the drain size (counting what was already read), until EOF or the
+    /// handshake deadline, then lets the caller close.
+    async fn drain(&self, stream: &mut TcpStream, already: usize, deadline: Instant) {
+        let mut left = self.drain_size().saturating_sub(already);
+        let mut sink = [0u8; 1024];
+        while left > 0 {
+            let want = left.min(sink.len());
+            match timeout_at(deadline, stream.read(&mut sink[..want])).await {
+                Ok(Ok(n)) if n > 0 => left -= n,
+                _ => break,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Inbound for VmessInbound {
+    async fn accept(&self, mut stream: TcpStream, peer: SocketAddr, dispatcher: &Arc<Dispatcher>) {
+        let deadline = Instant::now() + dispatcher.policy(0).handshake;
+        let mut buf: Vec<u8> = Vec::with_capacity(512);
+        let mut hs = ServerHandshake::new(&self.validator, unix_now());
+        let outcome = loop {
+            match hs.step(&buf) {
+                Ok(Progress::Need(n)) => {
+                    if n > MAX_HEADER {
+                        break Err(HeaderError::Truncated);
+                    }
+                    let room = (n - buf.len().min(n)).max(4096).min(MAX_HEADER - buf.len());
+                    let at = buf.len();
+                    buf.resize(at + room, 0);
+                    let r = timeout_at(deadline, stream.read(&mut buf[at..])).await;
+                    match r {
+                        Ok(Ok(k)) if k > 0 => buf.truncate(at + k),
+                        Ok(Ok(_)) => {
+                            debug!(%peer, "vmess: connection closed during the handshake");
+                            return;
+                        }
+                        Ok(Err(e)) => {
+                            debug!(%peer, "vmess: read failed during the handshake: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            info!(%peer, "vmess: handshake timed out");
+                            return;
+                        }
+                    }
+                }
+                Ok(Progress::Done(req, used)) => break Ok((req, used)),
+                Err(e) => break Err(e),
+            }
+        };
+        let (req, used) = match outcome {
+            Ok(r) => r,
+            Err(e) => {
+                info!(%peer, "vmess: invalid request: {e}");
+                self.drain(&mut stream, buf.len(), deadline).await;
+                return;
+            }
+        };
+        let h = &req.header;
+        let Some(security) = h.body_security() else { return };
+        if self.disable_insecure && security == BodySecurity::None {
+            info!(%peer, "vmess: client is using insecure encryption");
+            self.drain(&mut stream, buf.len(), deadline).await;
+            return;
+        }
+        if h.command == Command::Udp {
+            info!(%peer, target = %h.address, "vmess: UDP requests are not supported yet");
+            return;
+        }
+        let (resp_key, resp_iv) = response_keys(req.aead, &h.body_key, &h.body_iv);
+        let mut response = Vec::with_capacity(64);
+        encode_response(req.aead, &resp_key, &resp_iv, h.v, &mut response);
+        let target = Destination::tcp(h.address.clone(), h.port);
+        let server_stream = VmessStream::server(
+            stream,
+            &buf[used..],
+            ChunkDecoder::new(security, h.options, false, &h.body_key, &h.body_iv),
+            ChunkEncoder::new(security, h.options, false, &resp_key, &resp_iv),
+            response,
+        );
+        let mut session = Session::new(self.tag.clone(), Some(peer), target);
+        session.user = Some(self.validator.user(req.user).clone());
+        dispatcher.dispatch(session, Box::new(server_stream)).await;
+    }
+}

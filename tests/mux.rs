@@ -1,0 +1,453 @@
+//! Mux.Cool client/server glue over in-memory duplex pipes and raw frame peers.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+use common::{XOR, payload, wait_until};
+use oxray::mux::frame::{self, Frame, Status};
+use oxray::mux::{MuxClient, MuxClientConfig, MuxHandler, MuxPacket, MuxServer, MuxStream};
+use oxray::proxy::{BoxStream, PacketConn};
+use oxray::session::{Address, Destination};
+
+const T: Duration = Duration::from_secs(10);
+
+fn target() -> Destination {
+    Destination::tcp(Address::parse("127.0.0.1"), 80)
+}
+
+fn unlimited() -> MuxClientConfig {
+    MuxClientConfig { max_concurrency: None, max_total: None, idle_close: None }
+}
+
+/// XOR-echoes every stream (half-closing after the peer does) and echoes every datagram.
+struct XorEcho;
+
+#[async_trait]
+impl MuxHandler for XorEcho {
+    async fn stream(&self, _target: Destination, mut s: MuxStream) {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf[..n].iter_mut().for_each(|b| *b ^= XOR);
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = s.shutdown().await;
+    }
+
+    async fn packet(&self, _target: Destination, p: MuxPacket) {
+        while let Ok(Some(d)) = p.recv().await {
+            if p.send(d).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn pair(handler: Arc<dyn MuxHandler>, config: MuxClientConfig) -> (Arc<MuxClient>, Arc<MuxServer>) {
+    let (a, b) = tokio::io::duplex(256 * 1024);
+    (MuxClient::new(Box::new(a), config), MuxServer::start(Box::new(b), handler))
+}
+
+async fn xor_roundtrip(s: MuxStream, data: Vec<u8>) -> Result<(), String> {
+    let (mut r, mut w) = tokio::io::split(s);
+    let len = data.len();
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await?;
+        w.shutdown().await?;
+        Ok::<_, std::io::Error>((data, w))
+    });
+    let mut got = Vec::with_capacity(len);
+    r.read_to_end(&mut got).await.map_err(|e| format!("read: {e}"))?;
+    let (data, _w) = writer.await.map_err(|e| e.to_string())?.map_err(|e| format!("write: {e}"))?;
+    if got.len() != len {
+        return Err(format!("got {} of {len}", got.len()));
+    }
+    if got.iter().zip(&data).any(|(g, d)| *g != d ^ XOR) {
+        return Err("bytes differ".into());
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_sessions_of_one_mib() {
+    let (client, server) = pair(Arc::new(XorEcho), unlimited());
+    let mut tasks = Vec::new();
+    for i in 0..32u64 {
+        let s = client.open_stream(target()).unwrap();
+        tasks.push(tokio::spawn(xor_roundtrip(s, payload(1 << 20, i))));
+    }
+    for t in tasks {
+        timeout(T, t).await.expect("timed out").unwrap().unwrap();
+    }
+    assert_eq!(client.total_sessions(), 32);
+    assert!(wait_until(T, || async { client.active_sessions() == 0 && server.active_sessions() == 0 }).await);
+}
+
+/// Reads everything first, then answers: the reply starts only after the client's End.
+struct ReadAllThenReply;
+
+#[async_trait]
+impl MuxHandler for ReadAllThenReply {
+    async fn stream(&self, _t: Destination, mut s: MuxStream) {
+        let mut all = Vec::new();
+        if s.read_to_end(&mut all).await.is_err() {
+            return;
+        }
+        all.iter_mut().for_each(|b| *b ^= XOR);
+        let _ = s.write_all(&all).await;
+        let _ = s.shutdown().await;
+    }
+    async fn packet(&self, _t: Destination, _p: MuxPacket) {}
+}
+
+#[tokio::test]
+async fn half_close_client_still_receives() {
+    let (client, _server) = pair(Arc::new(ReadAllThenReply), unlimited());
+    let s = client.open_stream(target()).unwrap();
+    timeout(T, xor_roundtrip(s, payload(300_000, 7))).await.unwrap().unwrap();
+}
+
+/// Shuts its side down first, then reads everything and reports how much arrived.
+struct ShutdownFirst(mpsc::UnboundedSender<usize>);
+
+#[async_trait]
+impl MuxHandler for ShutdownFirst {
+    async fn stream(&self, _t: Destination, mut s: MuxStream) {
+        s.shutdown().await.unwrap();
+        let mut all = Vec::new();
+        let n = s.read_to_end(&mut all).await.map(|_| all.len()).unwrap_or(usize::MAX);
+        let _ = self.0.send(n);
+    }
+    async fn packet(&self, _t: Destination, _p: MuxPacket) {}
+}
+
+#[tokio::test]
+async fn server_end_gives_client_eof_and_client_stays_writable() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (client, _server) = pair(Arc::new(ShutdownFirst(tx)), unlimited());
+    let mut s = client.open_stream(target()).unwrap();
+    let mut b = [0u8; 16];
+    assert_eq!(timeout(T, s.read(&mut b)).await.unwrap().unwrap(), 0, "server End is EOF");
+    s.write_all(&payload(100_000, 1)).await.unwrap();
+    s.shutdown().await.unwrap();
+    assert_eq!(timeout(T, rx.recv()).await.unwrap(), Some(100_000));
+    assert!(wait_until(T, || async { client.active_sessions() == 0 }).await);
+}
+
+/// Streams an endless body until a write fails; records bytes written and when it stopped.
+struct Firehose {
+    written: Arc<AtomicU64>,
+    stopped: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl MuxHandler for Firehose {
+    async fn stream(&self, _t: Destination, mut s: MuxStream) {
+        let chunk = vec![0xabu8; 16 * 1024];
+        while s.write_all(&chunk).await.is_ok() {
+            self.written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+    async fn packet(&self, _t: Destination, _p: MuxPacket) {}
+}
+
+async fn ghost_case(shutdown_first: bool) {
+    let written = Arc::new(AtomicU64::new(0));
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (client, server) = pair(Arc::new(Firehose { written: written.clone(), stopped: stopped.clone() }), unlimited());
+    let mut s = client.open_stream(target()).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    while got < 2 << 20 {
+        got += timeout(T, s.read(&mut buf)).await.unwrap().unwrap();
+    }
+    if shutdown_first {
+        s.shutdown().await.unwrap();
+    }
+    drop(s); // the visitor went away mid-transfer
+    assert!(
+        wait_until(Duration::from_secs(2), || async { stopped.load(Ordering::SeqCst) }).await,
+        "server side kept sending after the visitor left"
+    );
+    assert!(wait_until(T, || async { server.active_sessions() == 0 && client.active_sessions() == 0 }).await);
+    // The connection itself stays usable.
+    let s2 = client.open_stream(target()).unwrap();
+    let mut b = [0u8; 1];
+    timeout(T, s2.take(1).read_exact(&mut b)).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn visitor_drop_stops_upstream_transfer() {
+    ghost_case(false).await;
+}
+
+#[tokio::test]
+async fn visitor_half_close_then_drop_stops_upstream_transfer() {
+    ghost_case(true).await;
+}
+
+#[tokio::test]
+async fn slow_reader_blocks_writer_not_memory() {
+    let written = Arc::new(AtomicU64::new(0));
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (client, _server) =
+        pair(Arc::new(Firehose { written: written.clone(), stopped: stopped.clone() }), unlimited());
+    let s = client.open_stream(target()).unwrap();
+    // Never read: the session buffer fills, the client reader waits, the pipe fills, the server's
+    // writer queue fills, and the handler's writes block.
+    let mut last = u64::MAX;
+    let settled = wait_until(T, || {
+        let now = written.load(Ordering::Relaxed);
+        let same = now == last && now > 0;
+        last = now;
+        async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            same
+        }
+    })
+    .await;
+    let w = written.load(Ordering::Relaxed);
+    assert!(settled, "writer never blocked ({w} bytes written)");
+    assert!(w < 4 << 20, "{w} bytes buffered for a reader that never reads");
+    assert!(!stopped.load(Ordering::SeqCst));
+    drop(s);
+    assert!(wait_until(T, || async { stopped.load(Ordering::SeqCst) }).await);
+}
+
+#[tokio::test]
+async fn connection_death_ends_every_session() {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let server = MuxServer::start(Box::new(b), Arc::new(XorEcho));
+    let client = MuxClient::new(Box::new(a), unlimited());
+    let mut streams: Vec<MuxStream> = (0..4).map(|_| client.open_stream(target()).unwrap()).collect();
+    for s in &mut streams {
+        s.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+    }
+    server.close();
+    timeout(T, server.closed()).await.unwrap();
+    timeout(T, client.closed()).await.unwrap();
+    for mut s in streams {
+        let mut b = [0u8; 1];
+        assert!(timeout(T, s.read(&mut b)).await.unwrap().is_err());
+        assert!(s.write_all(b"y").await.is_err());
+    }
+    assert!(client.is_closed() && client.is_full());
+    assert!(client.open_stream(target()).is_err());
+    assert_eq!(client.active_sessions(), 0);
+}
+
+#[tokio::test]
+async fn idle_close_ends_the_stream_cleanly() {
+    let (a, mut raw) = tokio::io::duplex(64 * 1024);
+    let cfg = MuxClientConfig { idle_close: Some(Duration::from_millis(150)), ..unlimited() };
+    let client = MuxClient::new(Box::new(a), cfg);
+    let s = client.open_stream(target()).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!client.is_closed(), "closed with a session open");
+    drop(s);
+    timeout(Duration::from_secs(2), client.closed()).await.unwrap();
+    // The raw peer sees New(1), End(1, error), then a clean EOF.
+    let mut all = Vec::new();
+    timeout(T, raw.read_to_end(&mut all)).await.unwrap().unwrap();
+    let mut buf = BytesMut::from(&all[..]);
+    let new = frame::decode(&mut buf).unwrap().unwrap();
+    assert_eq!((new.id, new.status, new.target), (1, Status::New, Some(target())));
+    assert_eq!(&buf[..], &[0, 4, 0, 1, 3, 2]);
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> Option<Frame> {
+    loop {
+        if let Some(f) = frame::decode(buf).unwrap() {
+            return Some(f);
+        }
+        if timeout(T, r.read_buf(buf)).await.unwrap().unwrap() == 0 {
+            return None;
+        }
+    }
+}
+
+async fn send<W: AsyncWrite + Unpin>(w: &mut W, f: Frame) {
+    let mut v = Vec::new();
+    f.encode(&mut v).unwrap();
+    w.write_all(&v).await.unwrap();
+}
+
+#[tokio::test]
+async fn garbage_frame_closes_server_connection() {
+    let (a, mut raw) = tokio::io::duplex(64 * 1024);
+    let server = MuxServer::start(Box::new(a), Arc::new(XorEcho));
+    raw.write_all(&[0x02, 0x01, 0, 0]).await.unwrap(); // MetaLen 513
+    timeout(T, server.closed()).await.unwrap();
+    let mut rest = Vec::new();
+    timeout(T, raw.read_to_end(&mut rest)).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn unknown_session_keep_gets_end() {
+    // Server side.
+    let (a, mut raw) = tokio::io::duplex(64 * 1024);
+    let _server = MuxServer::start(Box::new(a), Arc::new(XorEcho));
+    send(&mut raw, Frame::keep(9, Bytes::from_static(b"data"))).await;
+    send(&mut raw, Frame::keep(9, Bytes::from_static(b"more"))).await; // answered once only
+    send(&mut raw, Frame::keep(10, Bytes::from_static(b"data"))).await;
+    let mut buf = BytesMut::new();
+    assert_eq!(read_frame(&mut raw, &mut buf).await, Some(Frame::end(9, false)));
+    assert_eq!(read_frame(&mut raw, &mut buf).await, Some(Frame::end(10, false)));
+
+    // Client side: ignores New/KeepAlive, answers End for ids it never opened.
+    let (a, mut raw) = tokio::io::duplex(64 * 1024);
+    let client = MuxClient::new(Box::new(a), unlimited());
+    send(&mut raw, Frame::new_session(5, target(), None)).await;
+    send(&mut raw, Frame { id: 0, status: Status::KeepAlive, error: false, target: None, data: None }).await;
+    send(&mut raw, Frame::keep(5, Bytes::from_static(b"x"))).await;
+    let mut buf = BytesMut::new();
+    assert_eq!(read_frame(&mut raw, &mut buf).await, Some(Frame::end(5, false)));
+    assert!(!client.is_closed());
+    assert_eq!(client.active_sessions(), 0);
+}
+
+#[tokio::test]
+async fn ids_start_at_one_and_data_is_framed_at_8k() {
+    let (a, mut raw) = tokio::io::duplex(1 << 20);
+    let client = MuxClient::new(Box::new(a), unlimited());
+    let mut s1 = client.open_stream(target()).unwrap();
+    let s2 = client.open_stream(target()).unwrap();
+    assert_eq!((s1.id(), s2.id()), (1, 2));
+    s1.write_all(&payload(20_000, 3)).await.unwrap();
+    let mut buf = BytesMut::new();
+    assert_eq!(read_frame(&mut raw, &mut buf).await.unwrap().id, 1);
+    assert_eq!(read_frame(&mut raw, &mut buf).await.unwrap().id, 2);
+    let mut sizes = Vec::new();
+    while sizes.iter().sum::<usize>() < 20_000 {
+        let f = read_frame(&mut raw, &mut buf).await.unwrap();
+        assert_eq!((f.id, f.status), (1, Status::Keep));
+        sizes.push(f.data.unwrap().len());
+    }
+    assert!(sizes.iter().all(|&n| n <= 8192), "{sizes:?}");
+    // Peer End|Error aborts the session both ways.
+    send(&mut raw, Frame::end(1, true)).await;
+    let mut b = [0u8; 1];
+    assert!(timeout(T, s1.read(&mut b)).await.unwrap().is_err());
+    assert!(s1.write_all(b"z").await.is_err());
+    drop(s1); // no End for a session the peer aborted
+    drop(s2);
+    assert_eq!(read_frame(&mut raw, &mut buf).await, Some(Frame::end(2, true)));
+}
+
+#[tokio::test]
+async fn server_side_peer_abort_and_first_data_in_new() {
+    struct Report(mpsc::UnboundedSender<Vec<u8>>, mpsc::UnboundedSender<bool>);
+    #[async_trait]
+    impl MuxHandler for Report {
+        async fn stream(&self, _t: Destination, mut s: MuxStream) {
+            let mut got = vec![0u8; 5];
+            s.read_exact(&mut got).await.unwrap();
+            let _ = self.0.send(got);
+            let mut b = [0u8; 1];
+            let _ = self.1.send(s.read(&mut b).await.is_err());
+        }
+        async fn packet(&self, _t: Destination, _p: MuxPacket) {}
+    }
+    let (tx1, mut rx1) = mpsc::unbounded_channel();
+    let (tx2, mut rx2) = mpsc::unbounded_channel();
+    let (a, mut raw) = tokio::io::duplex(64 * 1024);
+    let server = MuxServer::start(Box::new(a), Arc::new(Report(tx1, tx2)));
+    send(&mut raw, Frame::new_session(1, target(), Some(Bytes::from_static(b"hello")))).await;
+    assert_eq!(timeout(T, rx1.recv()).await.unwrap(), Some(b"hello".to_vec()));
+    send(&mut raw, Frame::end(1, true)).await;
+    assert_eq!(timeout(T, rx2.recv()).await.unwrap(), Some(true), "End|Error must make reads fail");
+    assert!(wait_until(T, || async { server.active_sessions() == 0 }).await);
+    // The handler dropped an aborted session: nothing is sent back for it.
+    send(&mut raw, Frame::keep(1, Bytes::from_static(b"late"))).await;
+    drop(server);
+    let mut buf = BytesMut::new();
+    let got = timeout(Duration::from_millis(300), read_frame(&mut raw, &mut buf)).await;
+    assert!(got.is_err(), "unexpected frame {got:?}");
+}
+
+#[tokio::test]
+async fn udp_packet_sessions() {
+    let (client, server) = pair(Arc::new(XorEcho), unlimited());
+    let p = client.open_packet(Destination::udp(Address::parse("8.8.8.8"), 53)).unwrap();
+    for i in 0..20u64 {
+        let d = Bytes::from(payload(100 + i as usize * 97, i));
+        p.send(d.clone()).await.unwrap();
+        assert_eq!(timeout(T, p.recv()).await.unwrap().unwrap(), Some(d));
+    }
+    p.send(Bytes::from(vec![1u8; 2048])).await.unwrap();
+    assert_eq!(timeout(T, p.recv()).await.unwrap().unwrap().map(|d| d.len()), Some(2048));
+    assert!(p.send(Bytes::from(vec![1u8; 2049])).await.is_err());
+    p.close();
+    drop(p);
+    assert!(wait_until(T, || async { server.active_sessions() == 0 && client.active_sessions() == 0 }).await);
+}
+
+#[tokio::test]
+async fn oversized_udp_frame_closes_connection() {
+    let (a, mut raw) = tokio::io::duplex(64 * 1024);
+    let server = MuxServer::start(Box::new(a), Arc::new(XorEcho));
+    send(&mut raw, Frame::new_session(1, Destination::udp(Address::parse("1.1.1.1"), 53), None)).await;
+    send(&mut raw, Frame::keep(1, Bytes::from(vec![0u8; 3000]))).await;
+    timeout(T, server.closed()).await.unwrap();
+}
+
+#[tokio::test]
+async fn limits_make_client_full() {
+    let (a, _raw) = tokio::io::duplex(64 * 1024);
+    let cfg = MuxClientConfig { max_concurrency: Some(2), max_total: Some(3), idle_close: None };
+    let client = MuxClient::new(Box::new(a), cfg);
+    let s1 = client.open_stream(target()).unwrap();
+    let _s2 = client.open_stream(target()).unwrap();
+    assert!(client.is_full());
+    assert!(client.open_stream(target()).is_err());
+    drop(s1);
+    assert!(!client.is_full());
+    let _s3 = client.open_stream(target()).unwrap();
+    assert_eq!(client.total_sessions(), 3);
+    assert!(client.is_full());
+}
+
+#[tokio::test]
+async fn over_real_tcp() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accept = tokio::spawn(async move { listener.accept().await.unwrap().0 });
+    let c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let s = accept.await.unwrap();
+    let server = MuxServer::start(Box::new(s) as BoxStream, Arc::new(XorEcho));
+    let client = MuxClient::new(Box::new(c), unlimited());
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let st = client.open_stream(target()).unwrap();
+        tasks.push(tokio::spawn(xor_roundtrip(st, payload(500_000, i))));
+    }
+    for t in tasks {
+        timeout(T, t).await.unwrap().unwrap().unwrap();
+    }
+    client.close();
+    timeout(T, server.closed()).await.unwrap();
+}
+
+#[allow(dead_code)]
+fn _assert_types(s: DuplexStream) -> BoxStream {
+    Box::new(s)
+}
