@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # oxray vs V2Ray 4.34, one run, same configs: see docs/BENCHMARKS.md.
 #
-#   bench/run.sh            # default: 3 repetitions per figure, medians (~3-5 min)
+#   bench/run.sh            # default: 5 repetitions per figure, medians (~2-3 min)
 #   bench/run.sh --quick    # 1 repetition, small sizes (~1 min): for checking the harness
 #   bench/run.sh --reps 5 --bulk-bytes 2147483648   # any other option goes to `loadgen drive`
 #

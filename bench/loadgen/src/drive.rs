@@ -154,10 +154,28 @@ struct Ports {
     interconn: u16,
 }
 
-/// Free loopback ports: bind :0 several times at once, note the ports, release them.
+/// Free loopback ports, picked below the kernel's ephemeral range (32768+): bridges re-listen on
+/// the same ports after every restart, and a port in the ephemeral range can meanwhile become
+/// the source port of some client connection on this shared machine (EADDRINUSE). Each pick is
+/// checked by binding it.
 fn free_ports(n: usize) -> io::Result<Vec<u16>> {
-    let ls: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
-    ls.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+    let mut x = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+        ^ ((std::process::id() as u64) << 32)
+        | 1;
+    let mut out: Vec<u16> = Vec::with_capacity(n);
+    for _ in 0..10_000 {
+        if out.len() == n {
+            return Ok(out);
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20_000 + (x % 12_000) as u16;
+        if !out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            out.push(port);
+        }
+    }
+    Err(err("no free loopback ports in 20000..32000"))
 }
 
 const UUID: &str = "27848739-7e62-4138-9fd3-098a63964b6b";
@@ -516,7 +534,9 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
 
     let dir = std::env::temp_dir().join(format!("oxray-bench.{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let sp = free_ports(1)?[0];
+    // All ports in one pick, so no two roles can draw the same one.
+    let all_ports = free_ports(1 + 2 * impls.len())?;
+    let sp = all_ports[0];
     let exe = std::env::current_exe()?;
     let mut svc_cmd = Command::new(exe);
     svc_cmd.args(["serve", "--port", &sp.to_string()]);
@@ -549,9 +569,8 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
     }
     let started = Instant::now();
     let mut states: Vec<State> = Vec::new();
-    for imp in impls {
-        let pp = free_ports(2)?;
-        let ports = Ports { service: sp, external: pp[0], interconn: pp[1] };
+    for (i, imp) in impls.into_iter().enumerate() {
+        let ports = Ports { service: sp, external: all_ports[1 + 2 * i], interconn: all_ports[2 + 2 * i] };
         states.push(State { imp, ports, pair: None, samples: Samples::new(), failed: None });
     }
     let reps = ctx.opts.reps;

@@ -142,7 +142,7 @@ async fn run(cmd: &str, rest: &[String]) -> Result<Option<String>, String> {
             let opts = drive::Opts {
                 oxray: existing("oxray"),
                 v2ray: existing("v2ray"),
-                reps: a.get("reps", Some(if quick { 1 } else { 3 }))?,
+                reps: a.get("reps", Some(if quick { 1 } else { 5 }))?,
                 bulk_bytes: a.get("bulk-bytes", Some(if quick { 64u64 << 20 } else { 1 << 30 }))?,
                 ping_count: a.get("ping-count", Some(if quick { 2_000 } else { 10_000 }))?,
                 connrate_secs: a.get("connrate-secs", Some(if quick { 1.0 } else { 3.0 }))?,
