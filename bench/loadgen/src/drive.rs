@@ -560,6 +560,15 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
         direct.entry("rtt1_p99").or_default().push(p99);
     }
     pin(svc.pid, &all_cpus())?;
+    // The load generator's own ceiling: a tunnel near this figure is limited by loadgen+service.
+    let bs = ctx.opts.bulk_bytes.to_string();
+    for _ in 0..ctx.opts.reps {
+        for (dir, key) in [("up", "bulk_up_1"), ("down", "bulk_down_1")] {
+            let a = ["bulk", "--conns", "1", "--bytes", &bs, "--dir", dir];
+            let v = run_json(false, &ctx.args(&a, service), Duration::from_secs(300)).await?;
+            direct.entry(key).or_default().push(num(&v, "mb_per_s")?);
+        }
+    }
 
     let load_start = loadavg();
     if load_start.split_whitespace().next().and_then(|l| l.parse::<f64>().ok()).unwrap_or(0.0) > 0.5 {
@@ -773,11 +782,14 @@ fn render(
     }
     let dm = |k: &str| median(direct.get(k).map_or(&[][..], |v| v)).unwrap_or(f64::NAN);
     let base = format!(
-        "Direct to the service (no tunnel), 64 B RTT: p50 {:.1} µs, p99 {:.1} µs; all on CPU 0: p50 {:.1} µs, p99 {:.1} µs.",
+        "Direct to the service (no tunnel), 64 B RTT: p50 {:.1} µs, p99 {:.1} µs; all on CPU 0: p50 {:.1} µs, p99 {:.1} µs. \
+         Direct bulk, 1 conn (the load generator's ceiling): upload {:.0} MB/s, download {:.0} MB/s.",
         dm("rtt_p50"),
         dm("rtt_p99"),
         dm("rtt1_p50"),
-        dm("rtt1_p99")
+        dm("rtt1_p99"),
+        dm("bulk_up_1"),
+        dm("bulk_down_1")
     );
     let _ = writeln!(table, "\n{base}");
     for (n, r) in results {
