@@ -30,8 +30,12 @@ pub const IDLE: Duration = Duration::from_secs(15);
 /// Largest bulk transfer accepted from a peer (bounds what a confused client can ask for).
 pub const MAX_BULK: u64 = 64 << 30;
 
-/// `2 * PERIOD` bytes of xorshift output, so any window of up to `PERIOD` bytes starting at any
-/// phase is one contiguous slice (compare and write with a single memcmp/memcpy-sized call).
+/// Longest slice compared or written at once: big enough that syscalls, not the tunnel, are
+/// rare (the load generator shares the CPUs with what it measures).
+pub const WINDOW: usize = 4 * PERIOD;
+
+/// `PERIOD + WINDOW` bytes (the period repeated), so any window of up to `WINDOW` bytes starting
+/// at any phase is one contiguous slice (one memcmp or one write per window).
 pub fn pattern() -> &'static [u8] {
     static P: OnceLock<Vec<u8>> = OnceLock::new();
     P.get_or_init(|| {
@@ -43,7 +47,9 @@ pub fn pattern() -> &'static [u8] {
             x ^= x << 17;
             v.push((x >> 32) as u8);
         }
-        v.extend_from_within(..);
+        while v.len() < PERIOD + WINDOW {
+            v.extend_from_within(..PERIOD);
+        }
         v
     })
 }
@@ -58,7 +64,7 @@ pub fn check(seed: u32, mut off: u64, mut data: &[u8]) -> bool {
     let p = pattern();
     while !data.is_empty() {
         let o = phase(seed, off);
-        let n = data.len().min(PERIOD);
+        let n = data.len().min(WINDOW);
         if data[..n] != p[o..o + n] {
             return false;
         }
@@ -103,8 +109,8 @@ pub async fn send_pattern<W: AsyncWrite + Unpin>(w: &mut W, seed: u32, n: u64) -
     let mut off = 0u64;
     while off < n {
         let o = phase(seed, off);
-        // At most one period per write keeps the slice inside the doubled buffer.
-        let len = (n - off).min(PERIOD as u64) as usize;
+        // At most one window per write keeps the slice inside the buffer.
+        let len = (n - off).min(WINDOW as u64) as usize;
         match tokio::time::timeout(IDLE, w.write_all(&p[o..o + len])).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(err(format!("sending at byte {off}: {e}"))),
@@ -117,7 +123,7 @@ pub async fn send_pattern<W: AsyncWrite + Unpin>(w: &mut W, seed: u32, n: u64) -
 
 /// Reads exactly `n` bytes of stream `seed`, verifying content. Returns bytes read on success.
 pub async fn recv_pattern<R: AsyncRead + Unpin>(r: &mut R, seed: u32, n: u64) -> io::Result<u64> {
-    let mut buf = vec![0u8; 128 * 1024];
+    let mut buf = vec![0u8; WINDOW];
     let mut off = 0u64;
     while off < n {
         let want = (n - off).min(buf.len() as u64) as usize;
@@ -142,12 +148,13 @@ mod tests {
     #[test]
     fn pattern_windows_check() {
         let p = pattern();
-        assert_eq!(p.len(), 2 * PERIOD);
+        assert_eq!(p.len(), PERIOD + WINDOW);
+        assert_eq!(p[..PERIOD], p[PERIOD..2 * PERIOD]);
         let seed = 12345;
         // Build 3 periods of stream `seed` byte by byte and check it in odd-sized pieces.
-        let s: Vec<u8> = (0..3 * PERIOD as u64).map(|i| p[phase(seed, i)]).collect();
+        let s: Vec<u8> = (0..9 * PERIOD as u64).map(|i| p[phase(seed, i)]).collect();
         let mut off = 0;
-        for piece in s.chunks(40_000) {
+        for piece in s.chunks(300_000) {
             assert!(check(seed, off, piece));
             off += piece.len() as u64;
         }
