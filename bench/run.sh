@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# oxray vs V2Ray 4.34, one run, same configs: see docs/BENCHMARKS.md.
+#
+#   bench/run.sh            # default: 5 repetitions per figure, medians (~2-3 min)
+#   bench/run.sh --quick    # 1 repetition, small sizes (~1 min): for checking the harness
+#   bench/run.sh --reps 5 --bulk-bytes 2147483648   # any other option goes to `loadgen drive`
+#
+# Env: OXRAY=path (default target/release/oxray, built here), V2RAY=path (default: v2ray on PATH),
+#      SKIP_OXRAY_BUILD=1 to use an existing binary as is.
+# Never run from cargo test or CI: it takes minutes and its numbers need a quiet machine.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+cd "$repo"
+
+# 2,000 held connections need ~2,000 fds in each of loadgen, service, portal and bridge.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 8192 ]; then
+    echo "bench: ulimit -n is $(ulimit -n); 2,000 held connections need >= 8192" >&2
+    exit 1
+fi
+
+echo "== building loadgen (bench/loadgen, release)" >&2
+cargo build --release --quiet --manifest-path "$here/loadgen/Cargo.toml"
+loadgen="$here/loadgen/target/release/loadgen"
+
+oxray="${OXRAY:-$repo/target/release/oxray}"
+if [ -z "${OXRAY:-}" ] && [ -z "${SKIP_OXRAY_BUILD:-}" ]; then
+    echo "== building oxray (cargo build --release)" >&2
+    if ! cargo build --release --quiet --bin oxray; then
+        echo "bench: !!! oxray does not build: measuring V2Ray only !!!" >&2
+        # A stale binary from an older commit would be worse than none.
+        oxray=""
+    fi
+fi
+if [ -n "$oxray" ] && [ ! -x "$oxray" ]; then
+    echo "bench: !!! no oxray binary at $oxray: measuring V2Ray only !!!" >&2
+    oxray=""
+fi
+
+v2ray="${V2RAY:-$(command -v v2ray || true)}"
+[ -n "$v2ray" ] || echo "bench: !!! v2ray not installed: oxray only, no ratios !!!" >&2
+
+# The driver records the PIDs it starts and kills only those (also on Ctrl-C / SIGTERM).
+exec "$loadgen" drive --oxray "$oxray" --v2ray "$v2ray" --out "$here/results" "$@"
