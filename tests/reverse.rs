@@ -101,7 +101,9 @@ async fn pairing(bridge_impl: Impl, portal_impl: Impl) {
     let public = local(external);
     let logs = || format!("--- bridge\n{}\n--- portal\n{}", bridge.log_text(), portal.log_text());
 
+    let t0 = Instant::now();
     until_traffic(public, Duration::from_secs(15)).await.unwrap_or_else(|| panic!("no traffic: {}", logs()));
+    eprintln!("{bridge_impl:?} bridge, {portal_impl:?} portal: first traffic after {:?}", t0.elapsed());
     // V2Ray 4.34's portal (Mux client) drops the answer of a half-closed session, a known bug: visitors of
     // a V2Ray portal read the whole answer before closing. oxray portals get real half-close.
     let half_close = portal_impl == Impl::Oxray;
@@ -118,6 +120,7 @@ async fn pairing(bridge_impl: Impl, portal_impl: Impl) {
         r.unwrap().unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", logs()));
     }
 
+    eprintln!("32 x 10 MiB done after {:?}", t0.elapsed());
     // 600 sequential 1 KiB connections: each tunnel drains after 256 sessions, so this crosses the
     // drain twice; no connection may fail while tunnels are replaced.
     for i in 0..600u64 {
@@ -129,6 +132,7 @@ async fn pairing(bridge_impl: Impl, portal_impl: Impl) {
             Err(_) => panic!("sequential connection {i} timed out\n{}", logs()),
         }
     }
+    eprintln!("600 sequential done after {:?}", t0.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

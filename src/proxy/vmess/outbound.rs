@@ -194,11 +194,7 @@ impl VmessOutbound {
         };
         let tcp = tcp::dial(&server.address, server.port, self.send_through, Resolve::Any, &DIAL_WAITS).await?;
         let mut stream =
-<<<<<<< HEAD
-            user.handshake(tcp, &session.target, unix_now()).map_err(|e| ProxyError::Refused(format!("vmess: {e}")))?;
-=======
             user.handshake(tcp, target, unix_now()).map_err(|e| ProxyError::Refused(format!("vmess: {e}")))?;
->>>>>>> wt-vmess
         // The request header goes out now, with no payload: the reverse bridge deadlocks otherwise.
         stream.flush().await?;
         Ok(stream)
