@@ -24,7 +24,6 @@ use crate::proxy::{BoxPacketConn, BoxStream, Outbound, PacketConn, ProxyError};
 use crate::session::{Address, Destination, Network, Session};
 use crate::transport::tcp::{self, Resolve};
 
-/// V2Ray's VMess dial schedule: 5 attempts, 200 ms more wait each time.
 /// Shorter than V2Ray's 200..800 ms schedule: callers that keep a link up (the reverse bridge, mux pools)
 /// have their own back-off, and a long inner retry would hide a server that is back.
 const DIAL_WAITS: [Duration; 3] = [Duration::from_millis(50), Duration::from_millis(100), Duration::from_millis(200)];
