@@ -96,8 +96,10 @@ async fn pairing(bridge_impl: Impl, portal_impl: Impl) {
     let (echo, _task) = xor_echo_server().await;
     let (external, interconn) = (free_port(), free_port());
     let dir = temp_dir(&format!("reverse-{bridge_impl:?}-{portal_impl:?}"));
-    let bridge = spawn(bridge_impl, "bridge", &dir, &bridge_config(interconn, echo.port(), "warning"));
-    let portal = spawn(portal_impl, "portal", &dir, &portal_config(external, interconn, "warning"));
+    // oxray logs tunnels and drains at info; V2Ray at info would log every session.
+    let level = |i: Impl| if i == Impl::Oxray { "info" } else { "warning" };
+    let bridge = spawn(bridge_impl, "bridge", &dir, &bridge_config(interconn, echo.port(), level(bridge_impl)));
+    let portal = spawn(portal_impl, "portal", &dir, &portal_config(external, interconn, level(portal_impl)));
     let public = local(external);
     let logs = || format!("--- bridge\n{}\n--- portal\n{}", bridge.log_text(), portal.log_text());
 
@@ -122,9 +124,12 @@ async fn pairing(bridge_impl: Impl, portal_impl: Impl) {
     }
 
     eprintln!("32 x 10 MiB done after {:?}", t0.elapsed());
-    // 600 sequential 1 KiB connections: each tunnel drains after 256 sessions, so this crosses the
-    // drain twice; no connection may fail while tunnels are replaced.
-    for i in 0..600u64 {
+    // 800 sequential 1 KiB connections: a tunnel drains at the first heartbeat (every 2 s) after it has
+    // carried 256 sessions, so the connections are paced over ~8 s to cross drains even when the burst
+    // above opened several tunnels; no connection may fail while tunnels are replaced.
+    let mut pace = tokio::time::interval(Duration::from_millis(10));
+    for i in 0..800u64 {
+        pace.tick().await;
         let data = payload(1024, 1000 + i);
         let r = tokio::time::timeout(Duration::from_secs(10), xor_exchange(public, &data, half_close)).await;
         match r {
@@ -133,7 +138,18 @@ async fn pairing(bridge_impl: Impl, portal_impl: Impl) {
             Err(_) => panic!("sequential connection {i} timed out\n{}", logs()),
         }
     }
-    eprintln!("600 sequential done after {:?}", t0.elapsed());
+    eprintln!("800 sequential done after {:?}", t0.elapsed());
+    if portal_impl == Impl::Oxray {
+        let drains = portal.log_text().matches("tunnel drained").count();
+        assert!(drains >= 1, "the portal never drained a tunnel\n{}", logs());
+        eprintln!("portal drained {drains} tunnels");
+    }
+    if bridge_impl == Impl::Oxray {
+        let drained = bridge.log_text().matches("portal drained the tunnel").count();
+        let ups = bridge.log_text().matches("tunnel up").count();
+        assert!(drained >= 1 && ups >= 2, "the bridge saw {drained} drains, {ups} tunnels\n{}", logs());
+        eprintln!("bridge saw {drained} drains, opened {ups} tunnels");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -260,7 +260,7 @@ impl Handler {
                 Ok(c) => {
                     tunnel.confirmed.store(true, Ordering::Relaxed);
                     if c.state == ControlState::Drain {
-                        debug!(bridge = %self.bridge.tag, tunnel = tunnel.id, "portal drained the tunnel");
+                        info!(bridge = %self.bridge.tag, tunnel = tunnel.id, "portal drained the tunnel");
                         tunnel.drained.store(true, Ordering::Relaxed);
                         self.bridge.changed.notify_one();
                     }

@@ -163,8 +163,11 @@ impl Portal {
             }
             if drain {
                 tunnel.draining.store(true, Ordering::Relaxed);
-                debug!(portal = %self.tag, tunnel = tunnel.id, "tunnel drained");
-                return; // dropping `control` sends its End
+                info!(portal = %self.tag, tunnel = tunnel.id, sessions = tunnel.client.total_sessions(), "tunnel drained");
+                // A clean End, as V2Ray sends: a dropped session would end with the Error bit, and the
+                // bridge would discard the DRAIN still in its buffer.
+                control.close();
+                return;
             }
         }
     }
