@@ -341,6 +341,37 @@ async fn visitor_disconnect_stops_the_upstream_transfer() {
     assert!(ended, "the service was still sending 2 s after the visitor left ({} MiB sent)", at_stop >> 20);
 }
 
+/// A bridge whose tunnels are refused by the far end (a VMess server that blackholes them: not a portal)
+/// says so in its log and backs off instead of hammering the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tunnels_back_off_and_warn() {
+    let interconn = free_port();
+    let dir = temp_dir("reverse-refused");
+    let access = dir.join("server-access.log");
+    let server = format!(
+        r#"{{"log": {{"loglevel": "warning", "access": "{access}"}},
+  "inbounds": [{{"tag": "interconn", "listen": "127.0.0.1", "port": {interconn}, "protocol": "vmess",
+                 "settings": {{"clients": [{{"id": "{UUID}"}}]}}}}],
+  "outbounds": [{{"tag": "block", "protocol": "blackhole"}}]}}"#,
+        access = access.display()
+    );
+    let _server = spawn(Impl::Oxray, "server", &dir, &server);
+    assert!(wait_for_port(local(interconn), Duration::from_secs(10)));
+    let started = Instant::now();
+    let bridge = spawn(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, 9, "warning"));
+    let warned = wait_until(Duration::from_secs(5), || {
+        let w = bridge.log_text().contains("closed the tunnel before any heartbeat");
+        async move { w }
+    })
+    .await;
+    assert!(warned, "no warning about refused tunnels:\n{}", bridge.log_text());
+    // Back-off: 50 ms doubling to 2 s, so about 7 dials in 4 s; without it, hundreds.
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(started.elapsed())).await;
+    let dials = std::fs::read_to_string(&access).unwrap_or_default().matches("tcp:test.v2fly.org:0").count();
+    eprintln!("{dials} tunnel dials in 4 s against a refusing server");
+    assert!((2..=15).contains(&dials), "{dials} dials in 4 s: back-off is not working");
+}
+
 /// Like `wait_for_port` but polling every 2 ms, so "listening" is timed precisely.
 fn wait_for_port_fast(addr: SocketAddr, deadline: Duration) -> bool {
     let end = Instant::now() + deadline;

@@ -172,7 +172,21 @@ async fn monitor(inner: Arc<Inner>, dispatcher: Arc<Dispatcher>, tracker: TaskTr
                     info!(bridge = %inner.tag, tunnel = tunnel.id, "tunnel up");
                     let (watch_inner, died) = (inner.clone(), died_tx.clone());
                     tracker.spawn(async move {
-                        tunnel.server.closed().await;
+                        // A portal sends its first heartbeat at once; silence means the tunnel does not
+                        // reach a portal (routing on the portal side, or not a portal at all).
+                        let patience = watch_inner.tuning.heartbeat * 3;
+                        if tokio::time::timeout(patience, tunnel.server.closed()).await.is_err() {
+                            if !tunnel.confirmed.load(Ordering::Relaxed) {
+                                warn!(
+                                    bridge = %watch_inner.tag,
+                                    tunnel = tunnel.id,
+                                    "no heartbeat from the portal after {patience:?}: does the portal route this \
+                                     connection (domain {}) to its portal tag?",
+                                    watch_inner.domain
+                                );
+                            }
+                            tunnel.server.closed().await;
+                        }
                         info!(bridge = %watch_inner.tag, tunnel = tunnel.id, "tunnel closed");
                         let _ = died.send(tunnel.confirmed.load(Ordering::Relaxed));
                     });
@@ -198,6 +212,14 @@ async fn monitor(inner: Arc<Inner>, dispatcher: Arc<Dispatcher>, tracker: TaskTr
                 } else {
                     failures += 1;
                     backoff = next_backoff(backoff);
+                    if failures == 1 || failures.is_multiple_of(10) {
+                        warn!(
+                            bridge = %inner.tag,
+                            "the far end closed the tunnel before any heartbeat ({failures} times so far): check \
+                             the VMess id and the portal's routing of domain {} to its portal tag",
+                            inner.domain
+                        );
+                    }
                     tokio::time::sleep(jitter(backoff)).await;
                 }
             }
