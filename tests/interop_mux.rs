@@ -12,12 +12,6 @@ use common::*;
 
 const ID: &str = "b831381d-6324-4d53-ad4f-8cda48b30811";
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Impl {
-    Oxray,
-    V2ray,
-}
-
 fn server_config(port: u16, access: &Path) -> String {
     format!(
         r#"{{"log": {{"loglevel": "warning", "access": "{access}"}},
@@ -39,18 +33,6 @@ fn client_config(port: u16, server: u16, echo: SocketAddr) -> String {
         ip = echo.ip(),
         ep = echo.port()
     )
-}
-
-fn spawn(which: Impl, name: &str, dir: &Path, config: &str) -> Proc {
-    let cfg = write_file(dir, &format!("{name}.json"), config);
-    let log = dir.join(format!("{name}.log"));
-    match which {
-        Impl::Oxray => Proc::spawn(name, &oxray_bin(), &["run", "-c", cfg.to_str().unwrap()], &log, &[]),
-        Impl::V2ray => {
-            let bin = v2ray().expect("caller checked for V2Ray");
-            Proc::spawn(name, &bin, &["-config", cfg.to_str().unwrap()], &log, &[])
-        }
-    }
 }
 
 /// Source ports of the access-log lines for flows to `target` (both implementations log
@@ -78,9 +60,9 @@ async fn mux_pair(client: Impl, server: Impl) {
     let (cport, sport) = (free_port(), free_port());
     let dir = temp_dir(&format!("mux-{client:?}-{server:?}"));
     let access = dir.join("server-access.log");
-    let s = spawn(server, "server", &dir, &server_config(sport, &access));
-    let c = spawn(client, "client", &dir, &client_config(cport, sport, echo));
-    let entry = SocketAddr::from(([127, 0, 0, 1], cport));
+    let s = spawn_impl(server, "server", &dir, &server_config(sport, &access));
+    let c = spawn_impl(client, "client", &dir, &client_config(cport, sport, echo));
+    let entry = local(cport);
     let logs = || format!("--- client\n{}\n--- server\n{}", c.log_text(), s.log_text());
     // V2Ray 4.34's mux client drops answers of half-closed sessions and its freedom never half-closes:
     // clients read the whole answer before closing unless both sides are oxray.

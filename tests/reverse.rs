@@ -4,7 +4,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -13,12 +12,6 @@ const UUID: &str = "27848739-7e62-4138-9fd3-098a63964b6b";
 
 /// Heavy transfers run one at a time so timings and 2-core CI stay sane.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Impl {
-    Oxray,
-    V2ray,
-}
 
 fn portal_config(external: u16, interconn: u16, loglevel: &str) -> String {
     // internalDomain is an oxray extension (V2Ray ignores unknown keys): 4.34's spelling so a V2Ray 4.34
@@ -59,35 +52,6 @@ fn bridge_config(interconn: u16, service: u16, loglevel: &str) -> String {
     )
 }
 
-fn spawn(which: Impl, name: &str, dir: &Path, config: &str) -> Proc {
-    let cfg = write_file(dir, &format!("{name}.json"), config);
-    let log = dir.join(format!("{name}.log"));
-    match which {
-        Impl::Oxray => Proc::spawn(name, &oxray_bin(), &["run", "-c", cfg.to_str().unwrap()], &log, &[]),
-        Impl::V2ray => {
-            let bin: PathBuf = v2ray().expect("caller checked for V2Ray");
-            Proc::spawn(name, &bin, &["-config", cfg.to_str().unwrap()], &log, &[])
-        }
-    }
-}
-
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// Polls until one XOR round trip through `public` works; returns how long that took.
-async fn until_traffic(public: SocketAddr, deadline: Duration) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < deadline {
-        let r = tokio::time::timeout(Duration::from_secs(2), xor_exchange(public, b"ping", false)).await;
-        if r.is_ok_and(|r| r.is_ok()) {
-            return Some(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    None
-}
-
 async fn pairing(bridge_impl: Impl, portal_impl: Impl) {
     if (bridge_impl == Impl::V2ray || portal_impl == Impl::V2ray) && v2ray().is_none() {
         return;
@@ -98,8 +62,8 @@ async fn pairing(bridge_impl: Impl, portal_impl: Impl) {
     let dir = temp_dir(&format!("reverse-{bridge_impl:?}-{portal_impl:?}"));
     // oxray logs tunnels and drains at info; V2Ray at info would log every session.
     let level = |i: Impl| if i == Impl::Oxray { "info" } else { "warning" };
-    let bridge = spawn(bridge_impl, "bridge", &dir, &bridge_config(interconn, echo.port(), level(bridge_impl)));
-    let portal = spawn(portal_impl, "portal", &dir, &portal_config(external, interconn, level(portal_impl)));
+    let bridge = spawn_impl(bridge_impl, "bridge", &dir, &bridge_config(interconn, echo.port(), level(bridge_impl)));
+    let portal = spawn_impl(portal_impl, "portal", &dir, &portal_config(external, interconn, level(portal_impl)));
     let public = local(external);
     let logs = || format!("--- bridge\n{}\n--- portal\n{}", bridge.log_text(), portal.log_text());
 
@@ -181,8 +145,8 @@ async fn portal_restart_recovers_within_half_a_second() {
     let (echo, _task) = xor_echo_server().await;
     let (external, interconn) = (free_port(), free_port());
     let dir = temp_dir("recover-portal");
-    let bridge = spawn(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, echo.port(), "info"));
-    let mut portal = spawn(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, "info"));
+    let bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, echo.port(), "info"));
+    let mut portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, "info"));
     let public = local(external);
     until_traffic(public, Duration::from_secs(15)).await.expect("first traffic");
 
@@ -195,7 +159,7 @@ async fn portal_restart_recovers_within_half_a_second() {
         let r = tokio::time::timeout(Duration::from_secs(10), inflight).await.expect("in-flight transfer hangs");
         assert!(r.unwrap().is_err(), "a transfer cut by the portal's death must not look complete");
 
-        portal = spawn(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, "info"));
+        portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, "info"));
         assert!(wait_for_port_fast(local(interconn), Duration::from_secs(10)), "portal did not come back");
         let listening = Instant::now();
         let took = until_traffic(public, Duration::from_secs(10)).await;
@@ -213,15 +177,15 @@ async fn bridge_restart_is_picked_up_at_once() {
     let (echo, _task) = xor_echo_server().await;
     let (external, interconn) = (free_port(), free_port());
     let dir = temp_dir("recover-bridge");
-    let portal = spawn(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, "info"));
-    let mut bridge = spawn(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, echo.port(), "info"));
+    let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, "info"));
+    let mut bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, echo.port(), "info"));
     let public = local(external);
     until_traffic(public, Duration::from_secs(15)).await.expect("first traffic");
 
     for round in 0..3 {
         bridge.kill();
         let started = Instant::now();
-        bridge = spawn(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, echo.port(), "info"));
+        bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, echo.port(), "info"));
         let took = until_traffic(public, Duration::from_secs(10)).await;
         let took = took.unwrap_or_else(|| panic!("no traffic after bridge restart {round}:\n{}", portal.log_text()));
         eprintln!(
@@ -256,8 +220,8 @@ async fn half_close_crosses_the_tunnel() {
     });
     let (external, interconn) = (free_port(), free_port());
     let dir = temp_dir("reverse-halfclose");
-    let _bridge = spawn(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, service.port(), "info"));
-    let _portal = spawn(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, "info"));
+    let _bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, service.port(), "info"));
+    let _portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, "info"));
     let public = local(external);
     for i in 0..5 {
         let got = wait_until(Duration::from_secs(15), || async move {
@@ -312,8 +276,8 @@ async fn visitor_disconnect_stops_the_upstream_transfer() {
     });
     let (external, interconn) = (free_port(), free_port());
     let dir = temp_dir("reverse-ghost");
-    let bridge = spawn(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, service.port(), "info"));
-    let portal = spawn(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, "info"));
+    let bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, service.port(), "info"));
+    let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, "info"));
     let public = local(external);
     assert!(wait_for_port(local(external), Duration::from_secs(10)));
 
@@ -355,10 +319,10 @@ async fn refused_tunnels_back_off_and_warn() {
   "outbounds": [{{"tag": "block", "protocol": "blackhole"}}]}}"#,
         access = access.display()
     );
-    let _server = spawn(Impl::Oxray, "server", &dir, &server);
+    let _server = spawn_impl(Impl::Oxray, "server", &dir, &server);
     assert!(wait_for_port(local(interconn), Duration::from_secs(10)));
     let started = Instant::now();
-    let bridge = spawn(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, 9, "warning"));
+    let bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, 9, "warning"));
     let warned = wait_until(Duration::from_secs(5), || {
         let w = bridge.log_text().contains("closed the tunnel before any heartbeat");
         async move { w }

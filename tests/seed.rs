@@ -4,31 +4,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 fn example(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn run(name: &str, dir: &Path, config: &str) -> Proc {
-    let cfg = write_file(dir, &format!("{name}.json"), config);
-    Proc::spawn(name, &oxray_bin(), &["run", "-c", cfg.to_str().unwrap()], &dir.join(format!("{name}.log")), &[])
-}
-
-async fn until_traffic(public: SocketAddr, deadline: Duration) -> bool {
-    wait_until(deadline, || async move {
-        tokio::time::timeout(Duration::from_secs(2), xor_roundtrip(public, b"ping")).await.is_ok_and(|r| r.is_ok())
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,11 +28,11 @@ async fn seed_example_configs_carry_traffic() {
     assert!(portal.contains("// 必须和 bridge 的配置一样") && bridge.contains("// 将所有流量转发到网页服务器"));
 
     let dir = temp_dir("seed");
-    let bridge = run("bridge", &dir, &bridge);
-    let portal = run("portal", &dir, &portal);
+    let bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge);
+    let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal);
     let public = local(external);
     assert!(
-        until_traffic(public, Duration::from_secs(15)).await,
+        until_traffic(public, Duration::from_secs(15)).await.is_some(),
         "no traffic\n--- bridge\n{}\n--- portal\n{}",
         bridge.log_text(),
         portal.log_text()
@@ -103,12 +86,12 @@ async fn one_instance_is_portal_and_bridge() {
 }}"#
     );
     let dir = temp_dir("both-roles");
-    let px = run("x", &dir, &x);
-    let py = run("y", &dir, &y);
+    let px = spawn_impl(Impl::Oxray, "x", &dir, &x);
+    let py = spawn_impl(Impl::Oxray, "y", &dir, &y);
     let logs = || format!("--- x\n{}\n--- y\n{}", px.log_text(), py.log_text());
     // Public on X reaches Y's service through tunnel a, and public on Y reaches X's through tunnel b.
-    assert!(until_traffic(local(ext_a), Duration::from_secs(15)).await, "a: {}", logs());
-    assert!(until_traffic(local(ext_b), Duration::from_secs(15)).await, "b: {}", logs());
+    assert!(until_traffic(local(ext_a), Duration::from_secs(15)).await.is_some(), "a: {}", logs());
+    assert!(until_traffic(local(ext_b), Duration::from_secs(15)).await.is_some(), "b: {}", logs());
     xor_roundtrip(local(ext_a), &payload(1 << 20, 1)).await.unwrap();
     xor_roundtrip(local(ext_b), &payload(1 << 20, 2)).await.unwrap();
 }
@@ -126,11 +109,11 @@ async fn two_bridges_serve_one_portal() {
         .replace("\"port\": 10024,", &format!("\"port\": {interconn},"))
         .replace("127.0.0.1:8080", &echo.to_string());
     let dir = temp_dir("two-bridges");
-    let portal = run("portal", &dir, &portal);
-    let mut b1 = run("bridge1", &dir, &bridge);
-    let b2 = run("bridge2", &dir, &bridge);
+    let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal);
+    let mut b1 = spawn_impl(Impl::Oxray, "bridge1", &dir, &bridge);
+    let b2 = spawn_impl(Impl::Oxray, "bridge2", &dir, &bridge);
     let public = local(external);
-    assert!(until_traffic(public, Duration::from_secs(15)).await, "{}", portal.log_text());
+    assert!(until_traffic(public, Duration::from_secs(15)).await.is_some(), "{}", portal.log_text());
     let both = wait_until(Duration::from_secs(10), || {
         let n = portal.log_text().matches("bridge connected").count();
         async move { n >= 2 }

@@ -310,3 +310,45 @@ pub fn uuid_text(id: &[u8; 16]) -> String {
 pub async fn wait_port_async(addr: SocketAddr, deadline: Duration) -> bool {
     wait_until(deadline, || async move { TcpStream::connect(addr).await.is_ok() }).await
 }
+
+/// Which implementation a process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Impl {
+    /// This crate's binary.
+    Oxray,
+    /// The real V2Ray 4.34 (the caller has checked [`v2ray`]).
+    V2ray,
+}
+
+/// Writes `config` to `dir/<name>.json` and runs it with `which`, logging to `dir/<name>.log`.
+pub fn spawn_impl(which: Impl, name: &str, dir: &Path, config: &str) -> Proc {
+    let cfg = write_file(dir, &format!("{name}.json"), config);
+    let log = dir.join(format!("{name}.log"));
+    let cfg = cfg.to_str().expect("utf-8 temp path");
+    match which {
+        Impl::Oxray => Proc::spawn(name, &oxray_bin(), &["run", "-c", cfg], &log, &[]),
+        Impl::V2ray => {
+            let bin = v2ray().expect("caller checked for V2Ray");
+            Proc::spawn(name, &bin, &["-config", cfg], &log, &[])
+        }
+    }
+}
+
+/// 127.0.0.1:`port`.
+pub fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Polls until one XOR round trip through `entry` works (without half-close, which V2Ray's mux client
+/// mishandles); returns how long that took, or None at the deadline.
+pub async fn until_traffic(entry: SocketAddr, deadline: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        let r = tokio::time::timeout(Duration::from_secs(2), xor_exchange(entry, b"ping", false)).await;
+        if r.is_ok_and(|r| r.is_ok()) {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
