@@ -198,3 +198,16 @@ fn cli_test_reports_ok_and_errors_with_paths() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.json") && err.contains("outbounds[0]") && err.contains("socks"), "{err}");
 }
+
+#[test]
+fn cli_version_and_uuid() {
+    let out = std::process::Command::new(oxray_bin()).arg("version").output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("oxray "));
+    let out = std::process::Command::new(oxray_bin()).arg("-version").output().unwrap();
+    assert!(out.status.success());
+    let out = std::process::Command::new(oxray_bin()).arg("uuid").output().unwrap();
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(out.status.success() && id.len() == 36 && id.chars().filter(|&c| c == '-').count() == 4, "{id}");
+    let out2 = std::process::Command::new(oxray_bin()).arg("uuid").output().unwrap();
+    assert_ne!(id, String::from_utf8_lossy(&out2.stdout).trim(), "uuid must be random");
+}

@@ -23,3 +23,30 @@ pub fn is_internal_domain(target: &Destination) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::Address;
+
+    #[test]
+    fn every_known_internal_domain_is_recognised() {
+        for d in [INTERNAL_DOMAIN_V4, INTERNAL_DOMAIN_V5, INTERNAL_DOMAIN_XRAY_OLD] {
+            assert!(is_internal_domain(&Destination::udp(Address::parse(d), 0)), "{d}");
+            // Network and port are not checked for the dotted names, as in V2Ray.
+            assert!(is_internal_domain(&Destination::tcp(Address::parse(d), 80)), "{d}");
+        }
+        assert!(is_internal_domain(&Destination::udp(Address::parse("reverse"), 0)));
+    }
+
+    #[test]
+    fn ordinary_targets_are_not_internal() {
+        // A real host may be called `reverse`: only UDP to port 0 counts.
+        assert!(!is_internal_domain(&Destination::tcp(Address::parse("reverse"), 0)));
+        assert!(!is_internal_domain(&Destination::udp(Address::parse("reverse"), 53)));
+        // Exact, case-sensitive comparison.
+        assert!(!is_internal_domain(&Destination::udp(Address::parse("Reverse.Internal.V2Ray.com"), 0)));
+        assert!(!is_internal_domain(&Destination::udp(Address::parse("x.reverse.internal.v2fly.org"), 0)));
+        assert!(!is_internal_domain(&Destination::tcp(Address::parse("127.0.0.1"), 80)));
+    }
+}
