@@ -7,13 +7,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
 use oxray::config::VmessSecurity;
 use oxray::instance::{Instance, Running};
-use oxray::proxy::Outbound;
-use oxray::proxy::vmess::VmessOutbound;
-use oxray::session::{Address, Destination, Session};
 
 const ID_AEAD: [u8; 16] =
     [0x27, 0x84, 0x87, 0x39, 0x7e, 0x62, 0x41, 0x38, 0x9f, 0xd3, 0x09, 0x8a, 0x63, 0x96, 0x4b, 0x6b];
@@ -109,53 +105,6 @@ async fn check_server_first(entry: SocketAddr, what: &str) {
     let r = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got)).await;
     assert!(matches!(r, Ok(Ok(_))), "{what}: no greeting through VMess without client data: {r:?}");
     assert_eq!(got, GREETING, "{what}");
-}
-
-/// A UDP server that sends every datagram back XORed with [`XOR`].
-async fn udp_xor_echo() -> SocketAddr {
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = sock.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
-            buf[..n].iter_mut().for_each(|b| *b ^= XOR);
-            let _ = sock.send_to(&buf[..n], from).await;
-        }
-    });
-    addr
-}
-
-const DATAGRAMS: [usize; 6] = [1, 16, 17, 500, 1400, 1900];
-
-/// Datagrams through a VMess UDP session (command 2) come back XORed, one for one.
-async fn check_udp_outbound(outbound: &VmessOutbound, echo: SocketAddr, what: &str) {
-    let session = Session::new(None, None, Destination::udp(Address::from(echo.ip()), echo.port()));
-    let conn = outbound.connect_packet(&session).await.unwrap_or_else(|e| panic!("{what}: {e}"));
-    for (i, &n) in DATAGRAMS.iter().enumerate() {
-        let data = payload(n, 300 + i as u64);
-        conn.send(Bytes::from(data.clone())).await.unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(5), conn.recv())
-            .await
-            .unwrap_or_else(|_| panic!("{what}: datagram {n} timed out"))
-            .unwrap()
-            .unwrap_or_else(|| panic!("{what}: UDP session ended"));
-        assert_eq!(got.len(), n, "{what}");
-        assert!(got.iter().zip(&data).all(|(g, d)| *g == d ^ XOR), "{what}: datagram {n} differs");
-    }
-}
-
-fn udp_outbound(server: SocketAddr, id: [u8; 16], alter_id: u16, security: VmessSecurity) -> VmessOutbound {
-    use oxray::config::*;
-    VmessOutbound::new(
-        VmessOutboundConfig {
-            servers: vec![VmessServerConfig {
-                address: Address::from(server.ip()),
-                port: server.port(),
-                users: vec![VmessUserConfig { id: SecretId(id), alter_id, security, level: 0, email: None }],
-            }],
-        },
-        None,
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -288,7 +288,7 @@ pub fn vmess_client_config(
         tag: Some("proxy".into()),
         protocol: OutboundProtocol::Vmess(VmessOutboundConfig {
             servers: vec![VmessServerConfig {
-                address: Address::from(server.ip()),
+                address: oxray::session::Address::from(server.ip()),
                 port: server.port(),
                 users: vec![VmessUserConfig { id: SecretId(id), alter_id, security, level: 0, email: None }],
             }],
@@ -351,4 +351,58 @@ pub async fn until_traffic(entry: SocketAddr, deadline: Duration) -> Option<Dura
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     None
+}
+
+/// A UDP server that sends every datagram back XORed with [`XOR`].
+pub async fn udp_xor_echo() -> SocketAddr {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            buf[..n].iter_mut().for_each(|b| *b ^= XOR);
+            let _ = sock.send_to(&buf[..n], from).await;
+        }
+    });
+    addr
+}
+
+pub const DATAGRAMS: [usize; 6] = [1, 16, 17, 500, 1400, 1900];
+
+/// Datagrams through a VMess UDP session (command 2) come back XORed, one for one.
+pub async fn check_udp_outbound(outbound: &oxray::proxy::vmess::VmessOutbound, echo: SocketAddr, what: &str) {
+    use oxray::proxy::Outbound;
+    use oxray::session::{Address, Destination, Session};
+    let session = Session::new(None, None, Destination::udp(Address::from(echo.ip()), echo.port()));
+    let conn = outbound.connect_packet(&session).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+    for (i, &n) in DATAGRAMS.iter().enumerate() {
+        let data = payload(n, 300 + i as u64);
+        conn.send(bytes::Bytes::from(data.clone())).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), conn.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: datagram {n} timed out"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{what}: UDP session ended"));
+        assert_eq!(got.len(), n, "{what}");
+        assert!(got.iter().zip(&data).all(|(g, d)| *g == d ^ XOR), "{what}: datagram {n} differs");
+    }
+}
+
+pub fn udp_outbound(
+    server: SocketAddr,
+    id: [u8; 16],
+    alter_id: u16,
+    security: oxray::config::VmessSecurity,
+) -> oxray::proxy::vmess::VmessOutbound {
+    use oxray::config::*;
+    oxray::proxy::vmess::VmessOutbound::new(
+        VmessOutboundConfig {
+            servers: vec![VmessServerConfig {
+                address: oxray::session::Address::from(server.ip()),
+                port: server.port(),
+                users: vec![VmessUserConfig { id: SecretId(id), alter_id, security, level: 0, email: None }],
+            }],
+        },
+        None,
+    )
 }
