@@ -79,7 +79,7 @@ impl Instance {
         let mut ordered: Vec<(Option<String>, Arc<dyn Outbound>)> = Vec::new();
         for ob in &config.outbounds {
             let handler: Arc<dyn Outbound> = match &ob.protocol {
-                OutboundProtocol::Freedom(f) => Arc::new(Freedom::new(f.clone(), ob.send_through)),
+                OutboundProtocol::Freedom(f) => Arc::new(Freedom::new(f.clone(), ob.send_through, &config.policy)),
                 OutboundProtocol::Blackhole(b) => Arc::new(Blackhole::new(b.clone())),
                 OutboundProtocol::Vmess(v) => Arc::new(VmessOutbound::new(v.clone(), ob.send_through)),
             };

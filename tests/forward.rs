@@ -211,3 +211,27 @@ fn cli_version_and_uuid() {
     let out2 = std::process::Command::new(oxray_bin()).arg("uuid").output().unwrap();
     assert_ne!(id, String::from_utf8_lossy(&out2.stdout).trim(), "uuid must be random");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_conn_idle_of_the_freedom_user_level_applies() {
+    let (echo, _task) = xor_echo_server().await;
+    let port = free_port();
+    let config = format!(
+        r#"{{"policy": {{"levels": {{"1": {{"connIdle": 1}}}}}},
+  "inbounds": [{{"listen": "127.0.0.1", "port": {port}, "protocol": "dokodemo-door", "settings": {{"address": "127.0.0.1", "port": {ep}}}}}],
+  "outbounds": [{{"protocol": "freedom", "settings": {{"userLevel": 1}}}}]}}"#,
+        ep = echo.port()
+    );
+    let (proc, _dir) = start_oxray("policy-idle", &config);
+    assert!(wait_for_port(addr(port), Duration::from_secs(10)), "{}", proc.log_text());
+    let mut s = TcpStream::connect(addr(port)).await.unwrap();
+    s.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    s.read_exact(&mut one).await.unwrap();
+    let idle_from = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    let waited = idle_from.elapsed();
+    assert!(r.is_ok(), "an idle connection outlived connIdle = 1 s of level 1");
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "closed after {waited:?}");
+}

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::net::UdpSocket;
 
-use crate::config::{FreedomConfig, FreedomDomainStrategy};
-use crate::proxy::{BoxPacketConn, BoxStream, Outbound, PacketConn, ProxyError};
+use crate::config::{FreedomConfig, FreedomDomainStrategy, LevelPolicy, PolicyConfig};
+use crate::proxy::{BoxPacketConn, BoxStream, Outbound, PacketConn, ProxyError, RelayStats, relay};
 use crate::session::{Address, Session};
 use crate::transport::tcp::{self, Resolve};
 
@@ -22,12 +22,15 @@ const DIAL_WAITS: [Duration; 4] =
 pub struct Freedom {
     config: FreedomConfig,
     send_through: Option<IpAddr>,
+    /// The policy of `userLevel` when it is set: it then governs the flows this outbound carries.
+    level_policy: Option<LevelPolicy>,
 }
 
 impl Freedom {
-    /// Builds it from its settings and the outbound's `sendThrough`.
-    pub fn new(config: FreedomConfig, send_through: Option<IpAddr>) -> Self {
-        Freedom { config, send_through }
+    /// Builds it from its settings, the outbound's `sendThrough` and the instance's policy levels.
+    pub fn new(config: FreedomConfig, send_through: Option<IpAddr>, policy: &PolicyConfig) -> Self {
+        let level_policy = (config.user_level != 0).then(|| policy.level(config.user_level));
+        Freedom { config, send_through, level_policy }
     }
 
     /// The real target after `redirect`: a non-empty host (other than 0.0.0.0) and a non-zero port override.
@@ -56,6 +59,14 @@ impl Freedom {
 
 #[async_trait]
 impl Outbound for Freedom {
+    async fn handle(&self, mut session: Session, stream: BoxStream) -> Result<RelayStats, ProxyError> {
+        if let Some(p) = self.level_policy {
+            session.policy = p;
+        }
+        let upstream = self.connect(&session).await?;
+        Ok(relay(stream, upstream, &session.policy).await?)
+    }
+
     async fn connect(&self, session: &Session) -> Result<BoxStream, ProxyError> {
         let (addr, port) = self.target(session);
         let stream = tcp::dial(&addr, port, self.send_through, self.family(), &DIAL_WAITS).await?;
