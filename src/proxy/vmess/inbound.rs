@@ -123,7 +123,12 @@ impl Inbound for VmessInbound {
             }
         };
         let h = &req.header;
-        let Some(security) = h.body_security() else { return };
+        let Some(security) = h.body_security() else {
+            // Legacy CFB bodies are not implemented: refuse like any bad request, not by closing at once.
+            info!(%peer, "vmess: unsupported body security");
+            self.drain(&mut stream, buf.len(), deadline).await;
+            return;
+        };
         if self.disable_insecure && security == BodySecurity::None {
             info!(%peer, "vmess: client is using insecure encryption");
             self.drain(&mut stream, buf.len(), deadline).await;
