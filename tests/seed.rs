@@ -49,8 +49,18 @@ fn demo_check_succeeds() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo --check failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("check OK") && stdout.contains("Hello from the service behind the bridge"), "{stdout}");
-    // The printed configs are real: they load.
-    assert!(stdout.contains("\"portals\"") && stdout.contains("\"bridges\""));
+    // The printed configs are real: `oxray test` accepts them as files.
+    let portal =
+        stdout.split("--- portal.json (public host) ---\n").nth(1).and_then(|r| r.split("\n--- bridge.json").next());
+    let bridge = stdout.split("--- bridge.json (private host) ---\n").nth(1).and_then(|r| r.split("\ncheck OK").next());
+    let dir = temp_dir("demo-configs");
+    for (name, text) in [("portal.json", portal), ("bridge.json", bridge)] {
+        let text = text.unwrap_or_else(|| panic!("{name} not printed:\n{stdout}"));
+        let file = write_file(&dir, name, text);
+        let out =
+            std::process::Command::new(oxray_bin()).args(["test", "-c", file.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "printed {name} does not load: {}", String::from_utf8_lossy(&out.stderr));
+    }
     assert!(start.elapsed() < Duration::from_secs(20));
 }
 
