@@ -15,9 +15,20 @@ use tokio::task::JoinHandle;
 /// The byte every echo server XORs with, so a test can tell echoed bytes from reflected ones.
 pub const XOR: u8 = 0x5a;
 
-/// A free loopback port (bound, then released; the OS does not hand it out again at once).
+/// A free loopback port for a server, from 20000–32767: below Linux's ephemeral range, so the source
+/// ports of the tests' own client connections cannot take it between this check and the server's bind.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Spread processes (test binaries) and calls over the range; probe until a port binds.
+    let start = std::process::id().wrapping_mul(7919) ^ NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(104_729);
+    for i in 0..12_768u32 {
+        let port = 20_000 + ((start.wrapping_add(i.wrapping_mul(613))) % 12_768) as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-32767");
 }
 
 /// Starts an echo server on 127.0.0.1 that XORs every byte with [`XOR`] and half-closes after its
