@@ -336,6 +336,33 @@ async fn refused_tunnels_back_off_and_warn() {
     assert!((2..=15).contains(&dials), "{dials} dials in 4 s: back-off is not working");
 }
 
+/// The oxray tuning extensions take effect: a portal with `drainAfter: 20` and a 1 s heartbeat drains
+/// tunnels after a few dozen sessions, and every connection still succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tuning_extensions_take_effect() {
+    let (echo, _task) = xor_echo_server().await;
+    let (external, interconn) = (free_port(), free_port());
+    let dir = temp_dir("reverse-tuning");
+    let portal = portal_config(external, interconn, "info")
+        .replace("\"internalDomain\"", "\"drainAfter\": 20, \"heartbeatSeconds\": 1, \"internalDomain\"");
+    let bridge = bridge_config(interconn, echo.port(), "info")
+        .replace("\"domain\": \"test.v2fly.org\"}]", "\"domain\": \"test.v2fly.org\", \"heartbeatSeconds\": 1}]");
+    assert!(portal.contains("drainAfter") && bridge.contains("heartbeatSeconds"));
+    let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal);
+    let bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge);
+    let public = local(external);
+    until_traffic(public, Duration::from_secs(15)).await.expect("first traffic");
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    for i in 0..150u64 {
+        pace.tick().await;
+        xor_roundtrip(public, &payload(512, i)).await.unwrap_or_else(|e| panic!("connection {i}: {e}"));
+    }
+    let drains = portal.log_text().matches("tunnel drained").count();
+    let ups = bridge.log_text().matches("tunnel up").count();
+    eprintln!("drainAfter 20: {drains} drains, {ups} tunnels for 151 sessions");
+    assert!(drains >= 2 && ups >= 3, "{drains} drains, {ups} tunnels\n{}\n{}", portal.log_text(), bridge.log_text());
+}
+
 /// Like `wait_for_port` but polling every 2 ms, so "listening" is timed precisely.
 fn wait_for_port_fast(addr: SocketAddr, deadline: Duration) -> bool {
     let end = Instant::now() + deadline;
