@@ -83,10 +83,12 @@ fn main() -> ExitCode {
             println!("{}", uuid::Uuid::new_v4());
             ExitCode::SUCCESS
         }
-        Command::Test { config } => match oxray::config::load_files(&config)
-            .map_err(|e| e.to_string())
-            .and_then(|c| oxray::instance::Instance::new(&c).map(|_| ()).map_err(|e| e.to_string()))
-        {
+        Command::Test { config } => match oxray::config::load_files(&config).map_err(|e| e.to_string()).and_then(|c| {
+            for w in &c.warnings {
+                eprintln!("warning: {w}");
+            }
+            oxray::instance::Instance::new(&c).map(|_| ()).map_err(|e| e.to_string())
+        }) {
             Ok(()) => {
                 println!("Configuration OK.");
                 ExitCode::SUCCESS
@@ -116,6 +118,9 @@ fn main() -> ExitCode {
 fn run(files: Vec<PathBuf>) -> anyhow::Result<()> {
     let config = oxray::config::load_files(&files).map_err(|e| anyhow::anyhow!("{e}"))?;
     let _log = oxray::log::init(&config.log).context("opening log files")?;
+    for w in &config.warnings {
+        tracing::warn!("config: {w}");
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {
         let instance = oxray::instance::Instance::new(&config)?;

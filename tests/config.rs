@@ -481,3 +481,16 @@ fn seed_reverse_object_fragment_loads() {
     assert_eq!(c.reverse.bridges[0].tag, "bridge");
     assert_eq!(c.reverse.portals[0].tag, "portal");
 }
+
+#[test]
+fn doubtful_values_load_with_warnings_that_name_the_place() {
+    let text = "{\n  \"log\": {\"loglevel\": \"verbose\"},\n  \"outbounds\": [{\"protocol\": \"vmess\", \"settings\": {\"vnext\": [{\"address\": \"127.0.0.1\", \"port\": 1, \"users\": [{\"id\": \"27848739-7e62-4138-9fd3-098a63964b6b\", \"security\": \"aes-256-cfb\"}]}]}}]\n}\n";
+    let cfg = oxray::config::load_str("w.json", text).expect("loads");
+    let all: Vec<String> = cfg.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(
+        all[0].starts_with("w.json:2:") && all[0].contains("log.loglevel") && all[0].contains("verbose"),
+        "{all:?}"
+    );
+    assert!(all[1].contains("outbounds[0].settings.vnext[0].users[0].security") && all[1].contains("auto"), "{all:?}");
+}

@@ -37,6 +37,8 @@ pub(crate) struct Ctx<'s> {
     pub errors: Vec<ConfigError>,
     /// (file index, byte offset) of each error, to report them in file order.
     pub order: Vec<(usize, usize)>,
+    /// Accepted but doubtful values (V2Ray falls back silently; oxray says so).
+    pub warnings: Vec<ConfigError>,
 }
 
 /// `a.b` (or `b` at the top).
@@ -65,6 +67,15 @@ impl<'s> Ctx<'s> {
         let mut v: Vec<_> = self.order.into_iter().zip(self.errors).collect();
         v.sort_by_key(|(k, _)| *k);
         v.into_iter().map(|(_, e)| e).collect()
+    }
+
+    /// Records a warning about a value: the config loads, but the user should know.
+    pub fn warn(&mut self, node: &Node, path: &str, message: impl Into<String>) {
+        let (name, location) = match self.sources.get(node.file) {
+            Some(s) => (s.name.clone(), Some(s.line_col(node.pos))),
+            None => (String::new(), None),
+        };
+        self.warnings.push(ConfigError { file: name, path: path.to_string(), location, message: message.into() });
     }
 
     /// Records an error about a value.
@@ -298,7 +309,7 @@ mod tests {
     #[test]
     fn keys_match_like_go() {
         let src = [Source::new("t", "")];
-        let mut ctx = Ctx { sources: &src, errors: vec![], order: vec![] };
+        let mut ctx = Ctx { sources: &src, errors: vec![], order: vec![], warnings: vec![] };
         let n = parse(r#"{"TAG": "a", "Protocol": "x", "tag": "b", "path": 1, "Path": 2}"#, 0).unwrap();
         let o = ctx.obj(&n, "", &["tag", "protocol", "path", "Path"]).unwrap();
         // Last duplicate wins; case-insensitive matches count as the same field.
@@ -313,7 +324,7 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors_with_suggestions() {
         let src = [Source::new("t", "{\n \"protocl\": 1, \"zzzzzz\": 2}")];
-        let mut ctx = Ctx { sources: &src, errors: vec![], order: vec![] };
+        let mut ctx = Ctx { sources: &src, errors: vec![], order: vec![], warnings: vec![] };
         let n = parse("{\n \"protocl\": 1, \"zzzzzz\": 2}", 0).unwrap();
         ctx.obj(&n, "inbounds[0]", &["protocol", "port"]);
         assert_eq!(ctx.errors.len(), 2);

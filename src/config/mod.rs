@@ -96,7 +96,7 @@ pub fn load_str(origin: &str, text: &str) -> Result<Config, ConfigErrors> {
 /// Parses every text (collecting syntax errors from all of them), merges, validates.
 fn load_texts(texts: &[(String, String)]) -> Result<Config, ConfigErrors> {
     let sources: Vec<Source> = texts.iter().map(|(name, text)| Source::new(name, text)).collect();
-    let mut ctx = Ctx { sources: &sources, errors: Vec::new(), order: Vec::new() };
+    let mut ctx = Ctx { sources: &sources, errors: Vec::new(), order: Vec::new(), warnings: Vec::new() };
     let mut trees = Vec::with_capacity(texts.len());
     for (file, (_, text)) in texts.iter().enumerate() {
         let parsed = strip::strip_comments(text)
@@ -111,7 +111,8 @@ fn load_texts(texts: &[(String, String)]) -> Result<Config, ConfigErrors> {
         return Err(ConfigErrors(ctx.into_errors()));
     }
     let merged = merge(&mut ctx, &trees, texts);
-    let config = validate::build(&mut ctx, &merged);
+    let mut config = validate::build(&mut ctx, &merged);
+    config.warnings = std::mem::take(&mut ctx.warnings);
     if ctx.errors.is_empty() { Ok(config) } else { Err(ConfigErrors(ctx.into_errors())) }
 }
 

@@ -26,6 +26,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// `reverse`.
     pub reverse: ReverseConfig,
+    /// Values that load but deserve the user's attention (e.g. an unknown `security`, taken as auto).
+    pub warnings: Vec<super::ConfigError>,
 }
 
 /// `log.loglevel`.

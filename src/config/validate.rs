@@ -84,7 +84,7 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, m: &Merged<'_>) -> Config {
     let mut tags: Vec<&str> = outbounds.iter().filter_map(|o| o.tag.as_deref()).collect();
     tags.extend(reverse.portals.iter().map(|p| p.tag.as_str()));
     let routing = m.singles.get("routing").map(|n| build_routing(ctx, n, &tags)).unwrap_or_default();
-    Config { log, inbounds, outbounds, routing, policy, reverse }
+    Config { log, inbounds, outbounds, routing, policy, reverse, warnings: Vec::new() }
 }
 
 /// Where to blame a portal/outbound tag clash: the outbound's `tag` value.
@@ -114,6 +114,7 @@ fn build_log(ctx: &mut Ctx<'_>, node: Option<&Node>) -> LogConfig {
         error: target(o.str(ctx, "error")),
     };
     if let Some(level) = o.str(ctx, "loglevel") {
+        let level_node = o.get("loglevel");
         log.level = match level.to_ascii_lowercase().as_str() {
             "debug" => LogLevel::Debug,
             "info" => LogLevel::Info,
@@ -125,7 +126,13 @@ fn build_log(ctx: &mut Ctx<'_>, node: Option<&Node>) -> LogConfig {
                 LogLevel::None
             }
             other => {
-                tracing::warn!("log.loglevel {other:?} is unknown; using \"warning\" as V2Ray does");
+                if let Some(n) = level_node {
+                    ctx.warn(
+                        n,
+                        "log.loglevel",
+                        format!("{other:?} is not a log level; using \"warning\" as V2Ray does"),
+                    );
+                }
                 LogLevel::Warning
             }
         };
@@ -667,10 +674,13 @@ fn vmess_outbound(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<VmessOutboundConfig>
                 Some("none") => VmessSecurity::None,
                 Some("zero") => VmessSecurity::Zero,
                 Some(other) => {
-                    tracing::warn!(
-                        "{}: unknown VMess security {other:?}; using \"auto\" as V2Ray 4.34 does",
-                        uo.path_of("security")
-                    );
+                    if let Some(n) = uo.get("security") {
+                        ctx.warn(
+                            n,
+                            &uo.path_of("security"),
+                            format!("unknown VMess security {other:?}; using \"auto\" as V2Ray 4.34 does"),
+                        );
+                    }
                     VmessSecurity::Auto
                 }
             };
