@@ -235,3 +235,20 @@ async fn policy_conn_idle_of_the_freedom_user_level_applies() {
     assert!(r.is_ok(), "an idle connection outlived connIdle = 1 s of level 1");
     assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "closed after {waited:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackhole_http_answers_403_then_closes() {
+    let port = free_port();
+    let config = format!(
+        r#"{{"inbounds": [{{"listen": "127.0.0.1", "port": {port}, "protocol": "dokodemo-door", "settings": {{"address": "example.invalid", "port": 80}}}}],
+  "outbounds": [{{"protocol": "blackhole", "settings": {{"response": {{"type": "http"}}}}}}]}}"#
+    );
+    let (proc, _dir) = start_oxray("blackhole-http", &config);
+    assert!(wait_for_port(addr(port), Duration::from_secs(10)), "{}", proc.log_text());
+    let mut s = TcpStream::connect(addr(port)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await.expect("not closed").unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 403 Forbidden\r\n") && text.contains("Connection: close"), "{text}");
+}
