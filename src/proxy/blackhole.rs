@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{BlackholeConfig, BlackholeResponse};
 use crate::proxy::{BoxStream, Outbound, ProxyError, RelayStats};
@@ -33,9 +33,14 @@ impl Outbound for Blackhole {
     async fn handle(&self, _session: Session, mut stream: BoxStream) -> Result<RelayStats, ProxyError> {
         if self.config.response == BlackholeResponse::Http {
             stream.write_all(HTTP_403).await?;
-            stream.flush().await?;
-            // V2Ray waits a second before closing so the client reads the answer.
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            stream.shutdown().await?;
+            // Read what the client sent (for up to V2Ray's one second): closing with unread input makes
+            // the kernel send a reset, and the client would lose the answer.
+            let mut sink = [0u8; 4096];
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            })
+            .await;
         }
         Ok(RelayStats::default())
     }
