@@ -233,7 +233,21 @@ impl Running {
     pub async fn shutdown(self, grace: Duration) {
         self.shutdown.cancel();
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+        let deadline = tokio::time::Instant::now() + grace;
+        let wait = self.tracker.wait();
+        tokio::pin!(wait);
+        let finished = loop {
+            // Tunnels to bridges are connections too; close those that carry no visitor any more.
+            self.portals.iter().for_each(|p| p.close_idle_tunnels());
+            let step = (tokio::time::Instant::now() + Duration::from_millis(50)).min(deadline);
+            if tokio::time::timeout_at(step, &mut wait).await.is_ok() {
+                break true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break false;
+            }
+        };
+        if !finished {
             warn!("grace period of {grace:?} over; closing the remaining connections");
             self.hard_stop.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;

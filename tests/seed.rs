@@ -147,3 +147,25 @@ async fn two_bridges_serve_one_portal() {
         });
     }
 }
+
+/// SIGTERM on a portal with a connected bridge exits promptly: an idle tunnel does not hold the grace
+/// period (5 s) open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_with_a_bridge_stops_promptly_on_sigterm() {
+    let (echo, _task) = xor_echo_server().await;
+    let (external, interconn) = (free_port(), free_port());
+    let portal = example("portal.json")
+        .replace("\"port\": 10080,", &format!("\"port\": {external},"))
+        .replace("\"port\": 10024,", &format!("\"port\": {interconn},"));
+    let bridge = example("bridge.json")
+        .replace("\"port\": 10024,", &format!("\"port\": {interconn},"))
+        .replace("127.0.0.1:8080", &echo.to_string());
+    let dir = temp_dir("sigterm-portal");
+    let mut portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal);
+    let _bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge);
+    assert!(until_traffic(local(external), Duration::from_secs(15)).await.is_some());
+    let start = Instant::now();
+    let status = portal.terminate(Duration::from_secs(10)).expect("portal did not exit");
+    assert!(status.success(), "{status:?}\n{}", portal.log_text());
+    assert!(start.elapsed() < Duration::from_secs(2), "shutdown took {:?}", start.elapsed());
+}

@@ -82,6 +82,14 @@ impl Portal {
         PortalStatus { tag: self.tag.clone(), tunnels }
     }
 
+    /// Closes every tunnel that carries nothing but its control session (used while shutting down, so
+    /// idle tunnels do not hold the grace period open).
+    pub fn close_idle_tunnels(&self) {
+        for t in self.lock().iter().filter(|t| t.client.active_sessions() <= 1) {
+            t.client.close();
+        }
+    }
+
     /// V2Ray's picker, minus its bug: closed tunnels are dropped at once instead of winning every pick
     /// (they have 0 sessions) until a 30 s cleanup. Least active sessions among non-draining tunnels;
     /// if all drain, least among those not full.
