@@ -91,7 +91,8 @@ impl Drop for WriterGuard {
 }
 
 fn batch_writer(mut sink: Box<dyn Write + Send>) -> io::Result<(BatchWriter, WriterGuard)> {
-    let shared = Arc::new(Shared { pending: Mutex::new(Pending { buf: Vec::new(), closed: false }), wake: Condvar::new() });
+    let shared =
+        Arc::new(Shared { pending: Mutex::new(Pending { buf: Vec::new(), closed: false }), wake: Condvar::new() });
     let s = shared.clone();
     let thread = std::thread::Builder::new().name("oxray-log".into()).stack_size(64 * 1024).spawn(move || {
         let mut out = Vec::new();

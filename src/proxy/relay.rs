@@ -146,7 +146,6 @@ impl Half {
     }
 }
 
-
 /// Relays `client` ⇄ `target` until both directions end, an error occurs, or an idle timeout fires.
 ///
 /// Idle rules (V2Ray's): `connIdle` while both directions are open; once the uplink (client → target)
