@@ -180,7 +180,7 @@ async fn monitor(inner: Arc<Inner>, dispatcher: Arc<Dispatcher>, tracker: TaskTr
                 Err(e) => {
                     failures += 1;
                     backoff = next_backoff(backoff);
-                    if failures == 1 || failures % 10 == 0 {
+                    if failures == 1 || failures.is_multiple_of(10) {
                         warn!(bridge = %inner.tag, "cannot reach the portal ({failures} tries so far): {e}");
                     } else {
                         debug!(bridge = %inner.tag, "dial failed: {e}");
