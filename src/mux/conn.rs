@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::frame::{self, Frame, MAX_UDP_FRAME, OPT_DATA, OPT_ERROR, Status};
+use super::frame::{self, Frame, MAX_STREAM_FRAME, MAX_UDP_FRAME, OPT_DATA, OPT_ERROR, Status};
 use super::server::MuxHandler;
 use super::stream::{MuxPacket, MuxStream, Session};
 use super::{MuxError, frame::FrameError};
@@ -161,8 +161,8 @@ impl Conn {
         self.queue_control(&[0, 4, hi, lo, Status::End as u8, if error { OPT_ERROR } else { 0 }]);
     }
 
-    /// Queues `Keep|Data` with `data` (≤ 8192 bytes for streams, ≤ 2048 for packets), or waits while the
-    /// write queue is above its high-water mark.
+    /// Queues `Keep|Data` frames carrying `data` (split into frames of ≤ 8192 bytes; packets, ≤ 2048
+    /// bytes, are one frame), or waits while the write queue is above its high-water mark.
     pub(crate) fn poll_queue_data(&self, cx: &mut Context<'_>, id: u16, data: &[u8]) -> Poll<io::Result<()>> {
         let mut w = lock(&self.write);
         if w.closed {
@@ -174,9 +174,19 @@ impl Conn {
             }
             return Poll::Pending;
         }
-        frame::put_short_header(&mut w.pending, id, Status::Keep, OPT_DATA);
-        w.pending.extend_from_slice(&(data.len() as u16).to_be_bytes());
-        w.pending.extend_from_slice(data);
+        // Stream data longer than one frame goes out as several (4.34 writes ≤ 8192 bytes per frame),
+        // all queued under one lock.
+        let mut rest = data;
+        loop {
+            let (part, tail) = rest.split_at(rest.len().min(MAX_STREAM_FRAME));
+            frame::put_short_header(&mut w.pending, id, Status::Keep, OPT_DATA);
+            w.pending.extend_from_slice(&(part.len() as u16).to_be_bytes());
+            w.pending.extend_from_slice(part);
+            rest = tail;
+            if rest.is_empty() {
+                break;
+            }
+        }
         drop(w);
         self.write_notify.notify_one();
         Poll::Ready(Ok(()))

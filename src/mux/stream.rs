@@ -20,6 +20,8 @@ use crate::proxy::PacketConn;
 /// Received data buffered per session before the connection reader waits (the only loss-free
 /// back-pressure Mux.Cool allows: one slow session stalls the connection, never drops data).
 const RECV_HIGH_WATER: usize = 512 * 1024;
+/// Most stream data queued by one write call (eight 8 KiB frames).
+const MAX_STREAM_WRITE: usize = 8 * MAX_STREAM_FRAME;
 
 /// What we know about the peer's side of a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -357,7 +359,8 @@ impl AsyncWrite for MuxStream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let n = buf.len().min(MAX_STREAM_FRAME);
+        // Several frames per call (the connection splits them): one lock and one writer wake-up.
+        let n = buf.len().min(MAX_STREAM_WRITE);
         self.session.poll_write_data(cx, &buf[..n]).map_ok(|()| n)
     }
 

@@ -1,18 +1,46 @@
 //! Copies both directions of a flow, forwarding half-close and enforcing the policy's idle timeouts.
+//!
+//! Both directions run in one future over the owned streams (no `split`, no lock per call). A direction
+//! holds a buffer only while it has data in flight: when its source has nothing to read, the buffer
+//! goes back to a small per-thread pool, so an idle connection holds no relay buffer at all. Writes
+//! are flushed only when the source has nothing more to read right now, so VMess/Mux writers can
+//! coalesce back-to-back reads into large chunks.
 
+use std::cell::RefCell;
+use std::future::{Future, poll_fn};
 use std::io;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::config::LevelPolicy;
 use crate::proxy::PacketConn;
 
-/// Relay buffer per direction. Large buffers mean fewer syscalls and fewer, larger VMess/Mux chunks.
+/// Relay buffer per busy direction. Large buffers mean fewer syscalls and fewer, larger VMess/Mux chunks.
 const RELAY_BUF: usize = 64 * 1024;
+/// Idle buffers kept per thread for reuse (beyond that they are freed).
+const POOL_MAX: usize = 8;
+/// Read/write rounds per direction per poll before yielding to other tasks.
+const ROUNDS_PER_POLL: usize = 16;
+
+thread_local! {
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_buf() -> Box<[u8]> {
+    POOL.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| vec![0u8; RELAY_BUF].into_boxed_slice())
+}
+
+fn give_buf(buf: Box<[u8]>) {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_MAX {
+            p.push(buf);
+        }
+    });
+}
 
 /// Bytes moved by a finished relay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -23,41 +51,98 @@ pub struct RelayStats {
     pub downlink: u64,
 }
 
-/// Shared clock of the last byte seen in either direction, in ms since the relay started.
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
+/// One direction: read from `from`, write to `to`.
+#[derive(Default)]
+struct Half {
+    /// Present only while data is in flight (or during a read).
+    buf: Option<Box<[u8]>>,
+    /// Unwritten bytes are `buf[pos..end]`.
+    pos: usize,
+    end: usize,
+    /// The source reached EOF: shut the sink down once the buffer is written.
+    eof: bool,
+    /// Written since the last flush.
+    unflushed: bool,
+    /// Shutdown done: this direction is finished.
+    done: bool,
+    total: u64,
 }
 
-impl Activity {
-    fn touch(&self) {
-        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-    fn idle_for(&self) -> Duration {
-        let now = self.start.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
-    }
-}
-
-async fn copy_half<R, W>(mut from: R, mut to: W, activity: Arc<Activity>) -> io::Result<u64>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; RELAY_BUF];
-    let mut total = 0u64;
-    loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            // Half-close: tell the other side we are done writing, keep the other direction going.
-            to.shutdown().await?;
-            return Ok(total);
+impl Half {
+    /// Moves data until the source has nothing more now (Pending), the direction ends (Ready(Ok)) or
+    /// fails. Sets `progress` when any byte moved.
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut from: Pin<&mut R>,
+        mut to: Pin<&mut W>,
+        progress: &mut bool,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        for _ in 0..ROUNDS_PER_POLL {
+            while self.pos < self.end {
+                let Some(buf) = self.buf.as_deref() else { break };
+                let n = match to.as_mut().poll_write(cx, &buf[self.pos..self.end]) {
+                    Poll::Ready(r) => r?,
+                    Poll::Pending => return Poll::Pending,
+                };
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.total += n as u64;
+                self.unflushed = true;
+                *progress = true;
+            }
+            if self.eof {
+                if let Some(b) = self.buf.take() {
+                    give_buf(b);
+                }
+                // Half-close: tell the other side we are done writing, keep the other direction going.
+                ready!(to.as_mut().poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            let buf = self.buf.get_or_insert_with(take_buf);
+            let mut rb = ReadBuf::new(buf);
+            match from.as_mut().poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    self.pos = 0;
+                    self.end = n;
+                    if n == 0 {
+                        self.eof = true;
+                    } else {
+                        *progress = true;
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // Nothing to read now: send what was written, and hold no buffer while idle.
+                    if let Some(b) = self.buf.take() {
+                        give_buf(b);
+                    }
+                    self.pos = 0;
+                    self.end = 0;
+                    if self.unflushed {
+                        match to.as_mut().poll_flush(cx) {
+                            Poll::Ready(r) => {
+                                r?;
+                                self.unflushed = false;
+                            }
+                            Poll::Pending => {}
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
         }
-        activity.touch();
-        to.write_all(&buf[..n]).await?;
-        to.flush().await?;
-        total += n as u64;
-        activity.touch();
+        // Still busy: let other tasks run, come back at once.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -65,39 +150,57 @@ where
 ///
 /// Idle rules (V2Ray's): `connIdle` while both directions are open; once the uplink (client → target)
 /// has ended the limit becomes `downlinkOnly`, once the downlink has ended it becomes `uplinkOnly`.
-pub async fn relay<A, B>(client: A, target: B, policy: &LevelPolicy) -> io::Result<RelayStats>
+pub async fn relay<A, B>(mut client: A, mut target: B, policy: &LevelPolicy) -> io::Result<RelayStats>
 where
     A: AsyncRead + AsyncWrite + Unpin + Send,
     B: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let activity = Arc::new(Activity { start: Instant::now(), last_ms: AtomicU64::new(0) });
-    let (cr, cw) = tokio::io::split(client);
-    let (tr, tw) = tokio::io::split(target);
-    let up = copy_half(cr, tw, activity.clone());
-    let down = copy_half(tr, cw, activity.clone());
-    tokio::pin!(up, down);
-
-    let mut up_done: Option<u64> = None;
-    let mut down_done: Option<u64> = None;
-    loop {
-        let limit = match (up_done.is_some(), down_done.is_some()) {
+    let mut up = Half::default();
+    let mut down = Half::default();
+    // One timer per relay, re-armed lazily: activity only moves `last`; when the timer fires early it
+    // is pushed to `last + limit` (no timer-wheel work per read).
+    let mut last = Instant::now();
+    let mut limit = policy.conn_idle;
+    let sleep = tokio::time::sleep_until(last + limit);
+    tokio::pin!(sleep);
+    let result = poll_fn(|cx| {
+        let mut progress = false;
+        // A finished direction (Ready(Ok)) sets its `done`; the other keeps going.
+        if !up.done {
+            let _ = up.poll_copy(cx, Pin::new(&mut client), Pin::new(&mut target), &mut progress)?;
+        }
+        if !down.done {
+            let _ = down.poll_copy(cx, Pin::new(&mut target), Pin::new(&mut client), &mut progress)?;
+        }
+        let new_limit = match (up.done, down.done) {
             (false, false) => policy.conn_idle,
             (true, false) => policy.downlink_only,
             (false, true) => policy.uplink_only,
-            (true, true) => break,
+            (true, true) => return Poll::Ready(Ok(())),
         };
-        let remaining = limit.saturating_sub(activity.idle_for());
-        tokio::select! {
-            r = &mut up, if up_done.is_none() => up_done = Some(r?),
-            r = &mut down, if down_done.is_none() => down_done = Some(r?),
-            _ = tokio::time::sleep(remaining) => {
-                if activity.idle_for() >= limit {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, format!("idle for {limit:?}")));
-                }
+        if progress {
+            last = Instant::now();
+        }
+        if new_limit != limit {
+            limit = new_limit;
+            sleep.as_mut().reset(last + limit);
+        }
+        while sleep.as_mut().poll(cx).is_ready() {
+            let deadline = last + limit;
+            if Instant::now() >= deadline {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, format!("idle for {limit:?}"))));
             }
+            sleep.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    })
+    .await;
+    for h in [&mut up, &mut down] {
+        if let Some(b) = h.buf.take() {
+            give_buf(b);
         }
     }
-    Ok(RelayStats { uplink: up_done.unwrap_or(0), downlink: down_done.unwrap_or(0) })
+    result.map(|()| RelayStats { uplink: up.total, downlink: down.total })
 }
 
 /// Copies datagrams both ways between two packet flows until either ends.

@@ -17,9 +17,12 @@ pub const OPT_AUTHENTICATED_LENGTH: u8 = 0x10;
 
 /// AEAD tag size.
 pub const TAG_LEN: usize = 16;
-/// Largest payload oxray puts in one chunk. Go readers take up to 65535-byte chunks; 16 KiB keeps the
-/// AEAD call count low without making a chunk hog the write buffer.
+/// Largest datagram oxray puts in one (packet) chunk.
 pub const MAX_CHUNK_PAYLOAD: usize = 16 * 1024;
+/// Largest payload oxray puts in one stream chunk: the most a 16-bit size field can carry with the tag
+/// and the largest padding (4.34 readers accept any size up to 65535, PROTOCOLS.md §2.8.5). Large
+/// chunks mean one AEAD call and a fraction of a syscall per 64 KiB of a batched Mux write.
+pub const MAX_STREAM_CHUNK_PAYLOAD: usize = 65535 - TAG_LEN - 64;
 /// Largest chunk a reader accepts: the whole 16-bit size field plus the field itself.
 pub const MAX_CHUNK_WIRE: usize = 2 + 65535;
 
@@ -170,7 +173,7 @@ impl ChunkEncoder {
     pub fn max_payload(&self) -> usize {
         match self.st.framing {
             Framing::Raw => usize::MAX,
-            _ => MAX_CHUNK_PAYLOAD,
+            _ => MAX_STREAM_CHUNK_PAYLOAD,
         }
     }
 

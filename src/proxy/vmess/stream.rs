@@ -13,7 +13,8 @@ use super::header::{Progress, ResponseDecoder};
 
 /// Initial read buffer; it grows (once) to the largest chunk seen, at most 64 KiB + header.
 const READ_BUF_INITIAL: usize = 32 * 1024;
-/// Above this many unsent bytes, writes wait for the socket instead of buffering more.
+/// Above this many unsent bytes, writes push to the socket (and wait for it instead of buffering more);
+/// below it, written chunks stay queued until the next flush.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Largest raw (unframed) write accepted at once.
 const RAW_WRITE_MAX: usize = 64 * 1024;
@@ -208,8 +209,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for VmessStream<S> {
             return Poll::Ready(Ok(0));
         }
         this.w.enc.encode(&data[..n], &mut this.w.buf).map_err(invalid)?;
-        // Push what we can now; the rest goes with the next write or flush.
-        if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+        // Small writes wait for more (or for a flush) so that back-to-back writes leave in one syscall;
+        // past the high-water mark, push what the socket takes now.
+        if this.w.buf.len() - this.w.pos >= WRITE_HIGH_WATER
+            && let Poll::Ready(Err(e)) = this.poll_drain(cx)
+        {
             return Poll::Ready(Err(e));
         }
         Poll::Ready(Ok(n))
