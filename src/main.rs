@@ -126,7 +126,7 @@ fn run(files: Vec<PathBuf>) -> anyhow::Result<()> {
         let instance = oxray::instance::Instance::new(&config)?;
         let running = instance.start().await?;
         tracing::warn!("oxray {} started", env!("CARGO_PKG_VERSION"));
-        wait_for_signal().await?;
+        wait_for_signal_reporting(&running).await?;
         tracing::warn!("shutting down");
         running.shutdown(SHUTDOWN_GRACE).await;
         Ok(())
@@ -177,6 +177,44 @@ fn demo(check: bool) -> anyhow::Result<()> {
         demo.stop().await;
         result.map(|_| ()).map_err(anyhow::Error::from)
     })
+}
+
+/// Waits for SIGINT/SIGTERM; on SIGUSR1 logs the reverse proxy's tunnels (at warning, so the default
+/// log level shows it): operators can see whether a bridge is connected without restarting anything.
+async fn wait_for_signal_reporting(running: &oxray::instance::Running) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => return Ok(r?),
+            _ = term.recv() => return Ok(()),
+            _ = usr1.recv() => {
+                let (portals, bridges) = running.reverse_status();
+                if portals.is_empty() && bridges.is_empty() {
+                    tracing::warn!("status: no portal or bridge configured");
+                }
+                for p in portals {
+                    let t: Vec<String> = p.tunnels.iter().map(tunnel_text).collect();
+                    tracing::warn!("status: portal {}: {} tunnel(s) [{}]", p.tag, t.len(), t.join(", "));
+                }
+                for b in bridges {
+                    let t: Vec<String> = b.tunnels.iter().map(tunnel_text).collect();
+                    tracing::warn!("status: bridge {}: {} tunnel(s) [{}]", b.tag, t.len(), t.join(", "));
+                }
+            }
+        }
+    }
+}
+
+fn tunnel_text(t: &oxray::reverse::status::TunnelStatus) -> String {
+    format!(
+        "#{}: {} active session(s){}{}",
+        t.id,
+        t.active_sessions,
+        if t.total_sessions > 0 { format!(", {} in all", t.total_sessions) } else { String::new() },
+        if t.draining { ", draining" } else { "" }
+    )
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

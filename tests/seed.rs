@@ -169,3 +169,32 @@ async fn portal_with_a_bridge_stops_promptly_on_sigterm() {
     assert!(status.success(), "{status:?}\n{}", portal.log_text());
     assert!(start.elapsed() < Duration::from_secs(2), "shutdown took {:?}", start.elapsed());
 }
+
+/// `kill -USR1` makes a running oxray log its tunnels at the default log level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_logs_tunnel_status() {
+    let (echo, _task) = xor_echo_server().await;
+    let (external, interconn) = (free_port(), free_port());
+    let portal = example("portal.json")
+        .replace("\"port\": 10080,", &format!("\"port\": {external},"))
+        .replace("\"port\": 10024,", &format!("\"port\": {interconn},"));
+    let bridge = example("bridge.json")
+        .replace("\"port\": 10024,", &format!("\"port\": {interconn},"))
+        .replace("127.0.0.1:8080", &echo.to_string());
+    let dir = temp_dir("sigusr1");
+    let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal);
+    let bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge);
+    assert!(until_traffic(local(external), Duration::from_secs(15)).await.is_some());
+    for p in [&portal, &bridge] {
+        std::process::Command::new("kill").args(["-USR1", &p.pid().to_string()]).status().unwrap();
+    }
+    let shown = wait_until(Duration::from_secs(5), || {
+        let (pl, bl) = (portal.log_text(), bridge.log_text());
+        async move {
+            pl.contains("status: portal portal: 1 tunnel(s) [#1: 1 active session(s)")
+                && bl.contains("status: bridge bridge: 1 tunnel(s) [#1: 1 active session(s)")
+        }
+    })
+    .await;
+    assert!(shown, "no status in the logs\n--- portal\n{}\n--- bridge\n{}", portal.log_text(), bridge.log_text());
+}
