@@ -21,8 +21,10 @@ use super::{MuxError, frame::FrameError};
 use crate::proxy::BoxStream;
 use crate::session::{Destination, Network};
 
-/// Serialized frames waiting for the writer above this size make session writers wait.
-const WRITE_HIGH_WATER: usize = 512 * 1024;
+/// Serialized frames waiting for the writer above this size make session writers wait. The queue and
+/// the writer's batch swap buffers and keep their capacity: at 512 KiB they grew to 1 MiB and 512 KiB
+/// per tunnel (resident for good after one burst); 128 KiB keeps the writer just as busy.
+const WRITE_HIGH_WATER: usize = 128 * 1024;
 /// Each read from the underlying stream gets at least this much free buffer.
 const READ_CHUNK: usize = 128 * 1024;
 /// How long the writer may spend flushing queued End frames and shutting the stream down at close.
