@@ -125,6 +125,7 @@ fn run(files: Vec<PathBuf>) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let instance = oxray::instance::Instance::new(&config)?;
         let running = instance.start().await?;
+        tokio::spawn(trim_heap());
         tracing::warn!("oxray {} started", env!("CARGO_PKG_VERSION"));
         wait_for_signal_reporting(&running).await?;
         tracing::warn!("shutting down");
@@ -151,6 +152,24 @@ fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         return tokio::runtime::Builder::new_current_thread().enable_all().build();
     }
     tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+}
+
+/// Once a second, hands heap pages freed since the last tick back to the kernel (glibc keeps them
+/// resident otherwise: ~0.5 MiB per process after a burst of traffic, measured in the idle-RSS
+/// benchmark). Costs a few microseconds per tick; pages reused later fault in again.
+async fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            safe fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            malloc_trim(0);
+        }
+    }
 }
 
 fn demo(check: bool) -> anyhow::Result<()> {

@@ -21,8 +21,13 @@ use super::{MuxError, frame::FrameError};
 use crate::proxy::BoxStream;
 use crate::session::{Destination, Network};
 
-/// Serialized frames waiting for the writer above this size make session writers wait.
-const WRITE_HIGH_WATER: usize = 512 * 1024;
+/// Serialized frames waiting for the writer above this size make session writers wait. The queue and
+/// the writer's batch swap buffers and keep their capacity: at 512 KiB they grew to 1 MiB and 512 KiB
+/// per tunnel (resident for good after one burst); 64 KiB keeps the writer just as busy, and both
+/// buffers are allocated at their final size, so they never grow (or copy) by doubling.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Most the queue can hold: below the high-water mark, plus one write (up to eight frames).
+const WRITE_QUEUE_CAP: usize = WRITE_HIGH_WATER + 8 * (MAX_STREAM_FRAME + 6) + 1024;
 /// Each read from the underlying stream gets at least this much free buffer.
 const READ_CHUNK: usize = 128 * 1024;
 /// How long the writer may spend flushing queued End frames and shutting the stream down at close.
@@ -84,7 +89,7 @@ impl Conn {
         let conn = Arc::new(Conn {
             role,
             write: Mutex::new(WriteState {
-                pending: Vec::with_capacity(64 * 1024),
+                pending: Vec::with_capacity(WRITE_QUEUE_CAP),
                 closed: false,
                 blocked: Vec::new(),
             }),
@@ -250,7 +255,7 @@ fn conn_closed() -> io::Error {
 }
 
 async fn writer_task(conn: Arc<Conn>, mut wr: WriteHalf<BoxStream>) {
-    let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut batch: Vec<u8> = Vec::with_capacity(WRITE_QUEUE_CAP);
     let result: io::Result<()> = async {
         loop {
             tokio::select! {
