@@ -20,6 +20,8 @@ use crate::proxy::PacketConn;
 
 /// Relay buffer per busy direction. Large buffers mean fewer syscalls and fewer, larger VMess/Mux chunks.
 const RELAY_BUF: usize = 64 * 1024;
+/// The smallest read, whatever `bufferSize` says (V2Ray's own buffer unit is 2 KiB).
+const MIN_READ: usize = 2 * 1024;
 /// Idle buffers kept per thread for reuse (beyond that they are freed).
 const POOL_MAX: usize = 8;
 /// Read/write rounds per direction per poll before yielding to other tasks.
@@ -52,8 +54,9 @@ pub struct RelayStats {
 }
 
 /// One direction: read from `from`, write to `to`.
-#[derive(Default)]
 struct Half {
+    /// Largest read: the policy's `bufferSize` bounds the bytes in flight per direction.
+    cap: usize,
     /// Present only while data is in flight (or during a read).
     buf: Option<Box<[u8]>>,
     /// Unwritten bytes are `buf[pos..end]`.
@@ -69,6 +72,19 @@ struct Half {
 }
 
 impl Half {
+    fn new(buffer_size: Option<usize>) -> Self {
+        Half {
+            cap: buffer_size.map_or(RELAY_BUF, |n| n.clamp(MIN_READ, RELAY_BUF)),
+            buf: None,
+            pos: 0,
+            end: 0,
+            eof: false,
+            unflushed: false,
+            done: false,
+            total: 0,
+        }
+    }
+
     /// Moves data until the source has nothing more now (Pending), the direction ends (Ready(Ok)) or
     /// fails. Sets `progress` when any byte moved.
     fn poll_copy<R, W>(
@@ -107,7 +123,7 @@ impl Half {
                 return Poll::Ready(Ok(()));
             }
             let buf = self.buf.get_or_insert_with(take_buf);
-            let mut rb = ReadBuf::new(buf);
+            let mut rb = ReadBuf::new(&mut buf[..self.cap]);
             match from.as_mut().poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) => {
                     let n = rb.filled().len();
@@ -155,8 +171,8 @@ where
     A: AsyncRead + AsyncWrite + Unpin + Send,
     B: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut up = Half::default();
-    let mut down = Half::default();
+    let mut up = Half::new(policy.buffer_size);
+    let mut down = Half::new(policy.buffer_size);
     // One timer per relay, re-armed lazily: activity only moves `last`; when the timer fires early it
     // is pushed to `last + limit` (no timer-wheel work per read).
     let mut last = Instant::now();
@@ -222,5 +238,65 @@ pub async fn relay_packets(a: &dyn PacketConn, b: &dyn PacketConn) {
     tokio::select! {
         _ = up => {}
         _ = down => {}
+    }
+}
+
+#[cfg(test)]
+mod buffer_size_tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// A stream that records the largest single write it was given.
+    struct Recorder {
+        inner: DuplexStream,
+        max_write: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.max_write.fetch_max(buf.len(), Ordering::Relaxed);
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    async fn max_write_with(buffer_size: Option<usize>) -> usize {
+        let (mut client, relay_client) = tokio::io::duplex(1 << 20);
+        let (relay_target, mut target) = tokio::io::duplex(1 << 20);
+        let max_write = Arc::new(AtomicUsize::new(0));
+        let recorder = Recorder { inner: relay_target, max_write: max_write.clone() };
+        let policy = LevelPolicy { buffer_size, ..LevelPolicy::default() };
+        let task = tokio::spawn(async move { relay(relay_client, recorder, &policy).await });
+        let data = vec![9u8; 512 * 1024];
+        client.write_all(&data).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        target.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, data);
+        drop(target);
+        let _ = task.await;
+        max_write.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn buffer_size_bounds_what_is_in_flight() {
+        assert!(max_write_with(Some(4096)).await <= 4096);
+        // 0 ("no buffer" in V2Ray) still moves data, in the smallest reads.
+        assert!(max_write_with(Some(0)).await <= MIN_READ);
+        let unbounded = max_write_with(None).await;
+        assert!(unbounded > 4096 && unbounded <= RELAY_BUF, "{unbounded}");
     }
 }
