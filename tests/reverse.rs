@@ -397,7 +397,7 @@ async fn no_socket_leaks_after_churn() {
         let mut some = [0u8; 1024];
         let _ = s.read(&mut some).await;
         if i % 2 == 0 {
-            s.set_linger(Some(Duration::ZERO)).unwrap(); // RST on drop
+            socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap(); // RST on drop
         }
         drop(s);
     }
