@@ -160,7 +160,6 @@ impl Instance {
             hard_stop,
             tracker,
             bound,
-            dispatcher: self.dispatcher,
             portals: self.portals,
             bridges: self.bridges,
         })
@@ -208,7 +207,6 @@ pub struct Running {
     hard_stop: CancellationToken,
     tracker: TaskTracker,
     bound: Vec<(Option<String>, SocketAddr)>,
-    dispatcher: Arc<Dispatcher>,
     portals: Vec<Arc<Portal>>,
     bridges: Vec<BridgeStatusHandle>,
 }
@@ -217,11 +215,6 @@ impl Running {
     /// Every listening address with its inbound tag.
     pub fn local_addrs(&self) -> &[(Option<String>, SocketAddr)] {
         &self.bound
-    }
-
-    /// The dispatcher (for embedding oxray, e.g. the demo).
-    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
-        &self.dispatcher
     }
 
     /// Tunnels of every portal and bridge of this instance.

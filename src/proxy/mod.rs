@@ -49,9 +49,6 @@ pub enum ProxyError {
     /// The flow was refused on purpose (blackhole, no tunnel available...).
     #[error("{0}")]
     Refused(String),
-    /// A handshake or dial did not finish in time.
-    #[error("timed out {0}")]
-    Timeout(&'static str),
 }
 
 /// An outbound handler: carries flows to their targets.

@@ -56,11 +56,6 @@ impl Portal {
         }
     }
 
-    /// The portal's tag.
-    pub fn tag(&self) -> &str {
-        &self.tag
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Tunnel>>> {
         // A poisoned lock only means another task panicked mid-update of a Vec of Arcs; the data is still valid.
         self.tunnels.lock().unwrap_or_else(|p| p.into_inner())
