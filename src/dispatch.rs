@@ -115,7 +115,11 @@ impl Dispatcher {
 
 /// V2Ray's access-log shape: `127.0.0.1:51860 accepted tcp:127.0.0.1:80 [portal]`.
 fn access_line(session: &Session, outbound_tag: &str) {
-    let from = session.source.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+    // Runs once per connection: build nothing when no access log listens.
+    if !tracing::enabled!(target: crate::log::ACCESS_TARGET, tracing::Level::INFO) {
+        return;
+    }
+    let from = session.source.map_or_else(|| "-".to_string(), |s| s.to_string());
     let email = session.user.as_ref().and_then(|u| u.email.as_deref()).unwrap_or("");
     info!(
         target: crate::log::ACCESS_TARGET,
