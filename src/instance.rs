@@ -155,14 +155,7 @@ impl Instance {
         for svc in self.services {
             svc.start(self.dispatcher.clone(), &tracker, shutdown.clone());
         }
-        Ok(Running {
-            shutdown,
-            hard_stop,
-            tracker,
-            bound,
-            portals: self.portals,
-            bridges: self.bridges,
-        })
+        Ok(Running { shutdown, hard_stop, tracker, bound, portals: self.portals, bridges: self.bridges })
     }
 }
 

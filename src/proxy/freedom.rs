@@ -2,7 +2,6 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -86,14 +85,21 @@ impl Outbound for Freedom {
         });
         let socket = UdpSocket::bind((bind, 0)).await?;
         socket.connect(dest).await?;
-        Ok(Box::new(UdpFlow { socket: Arc::new(socket), idle: session.policy.conn_idle }))
+        Ok(Box::new(UdpFlow {
+            socket,
+            idle: session.policy.conn_idle,
+            recv_buf: tokio::sync::Mutex::new(vec![0u8; 65536].into_boxed_slice()),
+        }))
     }
 }
 
 /// A connected UDP socket as a packet flow; ends after `idle` without a reply.
 struct UdpFlow {
-    socket: Arc<UdpSocket>,
+    socket: UdpSocket,
     idle: Duration,
+    /// One receive buffer for the flow (a datagram is at most 64 KiB); each datagram is copied out at its
+    /// own size, so a queued reply does not pin 64 KiB.
+    recv_buf: tokio::sync::Mutex<Box<[u8]>>,
 }
 
 #[async_trait]
@@ -103,12 +109,9 @@ impl PacketConn for UdpFlow {
     }
 
     async fn recv(&self) -> io::Result<Option<Bytes>> {
-        let mut buf = vec![0u8; 65536];
+        let mut buf = self.recv_buf.lock().await;
         match tokio::time::timeout(self.idle, self.socket.recv(&mut buf)).await {
-            Ok(Ok(n)) => {
-                buf.truncate(n);
-                Ok(Some(Bytes::from(buf)))
-            }
+            Ok(Ok(n)) => Ok(Some(Bytes::copy_from_slice(&buf[..n]))),
             Ok(Err(e)) => Err(e),
             Err(_) => Ok(None),
         }
