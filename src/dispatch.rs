@@ -154,7 +154,10 @@ impl MuxHandler for InboundMux {
 
     async fn packet(&self, target: crate::session::Destination, packet: MuxPacket) {
         match self.dispatcher.connect_packet(self.session(target)).await {
-            Ok(upstream) => relay_packets(&packet, upstream.as_ref()).await,
+            Ok(upstream) => {
+                let linger = self.dispatcher.policy(self.carrier.level()).downlink_only;
+                relay_packets(&packet, upstream.as_ref(), linger).await
+            }
             Err(e) => debug!("mux udp session refused: {e}"),
         }
     }

@@ -11,6 +11,7 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
@@ -219,25 +220,31 @@ where
     result.map(|()| RelayStats { uplink: up.total, downlink: down.total })
 }
 
-/// Copies datagrams both ways between two packet flows until either ends.
-pub async fn relay_packets(a: &dyn PacketConn, b: &dyn PacketConn) {
+/// Copies datagrams both ways between two packet flows.
+///
+/// `client` is the side that asked for the flow: once it stops sending, replies from `target` are still
+/// carried for `linger` (the policy's downlinkOnly), as a UDP answer usually comes after the question.
+pub async fn relay_packets(client: &dyn PacketConn, target: &dyn PacketConn, linger: Duration) {
     let up = async {
-        while let Ok(Some(p)) = a.recv().await {
-            if b.send(p).await.is_err() {
+        while let Ok(Some(p)) = client.recv().await {
+            if target.send(p).await.is_err() {
                 break;
             }
         }
     };
     let down = async {
-        while let Ok(Some(p)) = b.recv().await {
-            if a.send(p).await.is_err() {
+        while let Ok(Some(p)) = target.recv().await {
+            if client.send(p).await.is_err() {
                 break;
             }
         }
     };
+    tokio::pin!(down);
     tokio::select! {
-        _ = up => {}
-        _ = down => {}
+        _ = up => {
+            let _ = tokio::time::timeout(linger, &mut down).await;
+        }
+        _ = &mut down => {}
     }
 }
 
@@ -298,5 +305,56 @@ mod buffer_size_tests {
         assert!(max_write_with(Some(0)).await <= MIN_READ);
         let unbounded = max_write_with(None).await;
         assert!(unbounded > 4096 && unbounded <= RELAY_BUF, "{unbounded}");
+    }
+}
+
+#[cfg(test)]
+mod packet_tests {
+    use super::*;
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use tokio::sync::{Mutex, mpsc};
+
+    /// One end of an in-memory datagram pipe.
+    struct End {
+        tx: mpsc::UnboundedSender<Bytes>,
+        rx: Mutex<mpsc::UnboundedReceiver<Bytes>>,
+    }
+
+    #[async_trait]
+    impl PacketConn for End {
+        async fn send(&self, p: Bytes) -> io::Result<()> {
+            self.tx.send(p).map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
+        }
+        async fn recv(&self) -> io::Result<Option<Bytes>> {
+            Ok(self.rx.lock().await.recv().await)
+        }
+    }
+
+    fn pair() -> (End, End) {
+        let (a_tx, b_rx) = mpsc::unbounded_channel();
+        let (b_tx, a_rx) = mpsc::unbounded_channel();
+        (End { tx: a_tx, rx: Mutex::new(a_rx) }, End { tx: b_tx, rx: Mutex::new(b_rx) })
+    }
+
+    #[tokio::test]
+    async fn replies_after_the_clients_last_datagram_still_arrive() {
+        let (client_app, client) = pair();
+        let (target, target_app) = pair();
+        // The client asks once and stops sending (its end of the flow closes).
+        client_app.send(Bytes::from_static(b"question")).await.unwrap();
+        drop(client_app.tx);
+        let service = tokio::spawn(async move {
+            let q = target_app.recv().await.unwrap().unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            target_app.send(Bytes::from([b"answer to ", &q[..]].concat())).await.unwrap();
+            target_app
+        });
+        relay_packets(&client, &target, Duration::from_millis(300)).await;
+        let answer = tokio::time::timeout(Duration::from_secs(1), async { client_app.rx.lock().await.recv().await })
+            .await
+            .expect("the reply was not relayed");
+        assert_eq!(answer.as_deref(), Some(&b"answer to question"[..]));
+        drop(service);
     }
 }

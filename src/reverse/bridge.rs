@@ -267,7 +267,7 @@ impl MuxHandler for Handler {
         }
         let session = self.session(target);
         match self.dispatcher.connect_packet(session).await {
-            Ok(upstream) => relay_packets(&packet, upstream.as_ref()).await,
+            Ok(upstream) => relay_packets(&packet, upstream.as_ref(), self.dispatcher.policy(0).downlink_only).await,
             Err(e) => debug!(bridge = %self.bridge.tag, "udp session refused: {e}"),
         }
     }

@@ -19,7 +19,7 @@ use super::unix_now;
 use super::validator::Validator;
 use crate::config::VmessInboundConfig;
 use crate::dispatch::Dispatcher;
-use crate::proxy::{BoxPacketConn, Inbound, PacketConn};
+use crate::proxy::{Inbound, relay_packets};
 use crate::session::{Destination, Session};
 
 /// Largest request header accepted (AEAD length is a u16).
@@ -154,36 +154,15 @@ impl Inbound for VmessInbound {
         if udp {
             let policy = dispatcher.policy(level);
             match dispatcher.connect_packet(session).await {
-                Ok(conn) => serve_udp(PacketStream::new(server_stream), conn, policy.downlink_only).await,
+                Ok(conn) => {
+                    let client = PacketStream::new(server_stream);
+                    relay_packets(&client, conn.as_ref(), policy.downlink_only).await;
+                    client.close().await;
+                }
                 Err(e) => info!(%peer, "vmess: UDP session refused: {e}"),
             }
             return;
         }
         dispatcher.dispatch(session, Box::new(server_stream)).await;
     }
-}
-
-/// Pumps datagrams between a VMess UDP session and a packet flow. When the client's side ends, replies
-/// are still relayed for `linger` (the policy's downlinkOnly).
-async fn serve_udp(client: PacketStream<TcpStream>, conn: BoxPacketConn, linger: std::time::Duration) {
-    let up = async {
-        while let Ok(Some(p)) = client.recv().await {
-            if conn.send(p).await.is_err() {
-                break;
-            }
-        }
-    };
-    let down = async {
-        while let Ok(Some(p)) = conn.recv().await {
-            if client.send(p).await.is_err() {
-                break;
-            }
-        }
-    };
-    tokio::pin!(down);
-    tokio::select! {
-        _ = up => { let _ = tokio::time::timeout(linger, &mut down).await; }
-        _ = &mut down => {}
-    }
-    client.close().await;
 }
