@@ -163,23 +163,7 @@ impl Session {
     /// Datagram sessions have no half-close worth keeping: a clean End, and the session is freed
     /// (the Go bridge never answers the control session's End, so waiting for one would pin it).
     fn close_packet(self: &Arc<Self>) {
-        let end = {
-            let mut st = lock(&self.state);
-            if st.detached {
-                return;
-            }
-            st.detached = true;
-            st.queue.clear();
-            st.queued = 0;
-            wake_all(&mut st);
-            let end = !st.end_sent && matches!(st.remote, Remote::Open | Remote::Ended);
-            st.end_sent = true;
-            end
-        };
-        if end {
-            self.conn.queue_end(self.id, false);
-        }
-        self.conn.remove(self);
+        self.release(|st| (!st.end_sent && matches!(st.remote, Remote::Open | Remote::Ended)).then_some(false));
     }
 
     /// Our side is done writing: queue a clean End once.
@@ -206,6 +190,20 @@ impl Session {
 
     /// The handle was dropped: tell the peer at once (so it stops sending) and free the session.
     fn detach(self: &Arc<Self>) {
+        self.release(|st| match st.remote {
+            Remote::Aborted | Remote::ConnClosed => None,
+            // Both directions finished normally, we just never said so: a clean End.
+            Remote::Ended if !st.end_sent => Some(false),
+            Remote::Ended => None,
+            // Dropped mid-session (or after our End while the peer still sends): abandon it, so the peer
+            // stops its transfer now instead of streaming into the void.
+            Remote::Open => Some(true),
+        });
+    }
+
+    /// Frees the session once: drops what it buffered, wakes whoever waits on it, sends the End that
+    /// `end_frame` picks (`Some(error bit)`, or none) and forgets the session on its connection.
+    fn release(self: &Arc<Self>, end_frame: impl FnOnce(&State) -> Option<bool>) {
         let end = {
             let mut st = lock(&self.state);
             if st.detached {
@@ -214,19 +212,9 @@ impl Session {
             st.detached = true;
             st.queue.clear();
             st.queued = 0;
-            if let Some(w) = st.feeder_waker.take() {
-                w.wake();
-            }
+            wake_all(&mut st);
             st.task = None;
-            let end = match st.remote {
-                Remote::Aborted | Remote::ConnClosed => None,
-                // Both directions finished normally, we just never said so: a clean End.
-                Remote::Ended if !st.end_sent => Some(false),
-                Remote::Ended => None,
-                // Dropped mid-session (or after our End while the peer still sends): abandon it, so
-                // the peer stops its transfer now instead of streaming into the void.
-                Remote::Open => Some(true),
-            };
+            let end = end_frame(&st);
             st.end_sent = true;
             end
         };
