@@ -20,7 +20,11 @@ use crate::config::LevelPolicy;
 use crate::proxy::PacketConn;
 
 /// Relay buffer per busy direction. Large buffers mean fewer syscalls and fewer, larger VMess/Mux chunks.
-const RELAY_BUF: usize = 64 * 1024;
+/// 63 KiB, not 64: one buffer plus its Mux and VMess framing (≤ 200 bytes) must stay under the 64 KiB
+/// a TCP send leaves as one segment (loopback's MSS is 65,483; TSO/GSO units are ≤ 64 KiB). At 64 KiB
+/// every send was a full segment plus a runt of ~150 bytes, and the receiver woke (and read) twice per
+/// send: measured on the reverse tunnel, −25 % CPU per GiB and +35 % single-connection throughput.
+const RELAY_BUF: usize = 63 * 1024;
 /// The smallest read, whatever `bufferSize` says (V2Ray's own buffer unit is 2 KiB).
 const MIN_READ: usize = 2 * 1024;
 /// Idle buffers kept per thread for reuse (beyond that they are freed).
