@@ -23,6 +23,8 @@ pub const MAX_CHUNK_PAYLOAD: usize = 16 * 1024;
 /// and the largest padding (4.34 readers accept any size up to 65535, PROTOCOLS.md §2.8.5). Large
 /// chunks mean one AEAD call and a fraction of a syscall per 64 KiB of a batched Mux write.
 pub const MAX_STREAM_CHUNK_PAYLOAD: usize = 65535 - TAG_LEN - 64;
+/// Most bytes a chunk adds to its payload on the wire: size field, tag, largest padding.
+pub const MAX_CHUNK_OVERHEAD: usize = 2 + TAG_LEN + 63;
 /// Largest chunk a reader accepts: the whole 16-bit size field plus the field itself.
 pub const MAX_CHUNK_WIRE: usize = 2 + 65535;
 
@@ -122,11 +124,16 @@ impl ChunkState {
     }
 
     fn nonce(&mut self) -> Nonce {
-        let mut n = [0u8; 12];
-        n[..2].copy_from_slice(&self.count.to_be_bytes());
-        n[2..].copy_from_slice(&self.iv[2..12]);
+        let n = self.nonce_for(self.count);
         // The Go counter is a u16 that wraps; the nonce repeats after 65536 chunks and Go goes on.
         self.count = self.count.wrapping_add(1);
+        n
+    }
+
+    fn nonce_for(&self, count: u16) -> Nonce {
+        let mut n = [0u8; 12];
+        n[..2].copy_from_slice(&count.to_be_bytes());
+        n[2..].copy_from_slice(&self.iv[2..12]);
         Nonce::assume_unique_for_key(n)
     }
 
@@ -177,27 +184,42 @@ impl ChunkEncoder {
         }
     }
 
-    /// Appends one chunk carrying `payload` to `out` (sealed in place; no allocation once `out` has
-    /// grown to its working size). An empty payload is the end-of-stream chunk.
+    /// Appends one chunk carrying `payload` to `out`. An empty payload is the end-of-stream chunk.
     pub fn encode(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), BodyError> {
-        if matches!(self.st.framing, Framing::Raw) {
-            out.extend_from_slice(payload);
-            return Ok(());
+        let start = out.len();
+        out.resize(start + payload.len() + MAX_CHUNK_OVERHEAD, 0);
+        let n = self.encode_into(payload, &mut out[start..]);
+        out.truncate(start + *n.as_ref().unwrap_or(&0));
+        n.map(|_| ())
+    }
+
+    /// Writes one chunk carrying `payload` at the front of `out` and returns its length on the wire.
+    /// `out` needs `payload.len() + MAX_CHUNK_OVERHEAD` bytes. The payload is sealed on its way into
+    /// `out` (no separate copy): the stream writer keeps one initialized buffer and seals into it.
+    pub fn encode_into(&mut self, payload: &[u8], out: &mut [u8]) -> Result<usize, BodyError> {
+        if out.len() < payload.len() + MAX_CHUNK_OVERHEAD {
+            return Err(BodyError::TooLarge(payload.len()));
         }
-        if payload.len() > 65535 - TAG_LEN - 64 {
+        if matches!(self.st.framing, Framing::Raw) {
+            out[..payload.len()].copy_from_slice(payload);
+            return Ok(payload.len());
+        }
+        if payload.len() > MAX_STREAM_CHUNK_PAYLOAD {
             return Err(BodyError::TooLarge(payload.len()));
         }
         let (pad, mask) = self.st.pad_and_mask();
-        let size = payload.len() + self.st.overhead() + pad;
-        out.extend_from_slice(&((size as u16) ^ mask).to_be_bytes());
-        let start = out.len();
-        out.extend_from_slice(payload);
-        if let Framing::Aead(_) = self.st.framing {
-            let nonce = self.st.nonce();
-            let Framing::Aead(key) = &self.st.framing else { unreachable!() };
-            let tag =
-                key.seal_in_place_separate_tag(nonce, Aad::empty(), &mut out[start..]).map_err(|_| BodyError::Auth)?;
-            out.extend_from_slice(tag.as_ref());
+        let overhead = self.st.overhead();
+        let size = payload.len() + overhead + pad;
+        out[..2].copy_from_slice(&((size as u16) ^ mask).to_be_bytes());
+        let (sealed, rest) = out[2..].split_at_mut(payload.len());
+        let (tag, rest) = rest.split_at_mut(overhead);
+        if let Framing::Aead(key) = &self.st.framing {
+            let nonce = self.st.nonce_for(self.st.count);
+            self.st.count = self.st.count.wrapping_add(1);
+            key.seal_out_of_place_scatter(nonce, Aad::empty(), payload, sealed, &[], tag)
+                .map_err(|_| BodyError::Auth)?;
+        } else {
+            sealed.copy_from_slice(payload);
         }
         if pad > 0 {
             // Padding is never checked; randomness only keeps it from being a fingerprint.
@@ -206,11 +228,11 @@ impl ChunkEncoder {
                 self.pad_pos = 0;
             }
             if let Some(p) = self.pad_pool.get(self.pad_pos..self.pad_pos + pad) {
-                out.extend_from_slice(p);
+                rest[..pad].copy_from_slice(p);
             }
             self.pad_pos += pad;
         }
-        Ok(())
+        Ok(2 + size)
     }
 
     /// Appends the end-of-stream chunk (nothing for raw framing, where the end is the TCP FIN).
@@ -432,6 +454,25 @@ mod tests {
                 }
             }
             prop_assert_eq!(got, expect);
+        }
+
+        #[test]
+        fn sealing_into_a_dirty_buffer_matches_appending(sec in security(), opt in options(), udp: bool,
+                                                         n in prop_oneof![Just(0usize), Just(MAX_STREAM_CHUNK_PAYLOAD), 1..20000usize]) {
+            let data: Vec<u8> = (0..n).map(|j| j as u8).collect();
+            let mut a = ChunkEncoder::new(sec, opt, udp, &key(), &iv());
+            let mut b = ChunkEncoder::new(sec, opt, udp, &key(), &iv());
+            let mut appended = Vec::new();
+            a.encode(&data, &mut appended).unwrap();
+            let mut dirty = vec![0xee; n + MAX_CHUNK_OVERHEAD];
+            let len = b.encode_into(&data, &mut dirty).unwrap();
+            prop_assert_eq!(len, appended.len());
+            // Padding is random; everything before it must be identical.
+            let unpadded = if a.is_raw() { n } else { 2 + n + a.st.overhead() };
+            prop_assert_eq!(&dirty[..unpadded], &appended[..unpadded]);
+            // Too little room is an error, never a panic or a partial write past the end.
+            let mut short = vec![0u8; n + MAX_CHUNK_OVERHEAD - 1];
+            prop_assert!(b.encode_into(&data, &mut short).is_err());
         }
 
         #[test]

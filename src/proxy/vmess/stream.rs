@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::body::{ChunkDecoder, ChunkEncoder, Decoded};
+use super::body::{BodyError, ChunkDecoder, ChunkEncoder, Decoded, MAX_CHUNK_OVERHEAD};
 use super::header::{Progress, ResponseDecoder};
 
 /// Initial read buffer; it grows (once) to the largest chunk seen, at most 64 KiB + header.
@@ -42,10 +42,34 @@ struct Reader {
 
 struct Writer {
     enc: ChunkEncoder,
+    /// Sealed bytes are `buf[pos..filled]`. `buf` only grows and stays initialized, so chunks are sealed
+    /// straight into it from the caller's data (no staging copy, no zeroing per chunk).
     buf: Vec<u8>,
+    filled: usize,
     /// Bytes of `buf` already written to the inner stream.
     pos: usize,
     end_queued: bool,
+}
+
+impl Writer {
+    fn unsent(&self) -> usize {
+        self.filled - self.pos
+    }
+
+    /// Seals one chunk of `data` after what is queued; returns the payload bytes taken.
+    fn seal(&mut self, data: &[u8]) -> Result<usize, BodyError> {
+        if self.pos == self.filled {
+            self.pos = 0;
+            self.filled = 0;
+        }
+        let need = self.filled + data.len() + MAX_CHUNK_OVERHEAD;
+        if self.buf.len() < need {
+            self.buf.resize(need, 0);
+        }
+        let n = self.enc.encode_into(data, &mut self.buf[self.filled..])?;
+        self.filled += n;
+        Ok(data.len())
+    }
 }
 
 /// A VMess body stream over `S`: reads open the peer's chunks, writes seal ours.
@@ -88,12 +112,11 @@ impl<S> VmessStream<S> {
     ) -> Self {
         let mut buf = vec![0u8; READ_BUF_INITIAL.max(leftover.len())];
         buf[..leftover.len()].copy_from_slice(leftover);
-        let mut wbuf = Vec::with_capacity(WRITE_HIGH_WATER + 2 * 1024 + queued.len());
-        wbuf.extend_from_slice(&queued);
+        let filled = queued.len();
         VmessStream {
             inner,
             r: Reader { stage, dec, buf, start: 0, end: leftover.len(), plain: 0, plain_end: 0, after: 0, eof: false },
-            w: Writer { enc, buf: wbuf, pos: 0, end_queued: false },
+            w: Writer { enc, buf: queued, filled, pos: 0, end_queued: false },
         }
     }
 
@@ -106,14 +129,14 @@ impl<S> VmessStream<S> {
 impl<S: AsyncWrite + Unpin> VmessStream<S> {
     /// Writes out everything queued.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.w.pos < self.w.buf.len() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.w.buf[self.w.pos..]))?;
+        while self.w.pos < self.w.filled {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.w.buf[self.w.pos..self.w.filled]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.w.pos += n;
         }
-        self.w.buf.clear();
+        self.w.filled = 0;
         self.w.pos = 0;
         Poll::Ready(Ok(()))
     }
@@ -197,10 +220,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for VmessStream<S> {
         if this.w.end_queued {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "vmess: write after shutdown")));
         }
-        if this.w.buf.len() - this.w.pos >= WRITE_HIGH_WATER {
+        if this.w.unsent() >= WRITE_HIGH_WATER {
             ready!(this.poll_drain(cx))?;
         } else if this.w.pos >= WRITE_HIGH_WATER {
-            this.w.buf.drain(..this.w.pos);
+            // Mostly sent: move the rest to the front instead of growing the buffer.
+            this.w.buf.copy_within(this.w.pos..this.w.filled, 0);
+            this.w.filled -= this.w.pos;
             this.w.pos = 0;
         }
         let limit = if this.w.enc.is_raw() { RAW_WRITE_MAX } else { this.w.enc.max_payload() };
@@ -208,10 +233,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for VmessStream<S> {
         if n == 0 {
             return Poll::Ready(Ok(0));
         }
-        this.w.enc.encode(&data[..n], &mut this.w.buf).map_err(invalid)?;
+        this.w.seal(&data[..n]).map_err(invalid)?;
         // Small writes wait for more (or for a flush) so that back-to-back writes leave in one syscall;
         // past the high-water mark, push what the socket takes now.
-        if this.w.buf.len() - this.w.pos >= WRITE_HIGH_WATER
+        if this.w.unsent() >= WRITE_HIGH_WATER
             && let Poll::Ready(Err(e)) = this.poll_drain(cx)
         {
             return Poll::Ready(Err(e));
@@ -229,7 +254,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for VmessStream<S> {
         let this = self.get_mut();
         if !this.w.end_queued {
             this.w.end_queued = true;
-            this.w.enc.encode_end(&mut this.w.buf).map_err(invalid)?;
+            if !this.w.enc.is_raw() {
+                this.w.seal(&[]).map_err(invalid)?;
+            }
         }
         ready!(this.poll_drain(cx))?;
         ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
