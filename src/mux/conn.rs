@@ -26,8 +26,8 @@ use crate::session::{Destination, Network};
 /// per tunnel (resident for good after one burst); 64 KiB keeps the writer just as busy, and both
 /// buffers are allocated at their final size, so they never grow (or copy) by doubling.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
-/// Most the queue can hold: below the high-water mark, plus one write (up to eight frames).
-const WRITE_QUEUE_CAP: usize = WRITE_HIGH_WATER + 8 * (MAX_STREAM_FRAME + 6) + 1024;
+/// Most the queue can hold: below the high-water mark, plus one write (at most two frames).
+const WRITE_QUEUE_CAP: usize = WRITE_HIGH_WATER + 64 * 1024 + 2 * 8 + 1024;
 /// Each read from the underlying stream gets at least this much free buffer.
 const READ_CHUNK: usize = 128 * 1024;
 /// How long the writer may spend flushing queued End frames and shutting the stream down at close.
@@ -166,8 +166,8 @@ impl Conn {
         self.queue_control(&[0, 4, hi, lo, Status::End as u8, if error { OPT_ERROR } else { 0 }]);
     }
 
-    /// Queues `Keep|Data` frames carrying `data` (split into frames of ≤ 8192 bytes; packets, ≤ 2048
-    /// bytes, are one frame), or waits while the write queue is above its high-water mark.
+    /// Queues `Keep|Data` frames carrying `data` (split into frames of ≤ [`MAX_STREAM_FRAME`] bytes;
+    /// packets, ≤ 2048 bytes, are one frame), or waits while the write queue is above its high-water mark.
     pub(crate) fn poll_queue_data(&self, cx: &mut Context<'_>, id: u16, data: &[u8]) -> Poll<io::Result<()>> {
         let mut w = lock(&self.write);
         if w.closed {
@@ -179,8 +179,7 @@ impl Conn {
             }
             return Poll::Pending;
         }
-        // Stream data longer than one frame goes out as several (4.34 writes ≤ 8192 bytes per frame),
-        // all queued under one lock.
+        // Stream data longer than one frame goes out as several, all queued under one lock.
         let mut rest = data;
         loop {
             let (part, tail) = rest.split_at(rest.len().min(MAX_STREAM_FRAME));

@@ -14,14 +14,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::AbortHandle;
 
 use super::conn::Conn;
-use super::frame::{MAX_STREAM_FRAME, MAX_UDP_FRAME};
+use super::frame::MAX_UDP_FRAME;
 use crate::proxy::PacketConn;
 
 /// Received data buffered per session before the connection reader waits (the only loss-free
 /// back-pressure Mux.Cool allows: one slow session stalls the connection, never drops data).
 const RECV_HIGH_WATER: usize = 512 * 1024;
-/// Most stream data queued by one write call (eight 8 KiB frames).
-const MAX_STREAM_WRITE: usize = 8 * MAX_STREAM_FRAME;
+/// Most stream data queued by one write call (one frame, or two for a full 64 KiB).
+const MAX_STREAM_WRITE: usize = 64 * 1024;
 
 /// What we know about the peer's side of a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
