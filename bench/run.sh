@@ -5,7 +5,7 @@
 #   bench/run.sh --quick    # 1 repetition, small sizes (~1 min): for checking the harness
 #   bench/run.sh --reps 5 --bulk-bytes 2147483648   # any other option goes to `loadgen drive`
 #
-# Env: OXRAY=path (default target/release/oxray, built here), V2RAY=path (default: v2ray on PATH),
+# Env: OXRAY=path (default target/<host triple>/release/oxray, built here; see .cargo/config.toml), V2RAY=path (default: v2ray on PATH),
 #      SKIP_OXRAY_BUILD=1 to use an existing binary as is.
 # Never run from cargo test or CI: it takes minutes and its numbers need a quiet machine.
 set -euo pipefail
@@ -21,11 +21,14 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 8192 ]; then
     exit 1
 fi
 
+# .cargo/config.toml sets build.target, so artifacts live under target/<host triple>/.
+host=$(rustc -vV | sed -n 's/^host: //p')
+
 echo "== building loadgen (bench/loadgen, release)" >&2
 cargo build --release --quiet --manifest-path "$here/loadgen/Cargo.toml"
-loadgen="$here/loadgen/target/release/loadgen"
+loadgen="$here/loadgen/target/$host/release/loadgen"
 
-oxray="${OXRAY:-$repo/target/release/oxray}"
+oxray="${OXRAY:-$repo/target/$host/release/oxray}"
 if [ -z "${OXRAY:-}" ] && [ -z "${SKIP_OXRAY_BUILD:-}" ]; then
     echo "== building oxray (cargo build --release)" >&2
     if ! cargo build --release --quiet --bin oxray; then
