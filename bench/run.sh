@@ -42,6 +42,16 @@ if [ -n "$oxray" ] && [ ! -x "$oxray" ]; then
     oxray=""
 fi
 
+# A stale link/hot-symbols.txt (see build.rs) costs idle memory, never correctness: say so.
+if [ -n "$oxray" ] && [ -f "$repo/link/hot-symbols.txt" ] && command -v nm >/dev/null; then
+    listed=$(grep -c . "$repo/link/hot-symbols.txt" || true)
+    present=$(nm "$oxray" 2>/dev/null | awk '{print $NF}' | grep -Fxc -f "$repo/link/hot-symbols.txt" || true)
+    if [ "${listed:-0}" -gt 0 ] && [ $((present * 100 / listed)) -lt 80 ]; then
+        echo "bench: NOTE only $present of $listed functions of link/hot-symbols.txt are in the binary;" \
+            "run tools/hot-symbols.sh to refresh it (idle RSS suffers, nothing else)" >&2
+    fi
+fi
+
 v2ray="${V2RAY:-$(command -v v2ray || true)}"
 [ -n "$v2ray" ] || echo "bench: !!! v2ray not installed: oxray only, no ratios !!!" >&2
 
