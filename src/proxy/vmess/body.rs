@@ -62,6 +62,14 @@ pub enum BodyError {
     /// A payload larger than a chunk can carry.
     #[error("payload of {0} bytes does not fit in one chunk")]
     TooLarge(usize),
+    /// The output buffer cannot hold the chunk (`need` = payload + [`MAX_CHUNK_OVERHEAD`]).
+    #[error("output buffer of {have} bytes cannot hold a chunk needing {need}")]
+    NoRoom {
+        /// Bytes available.
+        have: usize,
+        /// Bytes a chunk of this payload may take.
+        need: usize,
+    },
 }
 
 /// How chunks are framed, from the security, the options and the command (stream or packet).
@@ -197,8 +205,9 @@ impl ChunkEncoder {
     /// `out` needs `payload.len() + MAX_CHUNK_OVERHEAD` bytes. The payload is sealed on its way into
     /// `out` (no separate copy): the stream writer keeps one initialized buffer and seals into it.
     pub fn encode_into(&mut self, payload: &[u8], out: &mut [u8]) -> Result<usize, BodyError> {
-        if out.len() < payload.len() + MAX_CHUNK_OVERHEAD {
-            return Err(BodyError::TooLarge(payload.len()));
+        let need = payload.len() + MAX_CHUNK_OVERHEAD;
+        if out.len() < need {
+            return Err(BodyError::NoRoom { have: out.len(), need });
         }
         if matches!(self.st.framing, Framing::Raw) {
             out[..payload.len()].copy_from_slice(payload);
