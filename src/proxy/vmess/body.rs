@@ -132,16 +132,11 @@ impl ChunkState {
     }
 
     fn nonce(&mut self) -> Nonce {
-        let n = self.nonce_for(self.count);
+        let mut n = [0u8; 12];
+        n[..2].copy_from_slice(&self.count.to_be_bytes());
+        n[2..].copy_from_slice(&self.iv[2..12]);
         // The Go counter is a u16 that wraps; the nonce repeats after 65536 chunks and Go goes on.
         self.count = self.count.wrapping_add(1);
-        n
-    }
-
-    fn nonce_for(&self, count: u16) -> Nonce {
-        let mut n = [0u8; 12];
-        n[..2].copy_from_slice(&count.to_be_bytes());
-        n[2..].copy_from_slice(&self.iv[2..12]);
         Nonce::assume_unique_for_key(n)
     }
 
@@ -222,13 +217,12 @@ impl ChunkEncoder {
         out[..2].copy_from_slice(&((size as u16) ^ mask).to_be_bytes());
         let (sealed, rest) = out[2..].split_at_mut(payload.len());
         let (tag, rest) = rest.split_at_mut(overhead);
-        if let Framing::Aead(key) = &self.st.framing {
-            let nonce = self.st.nonce_for(self.st.count);
-            self.st.count = self.st.count.wrapping_add(1);
-            key.seal_out_of_place_scatter(nonce, Aad::empty(), payload, sealed, &[], tag)
-                .map_err(|_| BodyError::Auth)?;
-        } else {
-            sealed.copy_from_slice(payload);
+        let nonce = matches!(self.st.framing, Framing::Aead(_)).then(|| self.st.nonce());
+        match (&self.st.framing, nonce) {
+            (Framing::Aead(key), Some(nonce)) => key
+                .seal_out_of_place_scatter(nonce, Aad::empty(), payload, sealed, &[], tag)
+                .map_err(|_| BodyError::Auth)?,
+            _ => sealed.copy_from_slice(payload),
         }
         if pad > 0 {
             // Padding is never checked; randomness only keeps it from being a fingerprint.

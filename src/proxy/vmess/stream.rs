@@ -56,8 +56,8 @@ impl Writer {
         self.filled - self.pos
     }
 
-    /// Seals one chunk of `data` after what is queued; returns the payload bytes taken.
-    fn seal(&mut self, data: &[u8]) -> Result<usize, BodyError> {
+    /// Seals one chunk carrying all of `data` (at most one chunk's payload) after what is queued.
+    fn seal(&mut self, data: &[u8]) -> Result<(), BodyError> {
         if self.pos == self.filled {
             self.pos = 0;
             self.filled = 0;
@@ -66,9 +66,8 @@ impl Writer {
         if self.buf.len() < need {
             self.buf.resize(need, 0);
         }
-        let n = self.enc.encode_into(data, &mut self.buf[self.filled..])?;
-        self.filled += n;
-        Ok(data.len())
+        self.filled += self.enc.encode_into(data, &mut self.buf[self.filled..])?;
+        Ok(())
     }
 }
 
