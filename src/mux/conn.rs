@@ -16,7 +16,7 @@ use tracing::debug;
 
 use super::frame::{self, Frame, MAX_STREAM_FRAME, MAX_UDP_FRAME, OPT_DATA, OPT_ERROR, Status};
 use super::server::MuxHandler;
-use super::stream::{MuxPacket, MuxStream, Session};
+use super::stream::{MAX_STREAM_WRITE, MuxPacket, MuxStream, Session};
 use super::{MuxError, frame::FrameError};
 use crate::proxy::BoxStream;
 use crate::session::{Destination, Network};
@@ -27,7 +27,7 @@ use crate::session::{Destination, Network};
 /// buffers are allocated at their final size, so they never grow (or copy) by doubling.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Most the queue can hold: below the high-water mark, plus one write (at most two frames).
-const WRITE_QUEUE_CAP: usize = WRITE_HIGH_WATER + 64 * 1024 + 2 * 8 + 1024;
+const WRITE_QUEUE_CAP: usize = WRITE_HIGH_WATER + MAX_STREAM_WRITE + 2 * 8 + 1024;
 /// Each read from the underlying stream gets at least this much free buffer.
 const READ_CHUNK: usize = 128 * 1024;
 /// How long the writer may spend flushing queued End frames and shutting the stream down at close.

@@ -21,7 +21,7 @@ use crate::proxy::PacketConn;
 /// back-pressure Mux.Cool allows: one slow session stalls the connection, never drops data).
 const RECV_HIGH_WATER: usize = 512 * 1024;
 /// Most stream data queued by one write call (one frame, or two for a full 64 KiB).
-const MAX_STREAM_WRITE: usize = 64 * 1024;
+pub(crate) const MAX_STREAM_WRITE: usize = 64 * 1024;
 
 /// What we know about the peer's side of a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
