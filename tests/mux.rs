@@ -2,8 +2,10 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -358,6 +360,68 @@ async fn ids_start_at_one_and_data_is_framed_up_to_the_u16_limit() {
     drop(s1); // no End for a session the peer aborted
     drop(s2);
     assert_eq!(read_frame(&mut raw, &mut buf).await, Some(Frame::end(2, true)));
+}
+
+/// A stream that records what each write carried, to see how frames were batched.
+struct Recorder {
+    inner: DuplexStream,
+    writes: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl AsyncRead for Recorder {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Recorder {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.writes.lock().unwrap().push(buf[..n].to_vec());
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn an_end_joins_the_next_sessions_frames_and_goes_last() {
+    let (a, mut raw) = tokio::io::duplex(1 << 20);
+    let writes = Arc::new(Mutex::new(Vec::new()));
+    let client = MuxClient::new(Box::new(Recorder { inner: a, writes: writes.clone() }), unlimited());
+    let mut s1 = client.open_stream(target()).unwrap();
+    s1.write_all(b"a").await.unwrap();
+    let mut buf = BytesMut::new();
+    assert_eq!(read_frame(&mut raw, &mut buf).await.map(|f| (f.id, f.status)), Some((1, Status::New)));
+    assert_eq!(read_frame(&mut raw, &mut buf).await, Some(Frame::keep(1, Bytes::from_static(b"a"))));
+    let before = writes.lock().unwrap().len();
+
+    // Session 1 ends (the writer task is woken first), then, in the same scheduler pass, another task
+    // opens session 2 and sends: the portal's pattern when a visitor leaves and the next one arrives.
+    s1.shutdown().await.unwrap();
+    let c = client.clone();
+    let opener = tokio::spawn(async move {
+        let mut s2 = c.open_stream(target()).unwrap();
+        s2.write_all(b"b").await.unwrap();
+        s2
+    });
+    let new = read_frame(&mut raw, &mut buf).await.unwrap();
+    assert_eq!((new.id, new.status, new.target), (2, Status::New, Some(target())));
+    assert_eq!(read_frame(&mut raw, &mut buf).await, Some(Frame::keep(2, Bytes::from_static(b"b"))));
+    assert_eq!(read_frame(&mut raw, &mut buf).await, Some(Frame::end(1, false)), "End goes after new data");
+    let _s2 = opener.await.unwrap();
+    let w = writes.lock().unwrap();
+    assert_eq!(w.len(), before + 1, "End, New and data in one write, got {:?}", &w[before..]);
 }
 
 #[tokio::test]

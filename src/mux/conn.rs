@@ -43,6 +43,10 @@ pub(crate) enum Role {
 struct WriteState {
     /// Frames serialized back to back; the writer swaps it out whole, so a batch is one write.
     pending: Vec<u8>,
+    /// `pending` holds data frames; without them (only New/End) the writer waits one scheduler pass.
+    has_data: bool,
+    /// End frames, sent after `pending` in the same write.
+    ends: Vec<u8>,
     closed: bool,
     blocked: Vec<Waker>,
 }
@@ -90,6 +94,8 @@ impl Conn {
             role,
             write: Mutex::new(WriteState {
                 pending: Vec::with_capacity(WRITE_QUEUE_CAP),
+                has_data: false,
+                ends: Vec::new(),
                 closed: false,
                 blocked: Vec::new(),
             }),
@@ -163,7 +169,13 @@ impl Conn {
     /// Queues an End frame for `id`.
     pub(crate) fn queue_end(&self, id: u16, error: bool) {
         let [hi, lo] = id.to_be_bytes();
-        self.queue_control(&[0, 4, hi, lo, Status::End as u8, if error { OPT_ERROR } else { 0 }]);
+        let mut w = lock(&self.write);
+        if w.closed {
+            return;
+        }
+        w.ends.extend_from_slice(&[0, 4, hi, lo, Status::End as u8, if error { OPT_ERROR } else { 0 }]);
+        drop(w);
+        self.write_notify.notify_one();
     }
 
     /// Queues `Keep|Data` frames carrying `data` (split into frames of ≤ [`MAX_STREAM_FRAME`] bytes;
@@ -191,6 +203,7 @@ impl Conn {
                 break;
             }
         }
+        w.has_data = true;
         drop(w);
         self.write_notify.notify_one();
         Poll::Ready(Ok(()))
@@ -261,6 +274,12 @@ async fn writer_task(conn: Arc<Conn>, mut wr: WriteHalf<BoxStream>) {
                 _ = conn.write_notify.notified() => {}
                 _ = conn.token.cancelled() => return Ok(()),
             }
+            if !lock(&conn.write).has_data {
+                // Only New/End frames: nobody waits on them byte by byte, so let the tasks already
+                // woken this pass queue theirs (a new session's data, other sessions' End) and send
+                // all in one write, one wake-up of the far end instead of several.
+                tokio::task::yield_now().await;
+            }
             loop {
                 take_pending(&conn, &mut batch);
                 if batch.is_empty() {
@@ -285,9 +304,12 @@ async fn writer_task(conn: Arc<Conn>, mut wr: WriteHalf<BoxStream>) {
     conn.close();
     if result.is_ok() {
         // Orderly end: send what was queued before the close (End frames) and end the stream cleanly.
-        take_pending(&conn, &mut batch);
         let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            if !batch.is_empty() {
+            loop {
+                take_pending(&conn, &mut batch);
+                if batch.is_empty() {
+                    break;
+                }
                 wr.write_all(&batch).await?;
             }
             wr.shutdown().await
@@ -302,6 +324,13 @@ fn take_pending(conn: &Conn, batch: &mut Vec<u8>) {
     let blocked = {
         let mut w = lock(&conn.write);
         std::mem::swap(&mut w.pending, batch);
+        // End frames go last: the far end then starts new sessions before it tears old ones down. They
+        // wait for the next batch rather than make this one reallocate.
+        if batch.len() + w.ends.len() <= batch.capacity() {
+            batch.extend_from_slice(&w.ends);
+            w.ends.clear();
+        }
+        w.has_data = false;
         std::mem::take(&mut w.blocked)
     };
     blocked.into_iter().for_each(Waker::wake);
