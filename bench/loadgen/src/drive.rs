@@ -247,6 +247,30 @@ fn cpu_ticks(pid: u32) -> io::Result<u64> {
     }
 }
 
+/// Waits until `pids` together used no CPU tick for a whole [`QUIET_WINDOW`] (at most [`QUIET_MAX`]).
+/// The implementations alternate, and V2Ray keeps working for a second or two after a run (sessions
+/// lingering on its `uplinkOnly`/`downlinkOnly` timers, its GC): measured right after it, oxray's
+/// connection rate read ~15 % low. Each measurement starts on a quiet machine instead.
+async fn quiesce(pids: &[u32]) {
+    let start = Instant::now();
+    let total = || pids.iter().map(|&p| cpu_ticks(p).unwrap_or(0)).sum::<u64>();
+    let mut last = total();
+    while start.elapsed() < QUIET_MAX {
+        tokio::time::sleep(QUIET_WINDOW).await;
+        let now = total();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+    eprintln!("[all] note: the tunnels were still busy after {QUIET_MAX:?}; measuring anyway");
+}
+
+/// A window this long without a CPU tick (10 ms each) means under 5 % of one CPU.
+const QUIET_WINDOW: Duration = Duration::from_millis(200);
+/// Longest wait for quiet before a measurement.
+const QUIET_MAX: Duration = Duration::from_secs(10);
+
 fn clk_tck() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -609,6 +633,13 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
             Err(e) => fail(st, e),
         }
     }
+    // Every long-lived process, of both implementations, and the service.
+    let busy_pids: Vec<u32> = states
+        .iter()
+        .filter_map(|s| s.pair.as_ref().map(|(b, p)| [b.pid, p.pid]))
+        .flatten()
+        .chain([ctx.service_pid])
+        .collect();
     let mut steps = vec![
         (Step::Ping, "64 B ping-pong"),
         (Step::PingPinned, "64 B ping-pong on CPU 0"),
@@ -627,6 +658,7 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
         }
         for _ in 0..reps {
             for st in states.iter_mut().filter(|s| s.failed.is_none()) {
+                quiesce(&busy_pids).await;
                 if let Err(e) = ctx.measure(step, st, &direct).await {
                     fail(st, e);
                 }
