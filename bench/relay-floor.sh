@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The latency floor of the pinned round-trip row: a 64 B round trip through two plain relay
-# processes (dokodemo-door -> freedom, no VMess, no Mux), everything on CPU 0, compared with the
-# same round trip straight to the service. The reverse tunnel crosses the same four process hops
-# (portal and bridge, each twice), so what this chain adds is what any two-process relay built on
-# epoll costs on this machine, before any protocol work. See docs/BENCHMARKS.md.
+# The latency floor under the pinned round-trip row: a 64 B round trip through two plain relay
+# processes, everything on CPU 0, compared with the same round trip straight to the service. The
+# reverse tunnel crosses the same four process hops (portal and bridge, each twice), so what a chain
+# adds is what a two-process relay costs on this machine before any protocol work. Three chains:
+# the plainest relay possible (`loadgen relay`: blocking sockets, a thread per direction), oxray
+# and V2Ray as dokodemo-door -> freedom (no VMess, no Mux). See docs/BENCHMARKS.md.
 #
 #   bench/relay-floor.sh                 # oxray (built as bench/run.sh does), and V2Ray if installed
 #   OXRAY=path V2RAY=path bench/relay-floor.sh
@@ -54,11 +55,20 @@ wait_port $svc
 direct="$(p50 $svc)"
 echo "direct to the service, all on CPU 0: p50 $direct us"
 
-measure() { # name, command prefix
-    local name="$1"; shift
-    taskset -c 0 "$@" "$dir/b.json" >"$dir/$name-b.log" 2>&1 &
+hop() { # name, config (a.json or b.json), listen port, forward port: starts one relay on CPU 0
+    case "$1" in
+        # exec: the background job's PID is the relay's own, so `kill` ends it.
+        blocking) exec taskset -c 0 "$loadgen" relay --addr "127.0.0.1:$3" --to "127.0.0.1:$4" ;;
+        oxray) exec taskset -c 0 "$OXRAY" run -c "$dir/$2" ;;
+        v2ray) exec taskset -c 0 "$V2RAY" -config "$dir/$2" ;;
+    esac
+}
+
+measure() { # name
+    local name="$1"
+    hop "$name" b.json $b $svc >"$dir/$name-b.log" 2>&1 &
     local pb=$!
-    taskset -c 0 "$@" "$dir/a.json" >"$dir/$name-a.log" 2>&1 &
+    hop "$name" a.json $a $b >"$dir/$name-a.log" 2>&1 &
     local pa=$!
     pids+=($pb $pa)
     wait_port $a
@@ -68,11 +78,13 @@ measure() { # name, command prefix
     kill $pa $pb 2>/dev/null || true
     wait $pa $pb 2>/dev/null || true
     awk -v n="$name" -v t="$best" -v d="$direct" \
-        'BEGIN{printf "%-6s two plain relays, all on CPU 0: p50 %.1f us, added %.1f us\n", n, t, t - d}'
+        'BEGIN{printf "%-8s two plain relays, all on CPU 0: p50 %.1f us, added %.1f us\n", n, t, t - d}'
 }
-measure oxray "$OXRAY" run -c
+# The floor of any relay: blocking sockets, a thread per direction (loadgen relay).
+measure blocking
+measure oxray
 if [[ -n "$V2RAY" ]]; then
-    measure v2ray "$V2RAY" -config
+    measure v2ray
 else
     echo "v2ray not found: V2Ray's chain skipped"
 fi

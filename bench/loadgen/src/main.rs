@@ -7,11 +7,13 @@
 //!   connrate  --addr A [--seconds S]
 //!   hold      --addr A [--conns 2000] [--max-secs 120]
 //!   firstbyte --addr A [--timeout-secs 20]
+//!   relay     --addr A --to B   (blocking, a thread per direction; for bench/relay-floor.sh)
 //!   drive     [--oxray BIN] [--v2ray BIN] [--reps R] [--quick] [--out DIR] ...
 
 mod client;
 mod drive;
 mod proto;
+mod relay;
 mod serve;
 
 use std::collections::HashMap;
@@ -69,9 +71,26 @@ impl Args {
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = argv.first().cloned() else {
-        eprintln!("usage: loadgen serve|bulk|pingpong|connrate|hold|firstbyte|drive [--options]");
+        eprintln!("usage: loadgen serve|bulk|pingpong|connrate|hold|firstbyte|relay|drive [--options]");
         return ExitCode::from(2);
     };
+    if cmd == "relay" {
+        // Plain threads, no runtime: see relay.rs.
+        let r = Args::parse(&argv[1..]).and_then(|a| {
+            let to: SocketAddr = a.get("to", None)?;
+            if !to.ip().is_loopback() {
+                return Err(format!("--to must be a loopback address, got {to}"));
+            }
+            relay::relay(a.addr()?, to).map_err(|e| e.to_string())
+        });
+        return match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("loadgen relay: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // One thread per process: load generator, service and tunnel share 2 cores, and a
     // multi-threaded runtime would only add cross-CPU wakeups to the figures.
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
