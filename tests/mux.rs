@@ -425,6 +425,37 @@ async fn an_end_joins_the_next_sessions_frames_and_goes_last() {
 }
 
 #[tokio::test]
+async fn a_mass_end_larger_than_the_write_buffer_still_goes_out() {
+    // More End frames at once (6 bytes each) than the writer's batch buffer holds (~129 KiB).
+    const N: usize = 23_000;
+    let (a, mut raw) = tokio::io::duplex(1 << 20);
+    let client = MuxClient::new(Box::new(a), unlimited());
+    let reader = tokio::spawn(async move {
+        let mut buf = BytesMut::new();
+        let mut ends = 0;
+        while let Some(f) = read_frame(&mut raw, &mut buf).await {
+            if f.status == Status::End {
+                ends += 1;
+                if ends == N {
+                    break;
+                }
+            }
+        }
+        ends
+    });
+    let mut streams = Vec::with_capacity(N);
+    for _ in 0..N / 100 {
+        for _ in 0..100 {
+            streams.push(client.open_stream(target()).unwrap());
+        }
+        // Let the writer send these New frames, so the buffers never grow past their usual size.
+        tokio::task::yield_now().await;
+    }
+    drop(streams);
+    assert_eq!(timeout(T, reader).await.unwrap().unwrap(), N);
+}
+
+#[tokio::test]
 async fn server_side_peer_abort_and_first_data_in_new() {
     struct Report(mpsc::UnboundedSender<Vec<u8>>, mpsc::UnboundedSender<bool>);
     #[async_trait]

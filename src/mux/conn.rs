@@ -151,17 +151,18 @@ impl Conn {
             header[2..4].copy_from_slice(&id.to_be_bytes());
             session
         };
-        self.queue_control(&header);
+        self.queue_control(&header, false);
         Ok(session)
     }
 
-    /// Queues a small control frame (New, End) regardless of the write budget: these must never wait.
-    fn queue_control(&self, bytes: &[u8]) {
+    /// Queues a small control frame regardless of the write budget: these must never wait. End frames
+    /// (`end`) queue apart, to go after the data of the write they join.
+    fn queue_control(&self, bytes: &[u8], end: bool) {
         let mut w = lock(&self.write);
         if w.closed {
             return;
         }
-        w.pending.extend_from_slice(bytes);
+        if end { &mut w.ends } else { &mut w.pending }.extend_from_slice(bytes);
         drop(w);
         self.write_notify.notify_one();
     }
@@ -169,13 +170,7 @@ impl Conn {
     /// Queues an End frame for `id`.
     pub(crate) fn queue_end(&self, id: u16, error: bool) {
         let [hi, lo] = id.to_be_bytes();
-        let mut w = lock(&self.write);
-        if w.closed {
-            return;
-        }
-        w.ends.extend_from_slice(&[0, 4, hi, lo, Status::End as u8, if error { OPT_ERROR } else { 0 }]);
-        drop(w);
-        self.write_notify.notify_one();
+        self.queue_control(&[0, 4, hi, lo, Status::End as u8, if error { OPT_ERROR } else { 0 }], true);
     }
 
     /// Queues `Keep|Data` frames carrying `data` (split into frames of ≤ [`MAX_STREAM_FRAME`] bytes;
@@ -325,8 +320,9 @@ fn take_pending(conn: &Conn, batch: &mut Vec<u8>) {
         let mut w = lock(&conn.write);
         std::mem::swap(&mut w.pending, batch);
         // End frames go last: the far end then starts new sessions before it tears old ones down. They
-        // wait for the next batch rather than make this one reallocate.
-        if batch.len() + w.ends.len() <= batch.capacity() {
+        // wait for the next batch rather than make this one reallocate, unless there is nothing else
+        // to send (thousands of sessions ending at once can outgrow any buffer).
+        if batch.is_empty() || batch.len() + w.ends.len() <= batch.capacity() {
             batch.extend_from_slice(&w.ends);
             w.ends.clear();
         }
