@@ -30,6 +30,8 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 const WRITE_QUEUE_CAP: usize = WRITE_HIGH_WATER + MAX_STREAM_WRITE + 2 * 8 + 1024;
 /// Each read from the underlying stream gets at least this much free buffer.
 const READ_CHUNK: usize = 128 * 1024;
+/// End-frame queue capacity kept between batches (~680 frames).
+const ENDS_KEEP: usize = 4096;
 /// How long the writer may spend flushing queued End frames and shutting the stream down at close.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -325,6 +327,8 @@ fn take_pending(conn: &Conn, batch: &mut Vec<u8>) {
         if batch.is_empty() || batch.len() + w.ends.len() <= batch.capacity() {
             batch.extend_from_slice(&w.ends);
             w.ends.clear();
+            // A burst of Ends (a tunnel's sessions closing together) should not stay resident.
+            w.ends.shrink_to(ENDS_KEEP);
         }
         w.has_data = false;
         std::mem::take(&mut w.blocked)
