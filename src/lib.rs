@@ -10,5 +10,7 @@ pub mod proxy;
 pub mod reverse;
 pub mod router;
 pub mod session;
+#[doc(hidden)]
+pub mod testing;
 pub mod transport;
 pub mod wire;

@@ -2,10 +2,8 @@
 
 mod common;
 
-use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,6 +17,7 @@ use oxray::mux::frame::{self, Frame, Status};
 use oxray::mux::{MuxClient, MuxClientConfig, MuxHandler, MuxPacket, MuxServer, MuxStream};
 use oxray::proxy::{BoxStream, PacketConn};
 use oxray::session::{Address, Destination};
+use oxray::testing::WriteLog;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -362,43 +361,11 @@ async fn ids_start_at_one_and_data_is_framed_up_to_the_u16_limit() {
     assert_eq!(read_frame(&mut raw, &mut buf).await, Some(Frame::end(2, true)));
 }
 
-/// A stream that records what each write carried, to see how frames were batched.
-struct Recorder {
-    inner: DuplexStream,
-    writes: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl AsyncRead for Recorder {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Recorder {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.writes.lock().unwrap().push(buf[..n].to_vec());
-        }
-        r
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[tokio::test]
 async fn an_end_joins_the_next_sessions_frames_and_goes_last() {
     let (a, mut raw) = tokio::io::duplex(1 << 20);
-    let writes = Arc::new(Mutex::new(Vec::new()));
-    let client = MuxClient::new(Box::new(Recorder { inner: a, writes: writes.clone() }), unlimited());
+    let (logged, writes) = WriteLog::new(a);
+    let client = MuxClient::new(Box::new(logged), unlimited());
     let mut s1 = client.open_stream(target()).unwrap();
     s1.write_all(b"a").await.unwrap();
     let mut buf = BytesMut::new();
@@ -421,7 +388,7 @@ async fn an_end_joins_the_next_sessions_frames_and_goes_last() {
     assert_eq!(read_frame(&mut raw, &mut buf).await, Some(Frame::end(1, false)), "End goes after new data");
     let _s2 = opener.await.unwrap();
     let w = writes.lock().unwrap();
-    assert_eq!(w.len(), before + 1, "End, New and data in one write, got {:?}", &w[before..]);
+    assert_eq!(w.len(), before + 1, "End, New and data in one write, got writes of {:?} bytes", &w[before..]);
 }
 
 #[tokio::test]

@@ -255,40 +255,13 @@ pub async fn relay_packets(client: &dyn PacketConn, target: &dyn PacketConn, lin
 #[cfg(test)]
 mod buffer_size_tests {
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-
-    /// A stream that records the largest single write it was given.
-    struct Recorder {
-        inner: DuplexStream,
-        max_write: Arc<AtomicUsize>,
-    }
-
-    impl AsyncRead for Recorder {
-        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_read(cx, buf)
-        }
-    }
-
-    impl AsyncWrite for Recorder {
-        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-            self.max_write.fetch_max(buf.len(), Ordering::Relaxed);
-            Pin::new(&mut self.inner).poll_write(cx, buf)
-        }
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_flush(cx)
-        }
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_shutdown(cx)
-        }
-    }
+    use crate::testing::WriteLog;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn max_write_with(buffer_size: Option<usize>) -> usize {
         let (mut client, relay_client) = tokio::io::duplex(1 << 20);
         let (relay_target, mut target) = tokio::io::duplex(1 << 20);
-        let max_write = Arc::new(AtomicUsize::new(0));
-        let recorder = Recorder { inner: relay_target, max_write: max_write.clone() };
+        let (recorder, sizes) = WriteLog::new(relay_target);
         let policy = LevelPolicy { buffer_size, ..LevelPolicy::default() };
         let task = tokio::spawn(async move { relay(relay_client, recorder, &policy).await });
         let data = vec![9u8; 512 * 1024];
@@ -299,7 +272,8 @@ mod buffer_size_tests {
         assert_eq!(got, data);
         drop(target);
         let _ = task.await;
-        max_write.load(Ordering::Relaxed)
+        let max = sizes.lock().unwrap().iter().copied().max();
+        max.unwrap_or(0)
     }
 
     #[tokio::test]
