@@ -52,6 +52,48 @@ fn bridge_config(interconn: u16, service: u16, loglevel: &str) -> String {
     )
 }
 
+/// An oxray portal and bridge in front of a fresh XOR echo service, carrying traffic.
+struct OxrayPair {
+    dir: std::path::PathBuf,
+    external: u16,
+    interconn: u16,
+    service: u16,
+    level: &'static str,
+    portal: Proc,
+    bridge: Proc,
+    _echo: tokio::task::JoinHandle<()>,
+}
+
+impl OxrayPair {
+    /// Starts both (logging at `level`, files under `temp_dir(name)`) and waits for a first round trip.
+    async fn start(name: &str, level: &'static str) -> Self {
+        let (echo, task) = xor_echo_server().await;
+        let (external, interconn) = (free_port(), free_port());
+        let dir = temp_dir(name);
+        let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, level));
+        let bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, echo.port(), level));
+        until_traffic(local(external), Duration::from_secs(15)).await.expect("first traffic");
+        OxrayPair { dir, external, interconn, service: echo.port(), level, portal, bridge, _echo: task }
+    }
+
+    /// The portal's public entry.
+    fn public(&self) -> SocketAddr {
+        local(self.external)
+    }
+
+    /// Starts a new portal on the same ports (the old one is gone).
+    fn respawn_portal(&mut self) {
+        let config = portal_config(self.external, self.interconn, self.level);
+        self.portal = spawn_impl(Impl::Oxray, "portal", &self.dir, &config);
+    }
+
+    /// Starts a new bridge with the same config (the old one is gone).
+    fn respawn_bridge(&mut self) {
+        let config = bridge_config(self.interconn, self.service, self.level);
+        self.bridge = spawn_impl(Impl::Oxray, "bridge", &self.dir, &config);
+    }
+}
+
 async fn pairing(bridge_impl: Impl, portal_impl: Impl) {
     if (bridge_impl == Impl::V2ray || portal_impl == Impl::V2ray) && v2ray().is_none() {
         return;
@@ -142,28 +184,23 @@ async fn v2ray_bridge_v2ray_portal_control() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn portal_restart_recovers_within_half_a_second() {
     let _heavy = HEAVY.lock().await;
-    let (echo, _task) = xor_echo_server().await;
-    let (external, interconn) = (free_port(), free_port());
-    let dir = temp_dir("recover-portal");
-    let bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, echo.port(), "info"));
-    let mut portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, "info"));
-    let public = local(external);
-    until_traffic(public, Duration::from_secs(15)).await.expect("first traffic");
+    let mut pair = OxrayPair::start("recover-portal", "info").await;
+    let public = pair.public();
 
     for round in 0..3 {
         // A long transfer in flight when the portal dies.
         let big = payload(256 << 20, 9);
         let inflight = tokio::spawn(async move { xor_roundtrip(public, &big).await });
         tokio::time::sleep(Duration::from_millis(100)).await;
-        portal.kill();
+        pair.portal.kill();
         let r = tokio::time::timeout(Duration::from_secs(10), inflight).await.expect("in-flight transfer hangs");
         assert!(r.unwrap().is_err(), "a transfer cut by the portal's death must not look complete");
 
-        portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, "info"));
-        assert!(wait_for_port(local(interconn), Duration::from_secs(10)), "portal did not come back");
+        pair.respawn_portal();
+        assert!(wait_for_port(local(pair.interconn), Duration::from_secs(10)), "portal did not come back");
         let listening = Instant::now();
         let took = until_traffic(public, Duration::from_secs(10)).await;
-        let took = took.unwrap_or_else(|| panic!("no traffic after restart {round}:\n{}", bridge.log_text()));
+        let took = took.unwrap_or_else(|| panic!("no traffic after restart {round}:\n{}", pair.bridge.log_text()));
         let since_listen = listening.elapsed().min(took);
         eprintln!("portal restart {round}: traffic {since_listen:?} after the portal listened");
         assert!(since_listen <= Duration::from_millis(500), "recovery took {since_listen:?} (> 0.5 s)");
@@ -174,20 +211,16 @@ async fn portal_restart_recovers_within_half_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_restart_is_picked_up_at_once() {
     let _heavy = HEAVY.lock().await;
-    let (echo, _task) = xor_echo_server().await;
-    let (external, interconn) = (free_port(), free_port());
-    let dir = temp_dir("recover-bridge");
-    let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, "info"));
-    let mut bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, echo.port(), "info"));
-    let public = local(external);
-    until_traffic(public, Duration::from_secs(15)).await.expect("first traffic");
+    let mut pair = OxrayPair::start("recover-bridge", "info").await;
+    let public = pair.public();
 
     for round in 0..3 {
-        bridge.kill();
+        pair.bridge.kill();
         let started = Instant::now();
-        bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, echo.port(), "info"));
+        pair.respawn_bridge();
         let took = until_traffic(public, Duration::from_secs(10)).await;
-        let took = took.unwrap_or_else(|| panic!("no traffic after bridge restart {round}:\n{}", portal.log_text()));
+        let took =
+            took.unwrap_or_else(|| panic!("no traffic after bridge restart {round}:\n{}", pair.portal.log_text()));
         eprintln!(
             "bridge restart {round}: traffic {took:?} after the new bridge started ({:?} since kill)",
             started.elapsed()
@@ -374,13 +407,8 @@ fn open_fds(pid: u32) -> usize {
 async fn no_socket_leaks_after_churn() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _heavy = HEAVY.lock().await;
-    let (echo, _task) = xor_echo_server().await;
-    let (external, interconn) = (free_port(), free_port());
-    let dir = temp_dir("reverse-leaks");
-    let bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, echo.port(), "warning"));
-    let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, "warning"));
-    let public = local(external);
-    until_traffic(public, Duration::from_secs(15)).await.expect("first traffic");
+    let pair = OxrayPair::start("reverse-leaks", "warning").await;
+    let (portal, bridge, public) = (&pair.portal, &pair.bridge, pair.public());
     let settled =
         |pid: u32, base: usize| wait_until(Duration::from_secs(10), move || async move { open_fds(pid) <= base });
     // Baseline now: the readiness probe's sockets may still count in it, which only loosens the check by

@@ -26,6 +26,19 @@ fn seed_configs(external: u16, interconn: u16, service: std::net::SocketAddr) ->
     (portal, bridge)
 }
 
+/// The page's portal and bridge (ports adapted) in front of a fresh XOR echo service, carrying traffic.
+/// Returns the portal, the bridge and the echo task (keep it alive).
+async fn seed_pair(name: &str) -> (Proc, Proc, tokio::task::JoinHandle<()>) {
+    let (echo, task) = xor_echo_server().await;
+    let (external, interconn) = (free_port(), free_port());
+    let (portal, bridge) = seed_configs(external, interconn, echo);
+    let dir = temp_dir(name);
+    let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal);
+    let bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge);
+    assert!(until_traffic(local(external), Duration::from_secs(15)).await.is_some());
+    (portal, bridge, task)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_example_configs_carry_traffic() {
     let (echo, _task) = xor_echo_server().await;
@@ -154,13 +167,7 @@ async fn two_bridges_serve_one_portal() {
 /// period (5 s) open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn portal_with_a_bridge_stops_promptly_on_sigterm() {
-    let (echo, _task) = xor_echo_server().await;
-    let (external, interconn) = (free_port(), free_port());
-    let (portal, bridge) = seed_configs(external, interconn, echo);
-    let dir = temp_dir("sigterm-portal");
-    let mut portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal);
-    let _bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge);
-    assert!(until_traffic(local(external), Duration::from_secs(15)).await.is_some());
+    let (mut portal, _bridge, _echo) = seed_pair("sigterm-portal").await;
     let start = Instant::now();
     let status = portal.terminate(Duration::from_secs(10)).expect("portal did not exit");
     assert!(status.success(), "{status:?}\n{}", portal.log_text());
@@ -170,13 +177,7 @@ async fn portal_with_a_bridge_stops_promptly_on_sigterm() {
 /// `kill -USR1` makes a running oxray log its tunnels at the default log level.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr1_logs_tunnel_status() {
-    let (echo, _task) = xor_echo_server().await;
-    let (external, interconn) = (free_port(), free_port());
-    let (portal, bridge) = seed_configs(external, interconn, echo);
-    let dir = temp_dir("sigusr1");
-    let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal);
-    let bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge);
-    assert!(until_traffic(local(external), Duration::from_secs(15)).await.is_some());
+    let (portal, bridge, _echo) = seed_pair("sigusr1").await;
     for p in [&portal, &bridge] {
         std::process::Command::new("kill").args(["-USR1", &p.pid().to_string()]).status().unwrap();
     }
