@@ -59,10 +59,15 @@ impl Args {
     }
 
     fn addr(&self) -> Result<SocketAddr, String> {
-        let a: SocketAddr = self.get("addr", None)?;
+        self.loopback("addr")
+    }
+
+    /// The address under `--key`, which must be on loopback.
+    fn loopback(&self, key: &str) -> Result<SocketAddr, String> {
+        let a: SocketAddr = self.get(key, None)?;
         // The benchmark is loopback-only by design: refuse to load anything else.
         if !a.ip().is_loopback() {
-            return Err(format!("--addr must be a loopback address, got {a}"));
+            return Err(format!("--{key} must be a loopback address, got {a}"));
         }
         Ok(a)
     }
@@ -76,13 +81,8 @@ fn main() -> ExitCode {
     };
     if cmd == "relay" {
         // Plain threads, no runtime: see relay.rs.
-        let r = Args::parse(&argv[1..]).and_then(|a| {
-            let to: SocketAddr = a.get("to", None)?;
-            if !to.ip().is_loopback() {
-                return Err(format!("--to must be a loopback address, got {to}"));
-            }
-            relay::relay(a.addr()?, to).map_err(|e| e.to_string())
-        });
+        let r =
+            Args::parse(&argv[1..]).and_then(|a| relay::relay(a.addr()?, a.loopback("to")?).map_err(|e| e.to_string()));
         return match r {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
