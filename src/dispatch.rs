@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use tracing::{debug, info, warn};
 
 use crate::config::{LevelPolicy, PolicyConfig};
+use crate::log::AccessLog;
 use crate::mux::server::{MuxHandler, MuxServer};
 use crate::mux::{MUX_COOL_DOMAIN, MuxPacket, MuxStream};
 use crate::proxy::{BoxPacketConn, BoxStream, Outbound, ProxyError, relay_packets};
@@ -20,16 +21,23 @@ pub struct Dispatcher {
     outbounds: HashMap<String, Arc<dyn Outbound>>,
     default: Option<(String, Arc<dyn Outbound>)>,
     policy: PolicyConfig,
+    access: AccessLog,
     next_id: AtomicU64,
 }
 
 impl Dispatcher {
     /// Builds a dispatcher. `ordered` is every outbound in config order (portals last): the first one is
-    /// the default. Untagged outbounds are reachable only as the default.
-    pub fn new(router: Router, ordered: Vec<(Option<String>, Arc<dyn Outbound>)>, policy: PolicyConfig) -> Self {
+    /// the default. Untagged outbounds are reachable only as the default. Every routed flow gets a line
+    /// in `access`.
+    pub fn new(
+        router: Router,
+        ordered: Vec<(Option<String>, Arc<dyn Outbound>)>,
+        policy: PolicyConfig,
+        access: AccessLog,
+    ) -> Self {
         let default = ordered.first().map(|(tag, ob)| (tag.clone().unwrap_or_default(), ob.clone()));
         let outbounds = ordered.into_iter().filter_map(|(tag, ob)| tag.map(|t| (t, ob))).collect();
-        Dispatcher { router, outbounds, default, policy, next_id: AtomicU64::new(1) }
+        Dispatcher { router, outbounds, default, policy, access, next_id: AtomicU64::new(1) }
     }
 
     /// The policy of a user level (inbounds use level 0's `handshake` before the user is known).
@@ -86,7 +94,7 @@ impl Dispatcher {
                 return;
             }
         };
-        access_line(&session, tag);
+        access_line(&self.access, &session, tag);
         let id = session.id;
         let target = session.target.clone();
         match outbound.handle(session, stream).await {
@@ -108,27 +116,30 @@ impl Dispatcher {
     pub async fn connect_packet(&self, mut session: Session) -> Result<BoxPacketConn, ProxyError> {
         self.prepare(&mut session);
         let (tag, outbound) = self.pick(&session).await?;
-        access_line(&session, tag);
+        access_line(&self.access, &session, tag);
         outbound.connect_packet(&session).await
     }
 }
 
-/// V2Ray's access-log shape: `127.0.0.1:51860 accepted tcp:127.0.0.1:80 [portal]`.
-fn access_line(session: &Session, outbound_tag: &str) {
+/// V2Ray's access-log shape, `127.0.0.1:51860 accepted tcp:127.0.0.1:80 [external -> portal]`, with
+/// the inbound tag before the outbound's (as later V2Ray and Xray write it) and `-` for no source.
+fn access_line(access: &AccessLog, session: &Session, outbound_tag: &str) {
     // Runs once per connection: build nothing when no access log listens.
-    if !tracing::enabled!(target: crate::log::ACCESS_TARGET, tracing::Level::INFO) {
+    if !access.is_on() {
         return;
     }
-    let from = session.source.map_or_else(|| "-".to_string(), |s| s.to_string());
     let email = session.user.as_ref().and_then(|u| u.email.as_deref()).unwrap_or("");
-    info!(
-        target: crate::log::ACCESS_TARGET,
+    let from: &dyn std::fmt::Display = match &session.source {
+        Some(addr) => addr,
+        None => &"-",
+    };
+    access.line(format_args!(
         "{from} accepted {} [{}{}{outbound_tag}]{}{email}",
         session.target,
         session.inbound_tag.as_deref().unwrap_or(""),
         if session.inbound_tag.is_some() { " -> " } else { "" },
         if email.is_empty() { "" } else { " email: " },
-    );
+    ));
 }
 
 /// Dispatches the sessions of a Mux.Cool connection that arrived on an inbound; each keeps the carrier's

@@ -12,6 +12,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, InboundProtocol, OutboundProtocol};
 use crate::dispatch::Dispatcher;
+use crate::log::AccessLog;
 use crate::proxy::blackhole::Blackhole;
 use crate::proxy::dokodemo::Dokodemo;
 use crate::proxy::freedom::Freedom;
@@ -73,8 +74,13 @@ pub trait Service: Send + 'static {
 }
 
 impl Instance {
-    /// Builds every handler from a validated config. Nothing is opened yet.
+    /// Builds every handler from a validated config, with no access log. Nothing is opened yet.
     pub fn new(config: &Config) -> Result<Instance, InstanceError> {
+        Self::with_access_log(config, AccessLog::default())
+    }
+
+    /// Like [`Instance::new`], writing a line per routed flow to `access` (see [`crate::log::init`]).
+    pub fn with_access_log(config: &Config, access: AccessLog) -> Result<Instance, InstanceError> {
         let router = Router::new(&config.routing)?;
         let mut ordered: Vec<(Option<String>, Arc<dyn Outbound>)> = Vec::new();
         for ob in &config.outbounds {
@@ -96,7 +102,7 @@ impl Instance {
             portals.push(portal.clone());
             ordered.push((Some(p.tag.clone()), portal));
         }
-        let dispatcher = Arc::new(Dispatcher::new(router, ordered, config.policy.clone()));
+        let dispatcher = Arc::new(Dispatcher::new(router, ordered, config.policy.clone(), access));
 
         let mut inbounds = Vec::new();
         for ib in &config.inbounds {

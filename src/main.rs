@@ -117,13 +117,13 @@ fn main() -> ExitCode {
 
 fn run(files: Vec<PathBuf>) -> anyhow::Result<()> {
     let config = oxray::config::load_files(&files).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let _log = oxray::log::init(&config.log).context("opening log files")?;
+    let log = oxray::log::init(&config.log).context("opening log files")?;
     for w in &config.warnings {
         tracing::warn!("config: {w}");
     }
     let runtime = build_runtime().context("starting the runtime")?;
     runtime.block_on(async move {
-        let instance = oxray::instance::Instance::new(&config)?;
+        let instance = oxray::instance::Instance::with_access_log(&config, log.access())?;
         let running = instance.start().await?;
         tokio::spawn(trim_heap());
         tracing::warn!("oxray {} started", env!("CARGO_PKG_VERSION"));

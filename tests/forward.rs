@@ -129,7 +129,10 @@ async fn routes_by_inbound_tag_port_and_domain() {
         ep = echo.port()
     );
     let cfg = write_file(&dir, "config.json", &config);
-    let proc = Proc::spawn("routing", &oxray_bin(), &["run", "-c", cfg.to_str().unwrap()], &dir.join("oxray.log"), &[]);
+    // Five hours east of UTC (POSIX TZ signs are inverted): the logs' local time stamps must show it.
+    let envs = [("TZ", "OXT-5")];
+    let proc =
+        Proc::spawn("routing", &oxray_bin(), &["run", "-c", cfg.to_str().unwrap()], &dir.join("oxray.log"), &envs);
     assert!(wait_for_port(addr(pc), Duration::from_secs(10)), "{}", proc.log_text());
 
     xor_roundtrip(addr(pa), b"via direct").await.expect("inbound a goes direct to the echo server");
@@ -155,6 +158,39 @@ async fn routes_by_inbound_tag_port_and_domain() {
         ok,
         "access log does not show the expected routes:\n{}",
         std::fs::read_to_string(&access).unwrap_or_default()
+    );
+    // V2Ray's layout, `2006/01/02 15:04:05 <from> accepted <to> [<route>]`, in both logs.
+    let utc = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let access_text = std::fs::read_to_string(&access).unwrap();
+    for line in access_text.lines() {
+        check_stamp(line, utc + 5 * 3600);
+        assert!(line[20..].starts_with("127.0.0.1:") && line.contains(" accepted tcp:"), "{line:?}");
+    }
+    let started = proc.log_text();
+    let line = started.lines().find(|l| l.contains("started")).unwrap_or_else(|| panic!("no start line:\n{started}"));
+    check_stamp(line, utc + 5 * 3600);
+    assert!(line[20..].starts_with("[Warning] oxray "), "{line:?}");
+}
+
+/// `line` starts with a `YYYY/MM/DD hh:mm:ss ` stamp whose time of day is within 2 minutes of `local`
+/// (seconds since the epoch, shifted into the zone the process runs in).
+fn check_stamp(line: &str, local: u64) {
+    let b = line.as_bytes();
+    let layout = b.len() > 20
+        && b[..20].iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'/',
+            13 | 16 => *c == b':',
+            10 | 19 => *c == b' ',
+            _ => c.is_ascii_digit(),
+        });
+    assert!(layout, "not V2Ray's time stamp layout: {line:?}");
+    let num = |r: std::ops::Range<usize>| line[r].parse::<u64>().unwrap();
+    let of_day = num(11..13) * 3600 + num(14..16) * 60 + num(17..19);
+    let diff = (of_day + 86_400 - local % 86_400) % 86_400;
+    assert!(
+        diff <= 120 || diff >= 86_400 - 120,
+        "stamp {of_day} s into the day, expected ~{}: {line:?}",
+        local % 86_400
     );
 }
 
