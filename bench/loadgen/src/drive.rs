@@ -106,8 +106,16 @@ struct Impl {
 }
 
 impl Impl {
-    fn command(&self, cfg: &Path) -> Command {
-        let mut c = Command::new(&self.bin);
+    /// The command that runs this implementation on `cfg`, started on CPU 0 only when `pinned`.
+    fn command(&self, cfg: &Path, pinned: bool) -> Command {
+        let mut c = if pinned {
+            // taskset execs the program: the PID stays the implementation's own.
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0"]).arg(&self.bin);
+            c
+        } else {
+            Command::new(&self.bin)
+        };
         match self.kind {
             Kind::Oxray => c.arg("run").arg("-c").arg(cfg),
             Kind::V2ray => c.arg("-config").arg(cfg),
@@ -128,7 +136,9 @@ enum Step {
 struct State {
     imp: Impl,
     ports: Ports,
-    /// The long-lived (bridge, portal) pair used by the latency, rate and bulk steps.
+    /// Ports of the pairs started on CPU 0 for the pinned round trips.
+    pinned_ports: Ports,
+    /// The long-lived (bridge, portal) pair used by the unpinned latency, rate and bulk steps.
     pair: Option<(Proc, Proc)>,
     samples: Samples,
     failed: Option<String>,
@@ -142,10 +152,6 @@ impl State {
     fn ext(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.ports.external))
     }
-}
-
-fn all_cpus() -> String {
-    format!("0-{}", std::thread::available_parallelism().map_or(1, |n| n.get()) - 1)
 }
 
 struct Ports {
@@ -281,12 +287,6 @@ fn clk_tck() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// Pins every thread of `pid` (taskset -a) to `cpus`.
-fn pin(pid: u32, cpus: &str) -> io::Result<()> {
-    let st = Command::new("taskset").args(["-a", "-p", "-c", cpus, &pid.to_string()]).stdout(Stdio::null()).status()?;
-    if st.success() { Ok(()) } else { Err(err(format!("taskset for pid {pid} failed"))) }
-}
-
 /// Runs `loadgen <args>` (optionally under `taskset -c 0`) with a hard time limit and returns
 /// its last stdout line parsed as JSON.
 async fn run_json(pinned: bool, args: &[String], limit: Duration) -> io::Result<Value> {
@@ -340,6 +340,12 @@ struct Ctx {
     ticks: f64,
 }
 
+/// The service the pinned pairs forward to: a second `loadgen serve`, started on CPU 0.
+struct PinnedService {
+    port: u16,
+    _proc: Proc,
+}
+
 impl Ctx {
     fn args(&self, a: &[&str], addr: SocketAddr) -> Vec<String> {
         let mut v: Vec<String> = a.iter().map(|s| s.to_string()).collect();
@@ -358,21 +364,23 @@ impl Ctx {
 
     /// Starts bridge then portal immediately (same instant for the clock), and polls until
     /// the first round trip through the tunnel succeeds.
-    async fn start_pair(&self, imp: &Impl, ports: &Ports) -> io::Result<(Proc, Proc, f64)> {
-        let bcfg = self.dir.join(format!("{}-bridge.json", imp.name));
-        let pcfg = self.dir.join(format!("{}-portal.json", imp.name));
+    /// `pinned`: both processes start on CPU 0.
+    async fn start_pair(&self, imp: &Impl, ports: &Ports, pinned: bool) -> io::Result<(Proc, Proc, f64)> {
+        let name = if pinned { format!("{}-pinned", imp.name) } else { imp.name.to_string() };
+        let bcfg = self.dir.join(format!("{name}-bridge.json"));
+        let pcfg = self.dir.join(format!("{name}-portal.json"));
         std::fs::write(&bcfg, bridge_config(ports))?;
         std::fs::write(&pcfg, portal_config(ports))?;
         let t0 = Instant::now();
         let b = Proc::spawn(
-            &format!("{} bridge", imp.name),
-            imp.command(&bcfg),
-            &self.dir.join(format!("{}-bridge.log", imp.name)),
+            &format!("{name} bridge"),
+            imp.command(&bcfg, pinned),
+            &self.dir.join(format!("{name}-bridge.log")),
         )?;
         let p = Proc::spawn(
-            &format!("{} portal", imp.name),
-            imp.command(&pcfg),
-            &self.dir.join(format!("{}-portal.log", imp.name)),
+            &format!("{name} portal"),
+            imp.command(&pcfg, pinned),
+            &self.dir.join(format!("{name}-portal.log")),
         )?;
         let ext = SocketAddr::from(([127, 0, 0, 1], ports.external));
         // Poll every 5 ms; stop at once if either process dies (a config error, say).
@@ -405,7 +413,7 @@ impl Ctx {
 
     /// One startup repetition on a fresh pair: start-to-first-byte, idle RSS, RSS with N held.
     async fn startup_rep(&self, st: &mut State) -> io::Result<()> {
-        let (b, p, fb) = self.start_pair(&st.imp, &st.ports).await?;
+        let (b, p, fb) = self.start_pair(&st.imp, &st.ports, false).await?;
         st.push("first_byte_ms", fb * 1e3);
         let ext = st.ext();
         // First traffic: a few fresh sessions and one small verified transfer each way.
@@ -447,14 +455,13 @@ impl Ctx {
                 st.push("rtt_p50_added", p50 - dm("rtt_p50"));
             }
             Step::PingPinned => {
-                // Everything on CPU 0, where cross-CPU wakeups do not add noise.
-                for &pid in &[self.service_pid, bpid, ppid] {
-                    pin(pid, "0")?;
-                }
-                let r = self.pingpong(ext, true).await;
-                for &pid in &[self.service_pid, bpid, ppid] {
-                    pin(pid, &all_cpus())?;
-                }
+                // Everything on CPU 0, where cross-CPU wake-ups add no noise: a fresh pair started
+                // there, so each implementation sizes its runtime for the one CPU it has. Pinning the
+                // long-lived pair instead would leave V2Ray's Go runtime with GOMAXPROCS=2 on one
+                // CPU, which measured 41-52 us added where started on CPU 0 it steadily adds 38 us.
+                let (b, p, _) = self.start_pair(&st.imp, &st.pinned_ports, true).await?;
+                let r = self.pingpong(SocketAddr::from(([127, 0, 0, 1], st.pinned_ports.external)), true).await;
+                drop((b, p));
                 let (p50, p99) = r?;
                 st.push("rtt1_p50", p50);
                 st.push("rtt1_p99", p99);
@@ -559,15 +566,24 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
     let dir = std::env::temp_dir().join(format!("oxray-bench.{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     // All ports in one pick, so no two roles can draw the same one.
-    let all_ports = free_ports(1 + 2 * impls.len())?;
+    let all_ports = free_ports(2 + 4 * impls.len())?;
     let sp = all_ports[0];
     let exe = std::env::current_exe()?;
-    let mut svc_cmd = Command::new(exe);
+    let mut svc_cmd = Command::new(&exe);
     svc_cmd.args(["serve", "--port", &sp.to_string()]);
     let svc = Proc::spawn("service", svc_cmd, &dir.join("service.log"))?;
     let service = SocketAddr::from(([127, 0, 0, 1], sp));
+    let mut pinned_cmd = Command::new("taskset");
+    pinned_cmd.args(["-c", "0"]).arg(&exe).args(["serve", "--port", &all_ports[1].to_string()]);
+    let pinned_service = PinnedService {
+        port: all_ports[1],
+        _proc: Proc::spawn("service on CPU 0", pinned_cmd, &dir.join("service-pinned.log"))?,
+    };
+    let pinned_addr = SocketAddr::from(([127, 0, 0, 1], pinned_service.port));
     // Readiness by polling, not sleeping.
-    client::first_byte(service, Instant::now(), Duration::from_millis(5), Duration::from_secs(10)).await?;
+    for a in [service, pinned_addr] {
+        client::first_byte(a, Instant::now(), Duration::from_millis(5), Duration::from_secs(10)).await?;
+    }
     let ctx = Ctx { service_pid: svc.pid, opts, dir: dir.clone(), ticks: clk_tck() };
 
     eprintln!("[direct] baseline round trips straight to the service ({} x 64 B)", ctx.opts.ping_count);
@@ -577,13 +593,11 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
         direct.entry("rtt_p50").or_default().push(p50);
         direct.entry("rtt_p99").or_default().push(p99);
     }
-    pin(svc.pid, "0")?;
     for _ in 0..ctx.opts.reps {
-        let (p50, p99) = ctx.pingpong(service, true).await?;
+        let (p50, p99) = ctx.pingpong(pinned_addr, true).await?;
         direct.entry("rtt1_p50").or_default().push(p50);
         direct.entry("rtt1_p99").or_default().push(p99);
     }
-    pin(svc.pid, &all_cpus())?;
     // The load generator's own ceiling: a tunnel near this figure is limited by loadgen+service.
     let bs = ctx.opts.bulk_bytes.to_string();
     for _ in 0..ctx.opts.reps {
@@ -603,8 +617,10 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
     let started = Instant::now();
     let mut states: Vec<State> = Vec::new();
     for (i, imp) in impls.into_iter().enumerate() {
-        let ports = Ports { service: sp, external: all_ports[1 + 2 * i], interconn: all_ports[2 + 2 * i] };
-        states.push(State { imp, ports, pair: None, samples: Samples::new(), failed: None });
+        let ports = Ports { service: sp, external: all_ports[2 + 4 * i], interconn: all_ports[3 + 4 * i] };
+        let pinned_ports =
+            Ports { service: pinned_service.port, external: all_ports[4 + 4 * i], interconn: all_ports[5 + 4 * i] };
+        states.push(State { imp, ports, pinned_ports, pair: None, samples: Samples::new(), failed: None });
     }
     let reps = ctx.opts.reps;
     let fail = |st: &mut State, e: io::Error| {
@@ -628,7 +644,7 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
         }
     }
     for st in states.iter_mut().filter(|s| s.failed.is_none()) {
-        match ctx.start_pair(&st.imp, &st.ports).await {
+        match ctx.start_pair(&st.imp, &st.ports, false).await {
             Ok((b, p, _)) => st.pair = Some((b, p)),
             Err(e) => fail(st, e),
         }
@@ -678,6 +694,7 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
         })
         .collect();
     drop(svc);
+    drop(pinned_service);
 
     let report = render(&ctx.opts, &direct, &results, started.elapsed(), &load_start);
     println!("{}", report.table);
