@@ -458,7 +458,7 @@ impl Ctx {
                 // Everything on CPU 0, where cross-CPU wake-ups add no noise: a fresh pair started
                 // there, so each implementation sizes its runtime for the one CPU it has. Pinning the
                 // long-lived pair instead would leave V2Ray's Go runtime with GOMAXPROCS=2 on one
-                // CPU, which measured 41-52 us added where started on CPU 0 it steadily adds 38 us.
+                // CPU, which measured 35-46 us added run to run where started on CPU 0 it steadily adds 38 us.
                 let (b, p, _) = self.start_pair(&st.imp, &st.pinned_ports, true).await?;
                 let r = self.pingpong(SocketAddr::from(([127, 0, 0, 1], st.pinned_ports.external)), true).await;
                 drop((b, p));
