@@ -57,8 +57,9 @@ struct Stamp {
 /// `2006/01/02 15:04:05 127.0.0.1:51860 accepted tcp:127.0.0.1:80 [external -> portal]`.
 ///
 /// The line is formatted straight into the writer's batch buffer, bypassing `tracing`: its event
-/// machinery, per-line time formatting and message escaping cost ~5 % of the connection rate
-/// (docs/BENCHMARKS.md, round 5). The default value is off.
+/// machinery, per-line time formatting and message escaping cost ~4 % of the connection rate
+/// (docs/BENCHMARKS.md, round 5). A peer cannot forge lines through it: see `dispatch::access_line`.
+/// The default value is off.
 #[derive(Clone, Default)]
 pub struct AccessLog(Option<Arc<Shared>>);
 
