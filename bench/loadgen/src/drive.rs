@@ -566,7 +566,7 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
     let dir = std::env::temp_dir().join(format!("oxray-bench.{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     // All ports in one pick, so no two roles can draw the same one.
-    let all_ports = free_ports(2 + 4 * impls.len())?;
+    let all_ports = free_ports(4 + 4 * impls.len())?;
     let sp = all_ports[0];
     let exe = std::env::current_exe()?;
     let mut svc_cmd = Command::new(&exe);
@@ -598,6 +598,25 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
         direct.entry("rtt1_p50").or_default().push(p50);
         direct.entry("rtt1_p99").or_default().push(p99);
     }
+    // The floor under the pinned row: the same four process hops as a tunnel (two relays, each
+    // crossed both ways) with no protocol at all, through the plainest relay there is.
+    eprintln!("[floor] round trips through two plain relays on CPU 0 ({} x 64 B)", ctx.opts.ping_count);
+    {
+        let relay = |name: &str, from: u16, to: u16| {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0"]).arg(&exe).args(["relay", "--addr", &format!("127.0.0.1:{from}")]);
+            c.args(["--to", &format!("127.0.0.1:{to}")]);
+            Proc::spawn(name, c, &dir.join(format!("{name}.log")))
+        };
+        let _second = relay("relay-2", all_ports[3], pinned_service.port)?;
+        let _first = relay("relay-1", all_ports[2], all_ports[3])?;
+        let entry = SocketAddr::from(([127, 0, 0, 1], all_ports[2]));
+        client::first_byte(entry, Instant::now(), Duration::from_millis(5), Duration::from_secs(10)).await?;
+        for _ in 0..ctx.opts.reps {
+            let (p50, _) = ctx.pingpong(entry, true).await?;
+            direct.entry("rtt1_floor_p50").or_default().push(p50);
+        }
+    }
     // The load generator's own ceiling: a tunnel near this figure is limited by loadgen+service.
     let bs = ctx.opts.bulk_bytes.to_string();
     for _ in 0..ctx.opts.reps {
@@ -617,9 +636,9 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
     let started = Instant::now();
     let mut states: Vec<State> = Vec::new();
     for (i, imp) in impls.into_iter().enumerate() {
-        let ports = Ports { service: sp, external: all_ports[2 + 4 * i], interconn: all_ports[3 + 4 * i] };
+        let ports = Ports { service: sp, external: all_ports[4 + 4 * i], interconn: all_ports[5 + 4 * i] };
         let pinned_ports =
-            Ports { service: pinned_service.port, external: all_ports[4 + 4 * i], interconn: all_ports[5 + 4 * i] };
+            Ports { service: pinned_service.port, external: all_ports[6 + 4 * i], interconn: all_ports[7 + 4 * i] };
         states.push(State { imp, ports, pinned_ports, pair: None, samples: Samples::new(), failed: None });
     }
     let reps = ctx.opts.reps;
@@ -833,13 +852,17 @@ fn render(
     let dm = |k: &str| median(direct.get(k).map_or(&[][..], |v| v)).unwrap_or(f64::NAN);
     let base = format!(
         "Direct to the service (no tunnel), 64 B RTT: p50 {:.1} µs, p99 {:.1} µs; all on CPU 0: p50 {:.1} µs, p99 {:.1} µs. \
-         Direct bulk, 1 conn (the load generator's ceiling): upload {:.0} MB/s, download {:.0} MB/s.",
+         Direct bulk, 1 conn (the load generator's ceiling): upload {:.0} MB/s, download {:.0} MB/s.\n\n\
+         Two plain relays (blocking, a thread per direction, no protocol), all on CPU 0: p50 {:.1} µs, added {:.1} µs: \
+         the floor under the pinned rows, whose four process hops a tunnel also crosses (`bench/relay-floor.sh`).",
         dm("rtt_p50"),
         dm("rtt_p99"),
         dm("rtt1_p50"),
         dm("rtt1_p99"),
         dm("bulk_up_1"),
-        dm("bulk_down_1")
+        dm("bulk_down_1"),
+        dm("rtt1_floor_p50"),
+        dm("rtt1_floor_p50") - dm("rtt1_p50")
     );
     let _ = writeln!(table, "\n{base}");
     for (n, r) in results {
