@@ -175,17 +175,8 @@ async fn routes_by_inbound_tag_port_and_domain() {
 /// `line` starts with a `YYYY/MM/DD hh:mm:ss ` stamp whose time of day is within 2 minutes of `local`
 /// (seconds since the epoch, shifted into the zone the process runs in).
 fn check_stamp(line: &str, local: u64) {
-    let b = line.as_bytes();
-    let layout = b.len() > 20
-        && b[..20].iter().enumerate().all(|(i, c)| match i {
-            4 | 7 => *c == b'/',
-            13 | 16 => *c == b':',
-            10 | 19 => *c == b' ',
-            _ => c.is_ascii_digit(),
-        });
-    assert!(layout, "not V2Ray's time stamp layout: {line:?}");
-    let num = |r: std::ops::Range<usize>| line[r].parse::<u64>().unwrap();
-    let of_day = num(11..13) * 3600 + num(14..16) * 60 + num(17..19);
+    let of_day =
+        oxray::testing::log_stamp_seconds(line).unwrap_or_else(|| panic!("not V2Ray's time stamp layout: {line:?}"));
     let diff = (of_day + 86_400 - local % 86_400) % 86_400;
     assert!(
         diff <= 120 || diff >= 86_400 - 120,
