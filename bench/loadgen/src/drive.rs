@@ -108,14 +108,7 @@ struct Impl {
 impl Impl {
     /// The command that runs this implementation on `cfg`, started on CPU 0 only when `pinned`.
     fn command(&self, cfg: &Path, pinned: bool) -> Command {
-        let mut c = if pinned {
-            // taskset execs the program: the PID stays the implementation's own.
-            let mut c = Command::new("taskset");
-            c.args(["-c", "0"]).arg(&self.bin);
-            c
-        } else {
-            Command::new(&self.bin)
-        };
+        let mut c = if pinned { on_cpu0(&self.bin) } else { Command::new(&self.bin) };
         match self.kind {
             Kind::Oxray => c.arg("run").arg("-c").arg(cfg),
             Kind::V2ray => c.arg("-config").arg(cfg),
@@ -152,6 +145,13 @@ impl State {
     fn ext(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.ports.external))
     }
+}
+
+/// `program`, started on CPU 0 (taskset execs it: the PID stays the program's own).
+fn on_cpu0(program: &Path) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", "0"]).arg(program);
+    c
 }
 
 struct Ports {
@@ -573,8 +573,8 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
     svc_cmd.args(["serve", "--port", &sp.to_string()]);
     let svc = Proc::spawn("service", svc_cmd, &dir.join("service.log"))?;
     let service = SocketAddr::from(([127, 0, 0, 1], sp));
-    let mut pinned_cmd = Command::new("taskset");
-    pinned_cmd.args(["-c", "0"]).arg(&exe).args(["serve", "--port", &all_ports[1].to_string()]);
+    let mut pinned_cmd = on_cpu0(&exe);
+    pinned_cmd.args(["serve", "--port", &all_ports[1].to_string()]);
     let pinned_service = PinnedService {
         port: all_ports[1],
         _proc: Proc::spawn("service on CPU 0", pinned_cmd, &dir.join("service-pinned.log"))?,
@@ -603,8 +603,8 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
     eprintln!("[floor] round trips through two plain relays on CPU 0 ({} x 64 B)", ctx.opts.ping_count);
     {
         let relay = |name: &str, from: u16, to: u16| {
-            let mut c = Command::new("taskset");
-            c.args(["-c", "0"]).arg(&exe).args(["relay", "--addr", &format!("127.0.0.1:{from}")]);
+            let mut c = on_cpu0(&exe);
+            c.args(["relay", "--addr", &format!("127.0.0.1:{from}")]);
             c.args(["--to", &format!("127.0.0.1:{to}")]);
             Proc::spawn(name, c, &dir.join(format!("{name}.log")))
         };
