@@ -122,7 +122,8 @@ impl Dispatcher {
 }
 
 /// V2Ray's access-log shape, `127.0.0.1:51860 accepted tcp:127.0.0.1:80 [external -> portal]`, with
-/// the inbound tag before the outbound's (4.34 writes only `[portal]`) and `-` for no source.
+/// the inbound tag before the outbound's (4.34 writes only `[portal]`) and `-` for no source. As in
+/// 4.34, an outbound without a tag gives no brackets at all.
 fn access_line(access: &AccessLog, session: &Session, outbound_tag: &str) {
     // Runs once per connection: build nothing when no access log listens. Nothing here needs escaping
     // against forged lines: a peer controls only the destination, and a domain from the wire is
@@ -136,11 +137,15 @@ fn access_line(access: &AccessLog, session: &Session, outbound_tag: &str) {
         Some(addr) => addr,
         None => &"-",
     };
+    let (open, inbound, arrow, close) = match (outbound_tag, session.inbound_tag.as_deref()) {
+        ("", _) => ("", "", "", ""),
+        (_, Some(inbound)) => (" [", inbound, " -> ", "]"),
+        (_, None) => (" [", "", "", "]"),
+    };
+    let out = if open.is_empty() { "" } else { outbound_tag };
     access.line(format_args!(
-        "{from} accepted {} [{}{}{outbound_tag}]{}{email}",
+        "{from} accepted {}{open}{inbound}{arrow}{out}{close}{}{email}",
         session.target,
-        session.inbound_tag.as_deref().unwrap_or(""),
-        if session.inbound_tag.is_some() { " -> " } else { "" },
         if email.is_empty() { "" } else { " email: " },
     ));
 }
@@ -174,5 +179,29 @@ impl MuxHandler for InboundMux {
             }
             Err(e) => debug!("mux udp session refused: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{Address, Destination};
+
+    fn line_for(inbound: Option<&str>, source: bool, outbound: &str) -> String {
+        let log = AccessLog::in_memory();
+        let target = Destination::tcp(Address::parse("example.com"), 443);
+        let source = source.then(|| std::net::SocketAddr::from(([127, 0, 0, 1], 5000)));
+        access_line(&log, &Session::new(inbound.map(Arc::from), source, target), outbound);
+        let text = log.written();
+        assert!(text.ends_with('\n') && text.lines().count() == 1, "{text:?}");
+        text.trim_end()[20..].to_string()
+    }
+
+    #[test]
+    fn access_lines_name_the_route_as_far_as_it_has_tags() {
+        assert_eq!(line_for(Some("in"), true, "out"), "127.0.0.1:5000 accepted tcp:example.com:443 [in -> out]");
+        assert_eq!(line_for(None, true, "out"), "127.0.0.1:5000 accepted tcp:example.com:443 [out]");
+        assert_eq!(line_for(Some("in"), false, ""), "- accepted tcp:example.com:443");
+        assert_eq!(line_for(None, true, ""), "127.0.0.1:5000 accepted tcp:example.com:443");
     }
 }

@@ -93,6 +93,20 @@ impl AccessLog {
     }
 }
 
+#[cfg(test)]
+impl AccessLog {
+    /// An access log that keeps its lines in memory (no writer thread), for tests.
+    pub(crate) fn in_memory() -> Self {
+        let pending = Pending { buf: Vec::new(), closed: false, stamp: Stamp { sec: u64::MAX, text: [0; STAMP_LEN] } };
+        AccessLog(Some(Arc::new(Shared { pending: Mutex::new(pending), wake: Condvar::new() })))
+    }
+
+    /// What was written so far, time stamps included.
+    pub(crate) fn written(&self) -> String {
+        self.0.as_ref().map_or_else(String::new, |s| String::from_utf8_lossy(&lock_pending(s).buf).into_owned())
+    }
+}
+
 /// The error log's line layout, V2Ray's: `2006/01/02 15:04:05 [Warning] message key=value`, so
 /// the two logs read alike when both go to the console, and tools written for V2Ray's logs still parse.
 struct V2rayLayout;
@@ -337,19 +351,13 @@ mod tests {
         assert_eq!(local_stamp(now), utc_stamp(shifted));
     }
 
-    fn sink() -> (AccessLog, Arc<Shared>) {
-        let pending = Pending { buf: Vec::new(), closed: false, stamp: Stamp { sec: u64::MAX, text: [0; STAMP_LEN] } };
-        let shared = Arc::new(Shared { pending: Mutex::new(pending), wake: Condvar::new() });
-        (AccessLog(Some(shared.clone())), shared)
-    }
-
     #[test]
     fn access_lines_are_stamped_and_whole() {
-        let (log, shared) = sink();
+        let log = AccessLog::in_memory();
         let before = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         log.line(format_args!("{} accepted {} [{}]", "127.0.0.1:5", "tcp:a:1", "x -> y"));
         log.line(format_args!("- accepted {}", "udp:b:2"));
-        let text = String::from_utf8(lock_pending(&shared).buf.clone()).expect("utf-8");
+        let text = log.written();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text:?}");
         assert!(text.ends_with('\n'));
@@ -361,9 +369,10 @@ mod tests {
 
     #[test]
     fn error_log_lines_have_v2rays_layout() {
-        let (_, shared) = sink();
+        let log = AccessLog::in_memory();
+        let shared = log.0.clone().expect("in memory");
         let layer = tracing_subscriber::fmt::layer()
-            .with_writer(BatchWriter(shared.clone()))
+            .with_writer(BatchWriter(shared))
             .with_ansi(false)
             .event_format(V2rayLayout);
         let subscriber = tracing_subscriber::registry().with(layer);
@@ -371,7 +380,7 @@ mod tests {
             tracing::warn!(session = 7, "tunnel lost");
             tracing::error!("port taken");
         });
-        let text = String::from_utf8(lock_pending(&shared).buf.clone()).expect("utf-8");
+        let text = log.written();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text:?}");
         assert_eq!(&lines[0][STAMP_LEN..], "[Warning] tunnel lost session=7");
@@ -381,12 +390,12 @@ mod tests {
 
     #[test]
     fn a_line_that_does_not_fit_is_dropped_whole() {
-        let (log, shared) = sink();
+        let log = AccessLog::in_memory();
         let big = "x".repeat(LOG_PENDING_MAX - 100);
         log.line(format_args!("{big}"));
-        let len = lock_pending(&shared).buf.len();
+        let len = log.written().len();
         log.line(format_args!("{}", "y".repeat(200)));
-        assert_eq!(lock_pending(&shared).buf.len(), len, "a partial line was kept");
+        assert_eq!(log.written().len(), len, "a partial line was kept");
         assert!(!AccessLog::default().is_on());
         AccessLog::default().line(format_args!("nowhere"));
     }
