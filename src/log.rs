@@ -97,8 +97,7 @@ impl AccessLog {
 impl AccessLog {
     /// An access log that keeps its lines in memory (no writer thread), for tests.
     pub(crate) fn in_memory() -> Self {
-        let pending = Pending { buf: Vec::new(), closed: false, stamp: Stamp { sec: u64::MAX, text: [0; STAMP_LEN] } };
-        AccessLog(Some(Arc::new(Shared { pending: Mutex::new(pending), wake: Condvar::new() })))
+        AccessLog(Some(Shared::new()))
     }
 
     /// What was written so far, time stamps included.
@@ -195,6 +194,17 @@ struct Shared {
     wake: Condvar,
 }
 
+impl Shared {
+    fn new() -> Arc<Self> {
+        // No second has a stamp yet: `u64::MAX` matches no clock reading.
+        let stamp = Stamp { sec: u64::MAX, text: [0; STAMP_LEN] };
+        Arc::new(Shared {
+            pending: Mutex::new(Pending { buf: Vec::new(), closed: false, stamp }),
+            wake: Condvar::new(),
+        })
+    }
+}
+
 fn lock_pending(s: &Shared) -> MutexGuard<'_, Pending> {
     s.pending.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -248,8 +258,7 @@ impl Drop for WriterGuard {
 }
 
 fn batch_writer(mut sink: Box<dyn Write + Send>) -> io::Result<(BatchWriter, WriterGuard)> {
-    let pending = Pending { buf: Vec::new(), closed: false, stamp: Stamp { sec: u64::MAX, text: [0; STAMP_LEN] } };
-    let shared = Arc::new(Shared { pending: Mutex::new(pending), wake: Condvar::new() });
+    let shared = Shared::new();
     let s = shared.clone();
     let thread = std::thread::Builder::new().name("oxray-log".into()).stack_size(64 * 1024).spawn(move || {
         let mut out = Vec::new();

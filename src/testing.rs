@@ -49,17 +49,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteLog<S> {
 /// The seconds of the day in the `YYYY/MM/DD hh:mm:ss ` stamp that starts a log line, or `None` when
 /// the line does not start with one.
 pub fn log_stamp_seconds(line: &str) -> Option<u64> {
-    let b = line.as_bytes();
-    let layout = b.len() > 20
-        && b[..20].iter().enumerate().all(|(i, c)| match i {
-            4 | 7 => *c == b'/',
-            13 | 16 => *c == b':',
-            10 | 19 => *c == b' ',
-            _ => c.is_ascii_digit(),
-        });
-    let num = |r: std::ops::Range<usize>| line[r].parse::<u64>().ok();
-    if !layout {
-        return None;
-    }
-    Some(num(11..13)? * 3600 + num(14..16)? * 60 + num(17..19)?)
+    let stamp = line.as_bytes().get(..20)?;
+    let layout = stamp.iter().enumerate().all(|(i, c)| match i {
+        4 | 7 => *c == b'/',
+        13 | 16 => *c == b':',
+        10 | 19 => *c == b' ',
+        _ => c.is_ascii_digit(),
+    });
+    // All digits where parsed, so the parses cannot fail.
+    let num = |r: std::ops::Range<usize>| line[r].parse::<u64>().unwrap_or(0);
+    layout.then(|| num(11..13) * 3600 + num(14..16) * 60 + num(17..19))
 }
