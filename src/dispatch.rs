@@ -137,17 +137,12 @@ fn access_line(access: &AccessLog, session: &Session, outbound_tag: &str) {
         Some(addr) => addr,
         None => &"-",
     };
-    let (open, inbound, arrow, close) = match (outbound_tag, session.inbound_tag.as_deref()) {
-        ("", _) => ("", "", "", ""),
-        (_, Some(inbound)) => (" [", inbound, " -> ", "]"),
-        (_, None) => (" [", "", "", "]"),
-    };
-    let out = if open.is_empty() { "" } else { outbound_tag };
-    access.line(format_args!(
-        "{from} accepted {}{open}{inbound}{arrow}{out}{close}{}{email}",
-        session.target,
-        if email.is_empty() { "" } else { " email: " },
-    ));
+    let (target, mail) = (&session.target, if email.is_empty() { "" } else { " email: " });
+    match (outbound_tag, session.inbound_tag.as_deref()) {
+        ("", _) => access.line(format_args!("{from} accepted {target}{mail}{email}")),
+        (out, Some(inbound)) => access.line(format_args!("{from} accepted {target} [{inbound} -> {out}]{mail}{email}")),
+        (out, None) => access.line(format_args!("{from} accepted {target} [{out}]{mail}{email}")),
+    }
 }
 
 /// Dispatches the sessions of a Mux.Cool connection that arrived on an inbound; each keeps the carrier's
