@@ -340,12 +340,6 @@ struct Ctx {
     ticks: f64,
 }
 
-/// The service the pinned pairs forward to: a second `loadgen serve`, started on CPU 0.
-struct PinnedService {
-    port: u16,
-    _proc: Proc,
-}
-
 impl Ctx {
     fn args(&self, a: &[&str], addr: SocketAddr) -> Vec<String> {
         let mut v: Vec<String> = a.iter().map(|s| s.to_string()).collect();
@@ -567,19 +561,18 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
     std::fs::create_dir_all(&dir)?;
     // All ports in one pick, so no two roles can draw the same one.
     let all_ports = free_ports(4 + 4 * impls.len())?;
-    let sp = all_ports[0];
+    // The service, the service on CPU 0 (pinned pairs and baselines), the floor's two relays; then
+    // four per implementation.
+    let [sp, pinned_sp, relay1, relay2] = [all_ports[0], all_ports[1], all_ports[2], all_ports[3]];
     let exe = std::env::current_exe()?;
     let mut svc_cmd = Command::new(&exe);
     svc_cmd.args(["serve", "--port", &sp.to_string()]);
     let svc = Proc::spawn("service", svc_cmd, &dir.join("service.log"))?;
     let service = SocketAddr::from(([127, 0, 0, 1], sp));
     let mut pinned_cmd = on_cpu0(&exe);
-    pinned_cmd.args(["serve", "--port", &all_ports[1].to_string()]);
-    let pinned_service = PinnedService {
-        port: all_ports[1],
-        _proc: Proc::spawn("service on CPU 0", pinned_cmd, &dir.join("service-pinned.log"))?,
-    };
-    let pinned_addr = SocketAddr::from(([127, 0, 0, 1], pinned_service.port));
+    pinned_cmd.args(["serve", "--port", &pinned_sp.to_string()]);
+    let pinned_svc = Proc::spawn("service on CPU 0", pinned_cmd, &dir.join("service-pinned.log"))?;
+    let pinned_addr = SocketAddr::from(([127, 0, 0, 1], pinned_sp));
     // Readiness by polling, not sleeping.
     for a in [service, pinned_addr] {
         client::first_byte(a, Instant::now(), Duration::from_millis(5), Duration::from_secs(10)).await?;
@@ -608,9 +601,9 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
             c.args(["--to", &format!("127.0.0.1:{to}")]);
             Proc::spawn(name, c, &dir.join(format!("{name}.log")))
         };
-        let _second = relay("relay-2", all_ports[3], pinned_service.port)?;
-        let _first = relay("relay-1", all_ports[2], all_ports[3])?;
-        let entry = SocketAddr::from(([127, 0, 0, 1], all_ports[2]));
+        let _second = relay("relay-2", relay2, pinned_sp)?;
+        let _first = relay("relay-1", relay1, relay2)?;
+        let entry = SocketAddr::from(([127, 0, 0, 1], relay1));
         client::first_byte(entry, Instant::now(), Duration::from_millis(5), Duration::from_secs(10)).await?;
         for _ in 0..ctx.opts.reps {
             let (p50, _) = ctx.pingpong(entry, true).await?;
@@ -638,7 +631,7 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
     for (i, imp) in impls.into_iter().enumerate() {
         let ports = Ports { service: sp, external: all_ports[4 + 4 * i], interconn: all_ports[5 + 4 * i] };
         let pinned_ports =
-            Ports { service: pinned_service.port, external: all_ports[6 + 4 * i], interconn: all_ports[7 + 4 * i] };
+            Ports { service: pinned_sp, external: all_ports[6 + 4 * i], interconn: all_ports[7 + 4 * i] };
         states.push(State { imp, ports, pinned_ports, pair: None, samples: Samples::new(), failed: None });
     }
     let reps = ctx.opts.reps;
@@ -713,7 +706,7 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
         })
         .collect();
     drop(svc);
-    drop(pinned_service);
+    drop(pinned_svc);
 
     let report = render(&ctx.opts, &direct, &results, started.elapsed(), &load_start);
     println!("{}", report.table);
