@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
@@ -23,7 +22,7 @@ use crate::reverse::bridge::{Bridge, BridgeStatusHandle};
 use crate::reverse::portal::Portal;
 use crate::reverse::status::{BridgeStatus, PortalStatus};
 use crate::router::Router;
-use crate::transport::tcp;
+use crate::transport::{Incoming, Listener, StreamSettings};
 
 /// Why an instance could not be built or started.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +54,7 @@ struct InboundEntry {
     path: String,
     tag: Option<String>,
     addrs: Vec<SocketAddr>,
+    stream: StreamSettings,
     handler: Arc<dyn Inbound>,
 }
 
@@ -85,9 +85,11 @@ impl Instance {
         let mut ordered: Vec<(Option<String>, Arc<dyn Outbound>)> = Vec::new();
         for ob in &config.outbounds {
             let handler: Arc<dyn Outbound> = match &ob.protocol {
-                OutboundProtocol::Freedom(f) => Arc::new(Freedom::new(f.clone(), ob.send_through, &config.policy)),
+                OutboundProtocol::Freedom(f) => {
+                    Arc::new(Freedom::new(f.clone(), &ob.stream, ob.send_through, &config.policy))
+                }
                 OutboundProtocol::Blackhole(b) => Arc::new(Blackhole::new(b.clone())),
-                OutboundProtocol::Vmess(v) => Arc::new(VmessOutbound::new(v.clone(), ob.send_through)),
+                OutboundProtocol::Vmess(v) => Arc::new(VmessOutbound::new(v.clone(), &ob.stream, ob.send_through)),
             };
             let handler: Arc<dyn Outbound> = match ob.mux {
                 Some(mux) => Arc::new(Muxed::new(handler, mux)),
@@ -114,7 +116,13 @@ impl Instance {
                 ),
             };
             let addrs = (ib.port.first..=ib.port.last).map(|p| SocketAddr::new(ib.listen, p)).collect();
-            inbounds.push(InboundEntry { path: ib.path.clone(), tag: ib.tag.clone(), addrs, handler });
+            inbounds.push(InboundEntry {
+                path: ib.path.clone(),
+                tag: ib.tag.clone(),
+                addrs,
+                stream: ib.stream.clone(),
+                handler,
+            });
         }
         let mut services: Vec<Box<dyn Service>> = Vec::new();
         let mut bridges = Vec::new();
@@ -134,11 +142,8 @@ impl Instance {
         let mut listeners = Vec::new();
         for ib in &self.inbounds {
             for addr in &ib.addrs {
-                let l = TcpListener::bind(addr).await.map_err(|source| InstanceError::Listen {
-                    path: ib.path.clone(),
-                    addr: *addr,
-                    source,
-                })?;
+                let l = Listener::bind(*addr, &ib.stream, ib.handler.wants_original_dst())
+                    .map_err(|source| InstanceError::Listen { path: ib.path.clone(), addr: *addr, source })?;
                 listeners.push((ib.tag.clone(), l, ib.handler.clone()));
             }
         }
@@ -166,7 +171,7 @@ impl Instance {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Listener,
     handler: Arc<dyn Inbound>,
     dispatcher: Arc<Dispatcher>,
     tracker: TaskTracker,
@@ -179,14 +184,14 @@ async fn accept_loop(
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                tcp::tune(&stream);
+            Ok(incoming) => {
                 let handler = handler.clone();
                 let dispatcher = dispatcher.clone();
                 let hard_stop = hard_stop.clone();
                 tracker.spawn(async move {
+                    let peer = incoming.peer();
                     tokio::select! {
-                        _ = handler.accept(stream, peer, &dispatcher) => {}
+                        _ = serve(incoming, handler, dispatcher) => {}
                         _ = hard_stop.cancelled() => debug!(%peer, "connection cut at shutdown"),
                     }
                 });
@@ -197,6 +202,17 @@ async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// One accepted connection: the transport's handshake under the handshake deadline, then the inbound.
+async fn serve(incoming: Incoming, handler: Arc<dyn Inbound>, dispatcher: Arc<Dispatcher>) {
+    let peer = incoming.peer();
+    let deadline = dispatcher.policy(0).handshake;
+    match tokio::time::timeout(deadline, incoming.handshake()).await {
+        Ok(Ok(conn)) => handler.accept(conn, &dispatcher).await,
+        Ok(Err(e)) => debug!(%peer, "transport handshake failed: {e}"),
+        Err(_) => debug!(%peer, "transport handshake timed out after {deadline:?}"),
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::session::Address;
+pub use crate::transport::StreamSettings;
 
 /// A whole oxray/V2Ray configuration after validation.
 #[derive(Debug, Clone, Default)]
@@ -105,6 +106,8 @@ pub struct InboundConfig {
     pub port: PortRange,
     /// `protocol` + `settings`.
     pub protocol: InboundProtocol,
+    /// `streamSettings`.
+    pub stream: StreamSettings,
     /// JSON path of this inbound, e.g. `inbounds[1]`, for run-time messages.
     pub path: String,
 }
@@ -181,6 +184,8 @@ pub struct OutboundConfig {
     pub mux: Option<MuxConfig>,
     /// `sendThrough`: local IP to bind before dialing.
     pub send_through: Option<IpAddr>,
+    /// `streamSettings`.
+    pub stream: StreamSettings,
     /// JSON path, e.g. `outbounds[0]`.
     pub path: String,
 }

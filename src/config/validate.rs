@@ -187,7 +187,7 @@ fn build_inbound(ctx: &mut Ctx<'_>, node: &Node, path: &str, legacy_port: Option
     let o = ctx.obj(node, path, INBOUND_KEYS)?;
     let tag = tag(ctx, &o);
     let protocol = protocol_name(ctx, &o);
-    check_stream_settings(ctx, &o);
+    let stream = check_stream_settings(ctx, &o);
     if let Some(n) = o.get("allocate") {
         check_allocate(ctx, n, &o.path_of("allocate"));
     }
@@ -241,7 +241,7 @@ fn build_inbound(ctx: &mut Ctx<'_>, node: &Node, path: &str, legacy_port: Option
         }
         None => None,
     };
-    Some(InboundConfig { tag, listen: listen?, port: port?, protocol: protocol?, path: path.to_string() })
+    Some(InboundConfig { tag, listen: listen?, port: port?, protocol: protocol?, stream, path: path.to_string() })
 }
 
 fn port_range(ctx: &mut Ctx<'_>, n: &Node, path: &str) -> Option<PortRange> {
@@ -275,10 +275,12 @@ const STREAM_KEYS: &[&str] = &[
     "sockopt",
 ];
 
-/// Accepts only what plain TCP without TLS means; anything else is refused, naming the key.
-fn check_stream_settings(ctx: &mut Ctx<'_>, owner: &Obj<'_>) {
-    let Some(n) = owner.get("streamSettings") else { return };
-    let Some(o) = ctx.obj(n, &owner.path_of("streamSettings"), STREAM_KEYS) else { return };
+/// Builds `streamSettings`. Accepts only what plain TCP without TLS means; anything else is refused,
+/// naming the key.
+fn check_stream_settings(ctx: &mut Ctx<'_>, owner: &Obj<'_>) -> StreamSettings {
+    let stream = StreamSettings::default();
+    let Some(n) = owner.get("streamSettings") else { return stream };
+    let Some(o) = ctx.obj(n, &owner.path_of("streamSettings"), STREAM_KEYS) else { return stream };
     if let Some(net) = o.str(ctx, "network")
         && !net.eq_ignore_ascii_case("tcp")
     {
@@ -328,6 +330,7 @@ fn check_stream_settings(ctx: &mut Ctx<'_>, owner: &Obj<'_>) {
             ctx.unsupported(v, &o.path_of(key), &format!("{key:?}"));
         }
     }
+    stream
 }
 
 fn check_allocate(ctx: &mut Ctx<'_>, n: &Node, path: &str) {
@@ -516,7 +519,7 @@ fn build_outbound(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Outbound
     let o = ctx.obj(node, path, OUTBOUND_KEYS)?;
     let tag = tag(ctx, &o);
     let protocol = protocol_name(ctx, &o);
-    check_stream_settings(ctx, &o);
+    let stream = check_stream_settings(ctx, &o);
     if let Some(n) = o.get("proxySettings") {
         ctx.unsupported(n, &o.path_of("proxySettings"), "\"proxySettings\"");
     }
@@ -547,7 +550,7 @@ fn build_outbound(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Outbound
         }
         None => None,
     };
-    Some(OutboundConfig { tag, protocol: protocol?, mux, send_through, path: path.to_string() })
+    Some(OutboundConfig { tag, protocol: protocol?, mux, send_through, stream, path: path.to_string() })
 }
 
 fn build_mux(ctx: &mut Ctx<'_>, n: &Node, path: &str) -> Option<MuxConfig> {

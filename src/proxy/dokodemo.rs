@@ -1,16 +1,15 @@
 //! `dokodemo-door`: every accepted connection goes to one fixed target (or its original destination).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::net::TcpStream;
 use tracing::warn;
 
 use crate::config::{DokodemoConfig, LevelPolicy};
 use crate::dispatch::Dispatcher;
 use crate::proxy::Inbound;
 use crate::session::{Address, Destination, Session};
+use crate::transport::Accepted;
 
 /// The dokodemo-door inbound.
 pub struct Dokodemo {
@@ -24,9 +23,9 @@ impl Dokodemo {
         Dokodemo { tag: tag.map(Arc::from), config }
     }
 
-    fn target(&self, stream: &TcpStream) -> Option<Destination> {
+    fn target(&self, conn: &Accepted) -> Option<Destination> {
         if self.config.follow_redirect
-            && let Some(orig) = original_dst(stream)
+            && let Some(orig) = conn.original_dst
         {
             return Some(Destination::tcp(Address::from(orig.ip()), orig.port()));
         }
@@ -36,8 +35,13 @@ impl Dokodemo {
 
 #[async_trait]
 impl Inbound for Dokodemo {
-    async fn accept(&self, stream: TcpStream, peer: SocketAddr, dispatcher: &Arc<Dispatcher>) {
-        let Some(target) = self.target(&stream) else {
+    fn wants_original_dst(&self) -> bool {
+        self.config.follow_redirect
+    }
+
+    async fn accept(&self, conn: Accepted, dispatcher: &Arc<Dispatcher>) {
+        let peer = conn.peer;
+        let Some(target) = self.target(&conn) else {
             warn!(%peer, "dokodemo-door: no original destination and no address configured");
             return;
         };
@@ -47,26 +51,11 @@ impl Inbound for Dokodemo {
         }
         let timeout = self.config.timeout.filter(|_| self.config.user_level == 0);
         dispatcher
-            .dispatch_with(session, Box::new(stream), move |p: &mut LevelPolicy| {
+            .dispatch_with(session, conn.stream, move |p: &mut LevelPolicy| {
                 if let Some(t) = timeout {
                     p.conn_idle = t;
                 }
             })
             .await;
     }
-}
-
-/// SO_ORIGINAL_DST of a redirected (iptables REDIRECT) connection.
-#[cfg(target_os = "linux")]
-fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
-    let sock = socket2::SockRef::from(stream);
-    sock.original_dst_v4()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .or_else(|| sock.original_dst_v6().ok().and_then(|a| a.as_socket()))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn original_dst(_stream: &TcpStream) -> Option<SocketAddr> {
-    None
 }

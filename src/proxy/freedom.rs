@@ -11,7 +11,7 @@ use tokio::net::UdpSocket;
 use crate::config::{FreedomConfig, FreedomDomainStrategy, LevelPolicy, PolicyConfig};
 use crate::proxy::{BoxPacketConn, BoxStream, Outbound, PacketConn, ProxyError, RelayStats, relay};
 use crate::session::{Address, Session};
-use crate::transport::tcp::{self, Resolve};
+use crate::transport::{Dialer, Resolve, StreamSettings, tcp};
 
 /// V2Ray's freedom dial schedule: 5 attempts, waiting 100/200/300/400 ms between them.
 const DIAL_WAITS: [Duration; 4] =
@@ -21,15 +21,23 @@ const DIAL_WAITS: [Duration; 4] =
 pub struct Freedom {
     config: FreedomConfig,
     send_through: Option<IpAddr>,
+    dialer: Dialer,
     /// The policy of `userLevel` when it is set: it then governs the flows this outbound carries.
     level_policy: Option<LevelPolicy>,
 }
 
 impl Freedom {
     /// Builds it from its settings, the outbound's `sendThrough` and the instance's policy levels.
-    pub fn new(config: FreedomConfig, send_through: Option<IpAddr>, policy: &PolicyConfig) -> Self {
+    pub fn new(
+        config: FreedomConfig,
+        stream: &StreamSettings,
+        send_through: Option<IpAddr>,
+        policy: &PolicyConfig,
+    ) -> Self {
         let level_policy = (config.user_level != 0).then(|| policy.level(config.user_level));
-        Freedom { config, send_through, level_policy }
+        let family = family(config.domain_strategy);
+        let dialer = Dialer::new(stream, send_through).with_family(family).with_retries(&DIAL_WAITS);
+        Freedom { config, send_through, dialer, level_policy }
     }
 
     /// The real target after `redirect`: a non-empty host (other than 0.0.0.0) and a non-zero port override.
@@ -46,13 +54,13 @@ impl Freedom {
         }
         (addr, port)
     }
+}
 
-    fn family(&self) -> Resolve {
-        match self.config.domain_strategy {
-            FreedomDomainStrategy::AsIs | FreedomDomainStrategy::UseIp => Resolve::Any,
-            FreedomDomainStrategy::UseIpv4 => Resolve::V4,
-            FreedomDomainStrategy::UseIpv6 => Resolve::V6,
-        }
+fn family(strategy: FreedomDomainStrategy) -> Resolve {
+    match strategy {
+        FreedomDomainStrategy::AsIs | FreedomDomainStrategy::UseIp => Resolve::Any,
+        FreedomDomainStrategy::UseIpv4 => Resolve::V4,
+        FreedomDomainStrategy::UseIpv6 => Resolve::V6,
     }
 }
 
@@ -68,13 +76,12 @@ impl Outbound for Freedom {
 
     async fn connect(&self, session: &Session) -> Result<BoxStream, ProxyError> {
         let (addr, port) = self.target(session);
-        let stream = tcp::dial(&addr, port, self.send_through, self.family(), &DIAL_WAITS).await?;
-        Ok(Box::new(stream))
+        Ok(self.dialer.dial(&addr, port).await?)
     }
 
     async fn connect_packet(&self, session: &Session) -> Result<BoxPacketConn, ProxyError> {
         let (addr, port) = self.target(session);
-        let dest = *tcp::resolve(&addr, port, self.family())
+        let dest = *tcp::resolve(&addr, port, self.dialer.family())
             .await?
             .first()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;

@@ -73,11 +73,12 @@ pub trait Outbound: Send + Sync + 'static {
 /// An inbound handler: turns one accepted connection into a routed flow.
 #[async_trait]
 pub trait Inbound: Send + Sync + 'static {
-    /// Runs the handshake on `stream` (from `peer`) and dispatches the flow; returns when it has ended.
-    async fn accept(
-        &self,
-        stream: tokio::net::TcpStream,
-        peer: std::net::SocketAddr,
-        dispatcher: &std::sync::Arc<crate::dispatch::Dispatcher>,
-    );
+    /// Runs the protocol's handshake on `conn` (already through its transport) and dispatches the flow;
+    /// returns when it has ended.
+    async fn accept(&self, conn: crate::transport::Accepted, dispatcher: &std::sync::Arc<crate::dispatch::Dispatcher>);
+
+    /// Whether the listener should look up each connection's original destination (SO_ORIGINAL_DST).
+    fn wants_original_dst(&self) -> bool {
+        false
+    }
 }

@@ -1,12 +1,13 @@
-//! TCP dialing and socket options shared by every outbound.
+//! Plain TCP: name resolution, one connect attempt, and the original destination of redirected
+//! connections.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::net::{TcpSocket, TcpStream, lookup_host};
-use tracing::debug;
 
+use super::sockopt::SocketOpts;
 use crate::session::Address;
 
 /// How a domain is resolved before dialing.
@@ -41,52 +42,51 @@ pub async fn resolve(addr: &Address, port: u16, family: Resolve) -> io::Result<V
     Ok(picked)
 }
 
-/// Applies the options every oxray TCP socket gets: no Nagle delay (Mux and VMess do their own batching).
-pub fn tune(stream: &TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
-        debug!("set_nodelay failed: {e}");
-    }
-}
-
-/// Connects to `addr:port`, optionally from `bind`, trying each resolved address once per attempt.
-/// `retry_waits` are the pauses before the 2nd, 3rd... attempt (empty = one attempt).
-pub async fn dial(
+/// One connect attempt: each resolved address in turn, each under `timeout`.
+pub(super) async fn dial_once(
     addr: &Address,
     port: u16,
     bind: Option<IpAddr>,
     family: Resolve,
-    retry_waits: &[Duration],
+    opts: &SocketOpts,
+    timeout: Duration,
 ) -> io::Result<TcpStream> {
-    let mut last_err = None;
-    for attempt in 0..=retry_waits.len() {
-        if attempt > 0 {
-            tokio::time::sleep(retry_waits[attempt - 1]).await;
-        }
-        match dial_once(addr, port, bind, family).await {
-            Ok(s) => return Ok(s),
-            Err(e) => {
-                debug!(%addr, port, attempt, "dial failed: {e}");
-                last_err = Some(e);
-            }
-        }
-    }
-    Err(last_err.unwrap_or_else(|| io::Error::other("dial failed")))
-}
-
-async fn dial_once(addr: &Address, port: u16, bind: Option<IpAddr>, family: Resolve) -> io::Result<TcpStream> {
     let mut last_err = None;
     for sa in resolve(addr, port, family).await? {
         let socket = if sa.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
         if let Some(ip) = bind {
             socket.bind(SocketAddr::new(ip, 0))?;
         }
-        match socket.connect(sa).await {
-            Ok(s) => {
-                tune(&s);
+        opts.before_connect(&socket);
+        match tokio::time::timeout(timeout, socket.connect(sa)).await {
+            Ok(Ok(s)) => {
+                opts.established(&s);
                 return Ok(s);
             }
-            Err(e) => last_err = Some(e),
+            Ok(Err(e)) => last_err = Some(e),
+            Err(_) => {
+                last_err = Some(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connect to {sa} timed out after {timeout:?}"),
+                ))
+            }
         }
     }
     Err(last_err.unwrap_or_else(|| io::Error::other("no address to dial")))
+}
+
+/// SO_ORIGINAL_DST of a redirected (iptables REDIRECT) connection.
+#[cfg(target_os = "linux")]
+pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
+    let sock = socket2::SockRef::from(stream);
+    sock.original_dst_v4()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .or_else(|| sock.original_dst_v6().ok().and_then(|a| a.as_socket()))
+}
+
+/// SO_ORIGINAL_DST is Linux only.
+#[cfg(not(target_os = "linux"))]
+pub fn original_dst(_stream: &TcpStream) -> Option<SocketAddr> {
+    None
 }

@@ -256,6 +256,7 @@ pub fn vmess_server_config(users: &[([u8; 16], u16)], handshake: Option<Duration
         listen: "127.0.0.1".parse().unwrap(),
         port: PortRange { first: 0, last: 0 },
         protocol: InboundProtocol::Vmess(VmessInboundConfig { clients, ..Default::default() }),
+        stream: Default::default(),
         path: "inbounds[0]".into(),
     });
     cfg.outbounds.push(OutboundConfig {
@@ -263,6 +264,7 @@ pub fn vmess_server_config(users: &[([u8; 16], u16)], handshake: Option<Duration
         protocol: OutboundProtocol::Freedom(FreedomConfig::default()),
         mux: None,
         send_through: None,
+        stream: Default::default(),
         path: "outbounds[0]".into(),
     });
     if let Some(h) = handshake {
@@ -294,6 +296,7 @@ pub fn vmess_client_config(
             timeout: None,
             user_level: 0,
         }),
+        stream: Default::default(),
         path: "inbounds[0]".into(),
     });
     cfg.outbounds.push(OutboundConfig {
@@ -307,6 +310,7 @@ pub fn vmess_client_config(
         }),
         mux: None,
         send_through: None,
+        stream: Default::default(),
         path: "outbounds[0]".into(),
     });
     cfg
@@ -415,6 +419,7 @@ pub fn udp_outbound(
                 users: vec![VmessUserConfig { id: SecretId(id), alter_id, security, level: 0, email: None }],
             }],
         },
+        &Default::default(),
         None,
     )
 }

@@ -2,12 +2,10 @@
 //! Every refused request is drained silently (Go's `drainConnection`), so a probe cannot tell a wrong
 //! key from a slow server.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, info};
 
@@ -19,8 +17,9 @@ use super::unix_now;
 use super::validator::Validator;
 use crate::config::VmessInboundConfig;
 use crate::dispatch::Dispatcher;
-use crate::proxy::{Inbound, relay_packets};
+use crate::proxy::{BoxStream, Inbound, relay_packets};
 use crate::session::{Destination, Session};
+use crate::transport::Accepted;
 
 /// Largest request header accepted (AEAD length is a u16).
 const MAX_HEADER: usize = 16 + 18 + 8 + 65535 + 16;
@@ -65,7 +64,7 @@ impl VmessInbound {
 
     /// Reads and discards up to the drain size (counting what was already read), until EOF or the
     /// handshake deadline, then lets the caller close.
-    async fn drain(&self, stream: &mut TcpStream, already: usize, deadline: Instant) {
+    async fn drain(&self, stream: &mut BoxStream, already: usize, deadline: Instant) {
         let mut left = self.drain_size().saturating_sub(already);
         let mut sink = [0u8; 1024];
         while left > 0 {
@@ -80,7 +79,8 @@ impl VmessInbound {
 
 #[async_trait]
 impl Inbound for VmessInbound {
-    async fn accept(&self, mut stream: TcpStream, peer: SocketAddr, dispatcher: &Arc<Dispatcher>) {
+    async fn accept(&self, conn: Accepted, dispatcher: &Arc<Dispatcher>) {
+        let Accepted { mut stream, peer, .. } = conn;
         let deadline = Instant::now() + dispatcher.policy(0).handshake;
         let mut buf: Vec<u8> = Vec::with_capacity(512);
         let mut hs = ServerHandshake::new(&self.validator, unix_now());

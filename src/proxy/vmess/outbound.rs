@@ -8,7 +8,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use super::body::{BodySecurity, ChunkDecoder, ChunkEncoder, OPT_CHUNK_MASKING, OPT_CHUNK_STREAM, OPT_GLOBAL_PADDING};
@@ -22,7 +21,7 @@ use super::unix_now;
 use crate::config::{VmessOutboundConfig, VmessSecurity};
 use crate::proxy::{BoxPacketConn, BoxStream, Outbound, PacketConn, ProxyError};
 use crate::session::{Address, Destination, Network, Session};
-use crate::transport::tcp::{self, Resolve};
+use crate::transport::{Dialer, StreamSettings};
 
 /// Shorter than V2Ray's 200..800 ms schedule: callers that keep a link up (the reverse bridge, mux pools)
 /// have their own back-off, and a long inner retry would hide a server that is back.
@@ -156,12 +155,12 @@ struct Server {
 pub struct VmessOutbound {
     servers: Vec<Server>,
     next: AtomicUsize,
-    send_through: Option<IpAddr>,
+    dialer: Dialer,
 }
 
 impl VmessOutbound {
     /// Builds it from validated settings (at least one server, each with at least one user).
-    pub fn new(cfg: VmessOutboundConfig, send_through: Option<IpAddr>) -> Self {
+    pub fn new(cfg: VmessOutboundConfig, stream: &StreamSettings, send_through: Option<IpAddr>) -> Self {
         let servers = cfg
             .servers
             .into_iter()
@@ -171,7 +170,11 @@ impl VmessOutbound {
                 users: s.users.iter().map(|u| ClientUser::new(&u.id.0, u.alter_id, u.security)).collect(),
             })
             .collect();
-        VmessOutbound { servers, next: AtomicUsize::new(0), send_through }
+        VmessOutbound {
+            servers,
+            next: AtomicUsize::new(0),
+            dialer: Dialer::new(stream, send_through).with_retries(&DIAL_WAITS),
+        }
     }
 }
 
@@ -183,7 +186,7 @@ fn random_index(n: usize) -> usize {
 
 impl VmessOutbound {
     /// Dials the next server and sends the request header for `target` at once.
-    async fn open(&self, target: &Destination) -> Result<VmessStream<TcpStream>, ProxyError> {
+    async fn open(&self, target: &Destination) -> Result<VmessStream<BoxStream>, ProxyError> {
         if self.servers.is_empty() {
             return Err(ProxyError::Refused("vmess: no server configured".into()));
         }
@@ -192,9 +195,9 @@ impl VmessOutbound {
         let Some(user) = server.users.get(random_index(server.users.len())) else {
             return Err(ProxyError::Refused("vmess: server has no user".into()));
         };
-        let tcp = tcp::dial(&server.address, server.port, self.send_through, Resolve::Any, &DIAL_WAITS).await?;
+        let inner = self.dialer.dial(&server.address, server.port).await?;
         let mut stream =
-            user.handshake(tcp, target, unix_now()).map_err(|e| ProxyError::Refused(format!("vmess: {e}")))?;
+            user.handshake(inner, target, unix_now()).map_err(|e| ProxyError::Refused(format!("vmess: {e}")))?;
         // The request header goes out now, with no payload: the reverse bridge deadlocks otherwise.
         stream.flush().await?;
         Ok(stream)

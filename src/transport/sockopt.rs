@@ -1,0 +1,167 @@
+//! Socket options, typed and set in one place: every listener, accepted socket and dialed socket of
+//! oxray goes through [`SocketOpts`].
+
+use std::io;
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::net::{TcpSocket, TcpStream};
+use tracing::debug;
+
+/// TCP keepalive probing: first probe after `idle` of silence, then every `interval`, `retries` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Silence before the first probe.
+    pub idle: Duration,
+    /// Pause between probes.
+    pub interval: Duration,
+    /// Unanswered probes before the kernel drops the connection.
+    pub retries: u32,
+}
+
+/// Options applied to a TCP socket. `Default` is what every oxray socket gets unless told otherwise:
+/// no Nagle delay (Mux and VMess batch their own writes), nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketOpts {
+    /// `TCP_NODELAY`.
+    pub nodelay: bool,
+    /// `SO_KEEPALIVE` with these timers.
+    pub keepalive: Option<Keepalive>,
+    /// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged before the kernel drops the
+    /// connection (Linux only).
+    pub user_timeout: Option<Duration>,
+    /// `SO_MARK` (`sockopt.mark`; needs CAP_NET_ADMIN, a failure is only logged).
+    pub mark: Option<u32>,
+    /// `TCP_FASTOPEN` on listeners / `TCP_FASTOPEN_CONNECT` on dialers (`sockopt.tcpFastOpen`);
+    /// None leaves the OS default.
+    pub fast_open: Option<bool>,
+}
+
+impl Default for SocketOpts {
+    fn default() -> Self {
+        SocketOpts { nodelay: true, keepalive: None, user_timeout: None, mark: None, fast_open: None }
+    }
+}
+
+/// Linux's TCP_FASTOPEN_CONNECT (not in every libc crate version).
+#[cfg(target_os = "linux")]
+const TCP_FASTOPEN_CONNECT: libc::c_int = 30;
+
+impl SocketOpts {
+    /// Options set before `connect` (they must be on the socket before the SYN goes out).
+    pub fn before_connect(&self, socket: &TcpSocket) {
+        let s = SockRef::from(socket);
+        self.mark_and_keepalive(&s);
+        #[cfg(target_os = "linux")]
+        if let Some(on) = self.fast_open
+            && let Err(e) = set_int(&s, libc::IPPROTO_TCP, TCP_FASTOPEN_CONNECT, on as libc::c_int)
+        {
+            debug!("TCP_FASTOPEN_CONNECT failed: {e}");
+        }
+    }
+
+    /// Options set on a listening socket before `listen`.
+    pub fn before_listen(&self, socket: &TcpSocket) {
+        let s = SockRef::from(socket);
+        self.mark_and_keepalive(&s);
+        #[cfg(target_os = "linux")]
+        // The value is the queue length of pending fast-open requests (4.34 sets 1, or 0 to turn it off).
+        if let Some(on) = self.fast_open
+            && let Err(e) = set_int(&s, libc::IPPROTO_TCP, libc::TCP_FASTOPEN, on as libc::c_int)
+        {
+            debug!("TCP_FASTOPEN failed: {e}");
+        }
+    }
+
+    /// Options set on an established connection (accepted or dialed).
+    pub fn established(&self, stream: &TcpStream) {
+        if self.nodelay
+            && let Err(e) = stream.set_nodelay(true)
+        {
+            debug!("set_nodelay failed: {e}");
+        }
+        let s = SockRef::from(stream);
+        // Accepted sockets do not inherit keepalive timers on every OS: set them again.
+        if let Some(k) = self.keepalive {
+            set_keepalive(&s, k);
+        }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Some(t) = self.user_timeout
+            && let Err(e) = s.set_tcp_user_timeout(Some(t))
+        {
+            debug!("TCP_USER_TIMEOUT failed: {e}");
+        }
+    }
+
+    fn mark_and_keepalive(&self, s: &SockRef<'_>) {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Some(mark) = self.mark
+            && let Err(e) = s.set_mark(mark)
+        {
+            tracing::warn!("sockopt.mark {mark}: cannot set SO_MARK ({e}); it needs CAP_NET_ADMIN");
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        if self.mark.is_some() {
+            tracing::warn!("sockopt.mark is ignored on this OS");
+        }
+        if let Some(k) = self.keepalive {
+            set_keepalive(s, k);
+        }
+    }
+}
+
+fn set_keepalive(s: &SockRef<'_>, k: Keepalive) {
+    let ka = socket2::TcpKeepalive::new().with_time(k.idle).with_interval(k.interval);
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "macos", target_os = "freebsd"))]
+    let ka = ka.with_retries(k.retries);
+    if let Err(e) = s.set_tcp_keepalive(&ka) {
+        debug!("SO_KEEPALIVE failed: {e}");
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn set_int(s: &SockRef<'_>, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid fd borrowed for the call, a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn options_reach_the_socket() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let opts = SocketOpts {
+            keepalive: Some(Keepalive { idle: Duration::from_secs(7), interval: Duration::from_secs(3), retries: 4 }),
+            user_timeout: Some(Duration::from_millis(4500)),
+            ..SocketOpts::default()
+        };
+        let socket = TcpSocket::new_v4().unwrap();
+        opts.before_connect(&socket);
+        let (c, _) = tokio::join!(socket.connect(addr), l.accept());
+        let c = c.unwrap();
+        opts.established(&c);
+        let s = SockRef::from(&c);
+        assert!(c.nodelay().unwrap());
+        assert!(s.keepalive().unwrap());
+        #[cfg(target_os = "linux")]
+        {
+            assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(7));
+            assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(3));
+            assert_eq!(s.tcp_keepalive_retries().unwrap(), 4);
+            assert_eq!(s.tcp_user_timeout().unwrap(), Some(Duration::from_millis(4500)));
+        }
+    }
+}
