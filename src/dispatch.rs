@@ -121,6 +121,18 @@ impl Dispatcher {
     }
 }
 
+/// The built-in resolver's queries are routed like any flow from its tag, without an access line (4.34).
+#[async_trait]
+impl crate::dns::Upstream for Dispatcher {
+    async fn open_udp(&self, tag: Arc<str>, target: crate::session::Destination) -> Result<BoxPacketConn, ProxyError> {
+        let mut session = Session::new(Some(tag), None, target);
+        self.prepare(&mut session);
+        let (out, outbound) = self.pick(&session).await?;
+        debug!(target = %session.target, outbound = out, "dns: query taking detour");
+        outbound.connect_packet(&session).await
+    }
+}
+
 /// V2Ray's access-log shape, `127.0.0.1:51860 accepted tcp:127.0.0.1:80 [external -> portal]`, with
 /// the inbound tag before the outbound's (4.34 writes only `[portal]`) and `-` for no source. As in
 /// 4.34, an outbound without a tag gives no brackets at all.

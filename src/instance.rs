@@ -11,8 +11,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, InboundProtocol, OutboundProtocol};
 use crate::dispatch::Dispatcher;
+use crate::dns::Resolver;
 use crate::log::AccessLog;
 use crate::proxy::blackhole::Blackhole;
+use crate::proxy::dns::DnsOutbound;
 use crate::proxy::dokodemo::Dokodemo;
 use crate::proxy::freedom::Freedom;
 use crate::proxy::muxed::Muxed;
@@ -81,13 +83,28 @@ impl Instance {
 
     /// Like [`Instance::new`], writing a line per routed flow to `access` (see [`crate::log::init`]).
     pub fn with_access_log(config: &Config, access: AccessLog) -> Result<Instance, InstanceError> {
-        let router = Router::new(&config.routing)?;
+        // The `dns` object's resolver serves routing, freedom and the dns outbound; the dns outbound
+        // falls back to the system resolver without one (4.34).
+        let resolver = match &config.dns {
+            Some(d) => Some(Arc::new(
+                Resolver::new(d).map_err(|e| InstanceError::Handler { path: e.path, message: e.message })?,
+            )),
+            None => None,
+        };
+        let router = Router::new(&config.routing)?.with_resolver(resolver.clone());
         let mut ordered: Vec<(Option<String>, Arc<dyn Outbound>)> = Vec::new();
         for ob in &config.outbounds {
             let handler: Arc<dyn Outbound> = match &ob.protocol {
-                OutboundProtocol::Freedom(f) => {
-                    Arc::new(Freedom::new(f.clone(), &ob.stream, ob.send_through, &config.policy))
-                }
+                OutboundProtocol::Freedom(f) => Arc::new(
+                    Freedom::new(f.clone(), &ob.stream, ob.send_through, &config.policy)
+                        .with_resolver(resolver.clone()),
+                ),
+                OutboundProtocol::Dns(d) => Arc::new(DnsOutbound::new(
+                    d.clone(),
+                    &ob.stream,
+                    ob.send_through,
+                    resolver.clone().unwrap_or_else(|| Arc::new(Resolver::system())),
+                )),
                 OutboundProtocol::Blackhole(b) => Arc::new(Blackhole::new(b.clone())),
                 OutboundProtocol::Vmess(v) => Arc::new(VmessOutbound::new(v.clone(), &ob.stream, ob.send_through)),
             };
@@ -105,6 +122,10 @@ impl Instance {
             ordered.push((Some(p.tag.clone()), portal));
         }
         let dispatcher = Arc::new(Dispatcher::new(router, ordered, config.policy.clone(), access));
+        if let Some(r) = &resolver {
+            let up: Arc<dyn crate::dns::Upstream> = dispatcher.clone();
+            r.set_upstream(Arc::downgrade(&up));
+        }
 
         let mut inbounds = Vec::new();
         for ib in &config.inbounds {

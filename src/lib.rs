@@ -3,6 +3,7 @@
 pub mod config;
 pub mod demo;
 pub mod dispatch;
+pub mod dns;
 pub mod instance;
 pub mod log;
 pub mod mux;

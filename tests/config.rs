@@ -146,7 +146,27 @@ const BROKEN: &[Case] = &[
         (1, 65),
         "missing port",
     ),
-    ("dns not supported", "{\"dns\": {\"servers\": [\"1.1.1.1\"]}}", "dns", (1, 9), "\"dns\" is not supported yet"),
+    (
+        "DoH server not supported",
+        "{\"dns\": {\"servers\": [\"https://dns.example/dns-query\"]}}",
+        "dns.servers[0]",
+        (1, 22),
+        "DNS-over-HTTPS server \"https://dns.example/dns-query\" is not supported yet",
+    ),
+    (
+        "DNS server host:port",
+        "{\"dns\": {\"servers\": [\"8.8.8.8:53\"]}}",
+        "dns.servers[0]",
+        (1, 22),
+        "first path segment",
+    ),
+    (
+        "hosts value empty",
+        "{\"dns\": {\"hosts\": {\"a.test\": \"\"}}}",
+        "dns.hosts.a.test",
+        (1, 30),
+        "neither IP address nor proxied domain",
+    ),
     (
         "websocket transport",
         "{\"outbounds\": [{\"protocol\": \"freedom\", \"streamSettings\": {\"network\": \"ws\"}}]}",

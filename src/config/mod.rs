@@ -1,6 +1,7 @@
 //! Configuration: V2Ray v4 JSON (with comments) → raw serde structs → validated [`Config`].
 
 mod ctx;
+mod dns;
 mod json;
 mod strip;
 mod types;
@@ -14,6 +15,9 @@ use ctx::{Ctx, Source, index};
 use json::{Node, Value};
 use validate::{Merged, TOP_KEYS};
 
+#[cfg(test)]
+pub(crate) use dns::host_matcher;
+pub use dns::{DnsConfig, DnsOutboundConfig, DnsServerConfig, DnsServerKind, HostEntry, HostMatcher, HostValue};
 pub use types::*;
 
 /// One problem found in a configuration, with where it is.

@@ -27,6 +27,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// `reverse`.
     pub reverse: ReverseConfig,
+    /// `dns`, when the config has one (else lookups use the system resolver).
+    pub dns: Option<super::DnsConfig>,
     /// Values that load but deserve the user's attention (e.g. an unknown `security`, taken as auto).
     pub warnings: Vec<super::ConfigError>,
 }
@@ -199,6 +201,8 @@ pub enum OutboundProtocol {
     Blackhole(BlackholeConfig),
     /// `vmess`.
     Vmess(VmessOutboundConfig),
+    /// `dns`.
+    Dns(super::DnsOutboundConfig),
 }
 
 /// `freedom.domainStrategy`.

@@ -46,7 +46,7 @@ pub(crate) struct Merged<'n> {
 
 /// Builds the typed config from the merged tree, collecting errors in `ctx`.
 pub(crate) fn build(ctx: &mut Ctx<'_>, m: &Merged<'_>) -> Config {
-    for key in ["api", "dns", "transport", "stats"] {
+    for key in ["api", "transport", "stats"] {
         if let Some(n) = m.singles.get(key)
             && !is_noop(n)
         {
@@ -84,7 +84,8 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, m: &Merged<'_>) -> Config {
     let mut tags: Vec<&str> = outbounds.iter().filter_map(|o| o.tag.as_deref()).collect();
     tags.extend(reverse.portals.iter().map(|p| p.tag.as_str()));
     let routing = m.singles.get("routing").map(|n| build_routing(ctx, n, &tags)).unwrap_or_default();
-    Config { log, inbounds, outbounds, routing, policy, reverse, warnings: Vec::new() }
+    let dns = m.singles.get("dns").and_then(|n| super::dns::build_dns(ctx, n));
+    Config { log, inbounds, outbounds, routing, policy, reverse, dns, warnings: Vec::new() }
 }
 
 /// Where to blame a portal/outbound tag clash: the outbound's `tag` value.
@@ -544,6 +545,9 @@ fn build_outbound(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Outbound
         Some("vmess") => {
             settings(ctx, &o, &["vnext"]).and_then(|s| vmess_outbound(ctx, &s)).map(OutboundProtocol::Vmess)
         }
+        Some("dns") => settings(ctx, &o, super::dns::DNS_OUT_KEYS)
+            .and_then(|s| super::dns::dns_outbound(ctx, &s))
+            .map(OutboundProtocol::Dns),
         Some(other) => {
             unknown_protocol(ctx, &o, other, KNOWN_OUTBOUND_PROTOCOLS);
             None
@@ -904,7 +908,7 @@ pub(crate) fn domain_matcher(s: &str) -> Result<DomainMatcher, String> {
 }
 
 /// One `ip`/`source` entry (`router.go toCidrList`).
-fn ip_matcher(s: &str) -> Result<ipnet::IpNet, String> {
+pub(crate) fn ip_matcher(s: &str) -> Result<ipnet::IpNet, String> {
     for prefix in ["geoip:", "ext:", "ext-ip:"] {
         if s.starts_with(prefix) {
             return Err(format!("IP rule {s:?} is not supported yet by oxray (needs geoip.dat)"));

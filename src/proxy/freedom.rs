@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -9,6 +10,7 @@ use bytes::Bytes;
 use tokio::net::UdpSocket;
 
 use crate::config::{FreedomConfig, FreedomDomainStrategy, LevelPolicy, PolicyConfig};
+use crate::dns::{Family, Resolver};
 use crate::proxy::{BoxPacketConn, BoxStream, Outbound, PacketConn, ProxyError, RelayStats, relay};
 use crate::session::{Address, Session};
 use crate::transport::{Dialer, Resolve, StreamSettings, tcp};
@@ -24,6 +26,8 @@ pub struct Freedom {
     dialer: Dialer,
     /// The policy of `userLevel` when it is set: it then governs the flows this outbound carries.
     level_policy: Option<LevelPolicy>,
+    /// The `dns` object's resolver, for `UseIP*` (None: the system resolver).
+    resolver: Option<Arc<Resolver>>,
 }
 
 impl Freedom {
@@ -37,7 +41,54 @@ impl Freedom {
         let level_policy = (config.user_level != 0).then(|| policy.level(config.user_level));
         let family = family(config.domain_strategy);
         let dialer = Dialer::new(stream, send_through).with_family(family).with_retries(&DIAL_WAITS);
-        Freedom { config, send_through, dialer, level_policy }
+        Freedom { config, send_through, dialer, level_policy, resolver: None }
+    }
+
+    /// Resolves `UseIP*` targets through the `dns` object's resolver.
+    pub fn with_resolver(mut self, resolver: Option<Arc<Resolver>>) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    /// With a resolver and `UseIP*`, a domain becomes one of its addresses, picked at random (4.34). If
+    /// the lookup fails, the domain is dialled as is, through the system resolver, as 4.34 does.
+    async fn resolved(&self, addr: Address) -> Address {
+        let (Some(r), Address::Domain(d)) = (&self.resolver, &addr) else { return addr };
+        let family = match (self.config.domain_strategy, self.send_through) {
+            (FreedomDomainStrategy::AsIs, _) => return addr,
+            (_, Some(IpAddr::V4(_))) | (FreedomDomainStrategy::UseIpv4, _) => Family::V4,
+            (_, Some(IpAddr::V6(_))) | (FreedomDomainStrategy::UseIpv6, _) => Family::V6,
+            (FreedomDomainStrategy::UseIp, None) => Family::Both,
+        };
+        let found = r.lookup(d, family).await.map(|ips| {
+            ips.into_iter()
+                .filter(|ip| match family {
+                    Family::V4 => ip.is_ipv4(),
+                    Family::V6 => ip.is_ipv6(),
+                    Family::Both => true,
+                })
+                .collect::<Vec<_>>()
+        });
+        match found {
+            Ok(ips) if !ips.is_empty() => {
+                let mut b = [0u8; 4];
+                let _ = aws_lc_rs::rand::fill(&mut b);
+                let ip = ips[u32::from_le_bytes(b) as usize % ips.len()];
+                tracing::debug!(domain = %d, %ip, "freedom: dialling a resolved address");
+                Address::from(ip)
+            }
+            other => {
+                let why = match other {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "no address of the wanted family".into(),
+                };
+                tracing::warn!(
+                    domain = %d,
+                    "freedom: the dns object could not resolve the target ({why}); dialling the name through the system resolver, as V2Ray does"
+                );
+                addr
+            }
+        }
     }
 
     /// The real target after `redirect`: a non-empty host (other than 0.0.0.0) and a non-zero port override.
@@ -76,11 +127,13 @@ impl Outbound for Freedom {
 
     async fn connect(&self, session: &Session) -> Result<BoxStream, ProxyError> {
         let (addr, port) = self.target(session);
+        let addr = self.resolved(addr).await;
         Ok(self.dialer.dial(&addr, port).await?)
     }
 
     async fn connect_packet(&self, session: &Session) -> Result<BoxPacketConn, ProxyError> {
         let (addr, port) = self.target(session);
+        let addr = self.resolved(addr).await;
         let dest = *tcp::resolve(&addr, port, self.dialer.family())
             .await?
             .first()

@@ -12,8 +12,10 @@ mod tests;
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::config::{NetworkList, RoutingConfig, RoutingDomainStrategy, RuleConfig};
+use crate::dns::{Family, Resolver};
 use crate::session::{Address, Network, Session, canonical_ip};
 
 use domain::{DomainIndex, IdBuf};
@@ -117,6 +119,8 @@ pub struct Router {
     domains: DomainIndex,
     /// Whether any live rule has an `ip` condition (else IPIfNonMatch has nothing to resolve for).
     any_ip: bool,
+    /// The `dns` object's resolver (None: the system resolver).
+    resolver: Option<Arc<Resolver>>,
 }
 
 impl fmt::Debug for Router {
@@ -188,7 +192,29 @@ impl Router {
             }
             err
         })?;
-        Ok(Router { strategy: config.domain_strategy, rules, no_domain, domains, any_ip })
+        Ok(Router { strategy: config.domain_strategy, rules, no_domain, domains, any_ip, resolver: None })
+    }
+
+    /// Resolves for `IPIfNonMatch`/`IPOnDemand` through the `dns` object's resolver.
+    pub fn with_resolver(mut self, resolver: Option<Arc<Resolver>>) -> Router {
+        self.resolver = resolver;
+        self
+    }
+
+    /// Resolves a domain target for IP rules; a failure is just "no IPs", as in V2Ray.
+    async fn resolve(&self, s: &Session, domain: &str) -> Vec<IpAddr> {
+        let Some(r) = &self.resolver else { return resolve(domain).await };
+        // The resolver's own flows (to a server named by a domain) are never resolved: that would loop.
+        if s.inbound_tag.as_deref() == Some(&**r.tag()) {
+            return Vec::new();
+        }
+        match r.lookup(domain, Family::Both).await {
+            Ok(ips) => ips.into_iter().map(canonical_ip).collect(),
+            Err(e) => {
+                tracing::debug!("routing: cannot resolve {domain}: {e}");
+                Vec::new()
+            }
+        }
     }
 
     /// The outbound tag of the first rule that matches, or None (use the default outbound).
@@ -220,7 +246,7 @@ impl Router {
             // A domain target has no IP unless the strategy resolves it on demand.
             if self.strategy == RoutingDomainStrategy::IpOnDemand && !domain.is_empty() {
                 if resolved.is_none() {
-                    resolved = Some(resolve(domain).await);
+                    resolved = Some(self.resolve(s, domain).await);
                 }
                 if resolved.as_deref().is_some_and(|ips| set.contains_any(ips)) {
                     return Some(&r.outbound_tag);
@@ -232,7 +258,7 @@ impl Router {
         }
         // V2Ray tries all rules again with the resolved IPs; only rules with an `ip` condition can
         // change their answer, and the domain still counts as the target domain.
-        let ips = resolve(domain).await;
+        let ips = self.resolve(s, domain).await;
         if ips.is_empty() {
             return None;
         }
