@@ -67,10 +67,10 @@ fn log_block(dir: &Path, name: &str) -> String {
     format!(r#""log": {{"loglevel": "debug", "access": "{}", "error": "{}"}}"#, a.display(), e.display())
 }
 
-/// Routing with `IPIfNonMatch` through the `dns` object: hosts entries, answers from a server, NXDOMAIN,
+/// Routing with `IPIfNonMatch` and `IPOnDemand` through the `dns` object: hosts entries, answers from a server, NXDOMAIN,
 /// a server that never answers (its `domains` put it first for one name) and the fallback to the next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn routing_ip_if_non_match_hosts_and_fallback_match_v2ray() {
+async fn routing_through_the_dns_object_hosts_and_fallback_match_v2ray() {
     let main = Responder::start(
         [
             ("r10.oxt", rec(&["10.10.1.1"])),
@@ -99,8 +99,10 @@ async fn routing_ip_if_non_match_hosts_and_fallback_match_v2ray() {
         ("mixed.oxt", "default"),
         ("slow.oxt", "hit20"),
     ];
-    for which in impls() {
-        let dir = temp_dir(&format!("dns-routing-{which:?}"));
+    for (strategy, which) in
+        ["IPIfNonMatch", "IPOnDemand"].into_iter().flat_map(|s| impls().into_iter().map(move |w| (s, w)))
+    {
+        let dir = temp_dir(&format!("dns-routing-{strategy}-{which:?}"));
         let ports: Vec<u16> = probes.iter().map(|_| free_port()).collect();
         let ready = free_port();
         // Distinct tags: 4.34 listens on only some of several inbounds that share one tag.
@@ -127,7 +129,7 @@ async fn routing_ip_if_non_match_hosts_and_fallback_match_v2ray() {
   "outbounds": [{{"protocol": "blackhole", "tag": "default"}}, {{"protocol": "blackhole", "tag": "hit10"}},
                 {{"protocol": "blackhole", "tag": "hit20"}}, {{"protocol": "blackhole", "tag": "named"}},
                 {{"protocol": "freedom", "tag": "direct"}}],
-  "routing": {{"domainStrategy": "IPIfNonMatch", "rules": [
+  "routing": {{"domainStrategy": "{strategy}", "rules": [
     {{"type": "field", "inboundTag": ["dns-app"], "outboundTag": "direct"}},
     {{"type": "field", "domain": ["full:named.oxt"], "outboundTag": "named"}},
     {{"type": "field", "ip": ["10.10.0.0/16"], "outboundTag": "hit10"}},
@@ -151,7 +153,7 @@ async fn routing_ip_if_non_match_hosts_and_fallback_match_v2ray() {
             assert_eq!(
                 got.as_deref(),
                 Some(*want),
-                "{which:?}: {host}\n{}",
+                "{which:?} {strategy}: {host}\n{}",
                 std::fs::read_to_string(&access).unwrap_or_default()
             );
             if *host == "slow.oxt" {

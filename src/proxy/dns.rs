@@ -367,3 +367,110 @@ impl PacketConn for DnsPackets {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use hickory_proto::op::{MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RData};
+
+    use super::*;
+    use crate::config::{DnsConfig, DnsServerConfig, DnsServerKind, HostEntry, HostValue};
+    use crate::dns::responder::{Rec, Responder};
+    use crate::session::Destination;
+
+    fn query(id: u16, name: &str, t: RecordType) -> Bytes {
+        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
+        Bytes::from(m.to_vec().unwrap())
+    }
+
+    async fn setup() -> (Responder, Arc<Resolver>) {
+        let mut zone = HashMap::new();
+        zone.insert(
+            "up.test".to_string(),
+            Rec { ips: vec!["10.5.5.5".parse().unwrap()], ttl: 42, ..Default::default() },
+        );
+        let r = Responder::start(zone, false).await.unwrap();
+        let cfg = DnsConfig {
+            servers: vec![DnsServerConfig {
+                kind: DnsServerKind::Udp { address: Address::from(r.addr.ip()), port: r.addr.port() },
+                domains: vec![],
+                expect_ips: vec![],
+                client_ip: None,
+                path: "dns.servers[0]".into(),
+            }],
+            hosts: vec![HostEntry {
+                matcher: crate::config::host_matcher("h.test").unwrap(),
+                value: HostValue::Ip("10.9.9.9".parse().unwrap()),
+            }],
+            tag: Some("dns-app".into()),
+            ..Default::default()
+        };
+        (r, Arc::new(Resolver::new(&cfg).unwrap()))
+    }
+
+    /// Every wait on the outbound has a deadline, so a missing answer fails the test instead of hanging.
+    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), f).await.expect("answered in time")
+    }
+
+    fn records(m: &Message) -> Vec<(u32, String)> {
+        m.answers
+            .iter()
+            .map(|r| {
+                let d = match &r.data {
+                    RData::A(a) => a.0.to_string(),
+                    other => format!("{other:?}"),
+                };
+                (r.ttl, d)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn udp_flows_are_answered_and_the_resolver_own_flows_only_forwarded() {
+        let (up, resolver) = setup().await;
+        let ob = DnsOutbound::new(DnsOutboundConfig::default(), &StreamSettings::default(), None, resolver);
+        let target = Destination::udp(Address::from(up.addr.ip()), up.addr.port());
+        let flow = ob.connect_packet(&Session::new(Some(Arc::from("client")), None, target.clone())).await.unwrap();
+        flow.send(query(7, "h.test.", RecordType::A)).await.unwrap();
+        let m = Message::from_vec(&within(flow.recv()).await.unwrap().unwrap()).unwrap();
+        assert_eq!((m.metadata.id, m.metadata.authoritative), (7, true));
+        assert_eq!(records(&m), vec![(600, "10.9.9.9".to_string())]);
+        // A TXT question goes to the target unchanged.
+        flow.send(query(8, "up.test.", RecordType::TXT)).await.unwrap();
+        let m = Message::from_vec(&within(flow.recv()).await.unwrap().unwrap()).unwrap();
+        assert_eq!((m.metadata.id, m.metadata.authoritative), (8, false));
+        // The resolver's own flow: even A is forwarded (the upstream's TTL 42, not 600).
+        let own = ob.connect_packet(&Session::new(Some(Arc::from("dns-app")), None, target)).await.unwrap();
+        own.send(query(9, "up.test.", RecordType::A)).await.unwrap();
+        let m = Message::from_vec(&within(own.recv()).await.unwrap().unwrap()).unwrap();
+        assert_eq!(records(&m), vec![(42, "10.5.5.5".to_string())]);
+        assert_eq!(up.seen().iter().filter(|q| q.id == 9 && q.proto == "udp").count(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_tcp_message_ends_the_flow() {
+        let (up, resolver) = setup().await;
+        let ob = DnsOutbound::new(DnsOutboundConfig::default(), &StreamSettings::default(), None, resolver);
+        let (mut client, server) = tokio::io::duplex(8192);
+        let session = Session::new(None, None, Destination::tcp(Address::from(up.addr.ip()), up.addr.port()));
+        let task = tokio::spawn(async move { ob.handle(session, Box::new(server)).await });
+        let q = query(5, "h.test.", RecordType::A);
+        client.write_all(&(q.len() as u16).to_be_bytes()).await.unwrap();
+        client.write_all(&q).await.unwrap();
+        let mut len = [0u8; 2];
+        within(client.read_exact(&mut len)).await.unwrap();
+        let mut buf = vec![0u8; u16::from_be_bytes(len).into()];
+        within(client.read_exact(&mut buf)).await.unwrap();
+        assert_eq!(Message::from_vec(&buf).unwrap().metadata.id, 5);
+        client.write_all(&3000u16.to_be_bytes()).await.unwrap();
+        let done = tokio::time::timeout(Duration::from_secs(5), task).await;
+        assert!(done.is_ok(), "the flow ended");
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.read_to_end(&mut rest)).await;
+        assert!(rest.is_empty());
+    }
+}
