@@ -52,8 +52,12 @@ impl Freedom {
 
     /// With a resolver and `UseIP*`, a domain becomes one of its addresses, picked at random (4.34). If
     /// the lookup fails, the domain is dialled as is, through the system resolver, as 4.34 does.
-    async fn resolved(&self, addr: Address) -> Address {
+    async fn resolved(&self, session: &Session, addr: Address) -> Address {
         let (Some(r), Address::Domain(d)) = (&self.resolver, &addr) else { return addr };
+        // The resolver's own flow to a server given by name: asking the resolver again would loop.
+        if session.inbound_tag.as_deref() == Some(&**r.tag()) {
+            return addr;
+        }
         let family = match (self.config.domain_strategy, self.send_through) {
             (FreedomDomainStrategy::AsIs, _) => return addr,
             (_, Some(IpAddr::V4(_))) | (FreedomDomainStrategy::UseIpv4, _) => Family::V4,
@@ -127,13 +131,13 @@ impl Outbound for Freedom {
 
     async fn connect(&self, session: &Session) -> Result<BoxStream, ProxyError> {
         let (addr, port) = self.target(session);
-        let addr = self.resolved(addr).await;
+        let addr = self.resolved(session, addr).await;
         Ok(self.dialer.dial(&addr, port).await?)
     }
 
     async fn connect_packet(&self, session: &Session) -> Result<BoxPacketConn, ProxyError> {
         let (addr, port) = self.target(session);
-        let addr = self.resolved(addr).await;
+        let addr = self.resolved(session, addr).await;
         let dest = *tcp::resolve(&addr, port, self.dialer.family())
             .await?
             .first()
