@@ -369,4 +369,12 @@ mod tests {
             assert!(host_matcher(bad).is_err(), "{bad}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_gives_a_kind_or_an_error(s in "\\PC{0,80}", port in proptest::prelude::any::<u16>()) {
+            let _ = server_kind(&s, port);
+            let _ = host_matcher(&s);
+        }
+    }
 }

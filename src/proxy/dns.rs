@@ -452,6 +452,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn network_udp_forwards_a_tcp_client_over_udp() {
+        let (up, resolver) = setup().await;
+        let cfg = DnsOutboundConfig { network: Some(Network::Udp), ..Default::default() };
+        let ob = DnsOutbound::new(cfg, &StreamSettings::default(), None, resolver);
+        let (mut client, server) = tokio::io::duplex(8192);
+        let session = Session::new(None, None, Destination::tcp(Address::from(up.addr.ip()), up.addr.port()));
+        let task = tokio::spawn(async move { ob.handle(session, Box::new(server)).await });
+        let q = query(11, "up.test.", RecordType::TXT);
+        client.write_all(&(q.len() as u16).to_be_bytes()).await.unwrap();
+        client.write_all(&q).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut len = [0u8; 2];
+        within(client.read_exact(&mut len)).await.unwrap();
+        let mut buf = vec![0u8; u16::from_be_bytes(len).into()];
+        within(client.read_exact(&mut buf)).await.unwrap();
+        assert_eq!(Message::from_vec(&buf).unwrap().metadata.id, 11);
+        assert_eq!(up.seen().iter().filter(|s| s.id == 11).map(|s| s.proto).collect::<Vec<_>>(), vec!["udp"]);
+        // The client half-closed: the flow ends once the forwarded question has its answer.
+        assert!(within(task).await.is_ok());
+    }
+
+    #[tokio::test]
     async fn an_oversized_tcp_message_ends_the_flow() {
         let (up, resolver) = setup().await;
         let ob = DnsOutbound::new(DnsOutboundConfig::default(), &StreamSettings::default(), None, resolver);
