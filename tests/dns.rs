@@ -177,7 +177,8 @@ async fn routing_through_the_dns_object_hosts_and_fallback_match_v2ray() {
     }
 }
 
-/// freedom `UseIPv4` dials the address the `dns` object returns, asking only for A records.
+/// freedom `UseIPv4` dials the address the `dns` object returns, asking only for A records, with the
+/// `clientIp` subnet in the query.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn freedom_use_ipv4_dials_the_resolved_address_like_v2ray() {
     let target_port = free_port();
@@ -204,7 +205,7 @@ async fn freedom_use_ipv4_dials_the_resolved_address_like_v2ray() {
         let (port, ready) = (free_port(), free_port());
         let config = format!(
             r#"{{ {log},
-  "dns": {{"servers": [{{"address": "127.0.0.1", "port": {dns}}}]}},
+  "dns": {{"servers": [{{"address": "127.0.0.1", "port": {dns}}}], "clientIp": "203.0.113.9"}},
   "inbounds": [{{"listen": "127.0.0.1", "port": {port}, "protocol": "dokodemo-door",
                  "settings": {{"address": "f.oxt", "port": {target_port}}}}}, {ready}],
   "outbounds": [{{"protocol": "freedom", "tag": "direct", "settings": {{"domainStrategy": "UseIPv4"}}}}]
@@ -226,8 +227,10 @@ async fn freedom_use_ipv4_dials_the_resolved_address_like_v2ray() {
         assert_eq!(&buf, b"ok");
         let hit = tokio::time::timeout(Duration::from_secs(5), hit_rx.recv()).await.unwrap().unwrap();
         assert_eq!(hit.ip(), "127.0.0.5".parse::<IpAddr>().unwrap(), "{which:?}");
-        let seen: Vec<_> = dns.seen()[before..].iter().filter(|q| q.name == "f.oxt").map(|q| q.rtype).collect();
-        assert_eq!(seen, vec![RecordType::A], "{which:?}: only an A query");
+        let seen: Vec<_> = dns.seen()[before..].iter().filter(|q| q.name == "f.oxt").cloned().collect();
+        assert_eq!(seen.iter().map(|q| q.rtype).collect::<Vec<_>>(), vec![RecordType::A], "{which:?}: only an A query");
+        // `clientIp`: an EDNS Client Subnet option with the /24 of it.
+        assert_eq!(seen[0].ecs, Some("203.0.113.0".parse().unwrap()), "{which:?}");
         proc.terminate(Duration::from_secs(5));
     }
     accept.abort();
