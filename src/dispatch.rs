@@ -11,7 +11,8 @@ use crate::config::{LevelPolicy, PolicyConfig};
 use crate::log::AccessLog;
 use crate::mux::server::{MuxHandler, MuxServer};
 use crate::mux::{MUX_COOL_DOMAIN, MuxPacket, MuxStream};
-use crate::proxy::{BoxPacketConn, BoxStream, Outbound, ProxyError, relay_packets};
+use crate::ops::traffic::Traffic;
+use crate::proxy::{BoxPacketConn, BoxStream, Outbound, ProxyError, RelayStats, relay_packets};
 use crate::router::Router;
 use crate::session::Session;
 
@@ -23,6 +24,9 @@ pub struct Dispatcher {
     policy: PolicyConfig,
     access: AccessLog,
     next_id: AtomicU64,
+    traffic: Arc<Traffic>,
+    /// Give every flow a meter, so bytes of flows that end in an error are counted too.
+    metering: bool,
 }
 
 impl Dispatcher {
@@ -37,12 +41,42 @@ impl Dispatcher {
     ) -> Self {
         let default = ordered.first().map(|(tag, ob)| (tag.clone().unwrap_or_default(), ob.clone()));
         let outbounds = ordered.into_iter().filter_map(|(tag, ob)| tag.map(|t| (t, ob))).collect();
-        Dispatcher { router, outbounds, default, policy, access, next_id: AtomicU64::new(1) }
+        Dispatcher {
+            router,
+            outbounds,
+            default,
+            policy,
+            access,
+            next_id: AtomicU64::new(1),
+            traffic: Arc::default(),
+            metering: false,
+        }
+    }
+
+    /// Counts connections and bytes per tag into `traffic`.
+    /// With `metering`, every flow gets a live meter (the operations listener shows bytes as they move,
+    /// and flows that end in an error still count).
+    pub fn with_traffic(mut self, traffic: Arc<Traffic>, metering: bool) -> Self {
+        self.traffic = traffic;
+        self.metering = metering;
+        self
+    }
+
+    /// The per-tag counters.
+    pub fn traffic(&self) -> &Arc<Traffic> {
+        &self.traffic
     }
 
     /// The policy of a user level (inbounds use level 0's `handshake` before the user is known).
     pub fn policy(&self, level: u32) -> LevelPolicy {
         self.policy.level(level)
+    }
+
+    /// Gives `session` an id now (the dispatcher would at dispatch), so callers can report it first.
+    pub fn assign_id(&self, session: &mut Session) {
+        if session.id == 0 {
+            session.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Gives `session` an id and its level's policy.
@@ -69,37 +103,66 @@ impl Dispatcher {
 
     /// Routes a stream and lets the chosen outbound carry it to the end. Logs one access line.
     pub async fn dispatch(self: &Arc<Self>, session: Session, stream: BoxStream) {
-        self.dispatch_with(session, stream, |_| {}).await
+        let _ = self.run(session, stream, |_| {}).await;
+    }
+
+    /// [`Dispatcher::dispatch`], returning what the flow moved or why it ended.
+    pub async fn dispatch_outcome(self: &Arc<Self>, session: Session, stream: BoxStream) -> Result<RelayStats, String> {
+        self.run(session, stream, |_| {}).await
     }
 
     /// [`Dispatcher::dispatch`], letting the inbound adjust the session's policy (dokodemo `timeout`).
     pub async fn dispatch_with(
         self: &Arc<Self>,
-        mut session: Session,
+        session: Session,
         stream: BoxStream,
         adjust: impl FnOnce(&mut LevelPolicy),
     ) {
+        let _ = self.run(session, stream, adjust).await;
+    }
+
+    async fn run(
+        self: &Arc<Self>,
+        mut session: Session,
+        stream: BoxStream,
+        adjust: impl FnOnce(&mut LevelPolicy),
+    ) -> Result<RelayStats, String> {
         self.prepare(&mut session);
         adjust(&mut session.policy);
         if session.target.address.domain() == Some(MUX_COOL_DOMAIN) {
             // Every inbound serves Mux.Cool for this magic target, as V2Ray's do.
             let handler = Arc::new(InboundMux { dispatcher: self.clone(), carrier: session });
             MuxServer::start(stream, handler).closed().await;
-            return;
+            return Ok(RelayStats::default());
         }
         let (tag, outbound) = match self.pick(&session).await {
             Ok(p) => p,
             Err(e) => {
                 warn!(session = session.id, target = %session.target, "rejected: {e}");
-                return;
+                return Err(format!("rejected: {e}"));
             }
         };
         access_line(&self.access, &session, tag);
         let id = session.id;
         let target = session.target.clone();
+        let flow = self.traffic.flow(session.inbound_tag.as_deref(), tag);
+        if self.metering && session.meter.is_none() {
+            session.meter = Some(Arc::new(crate::session::Meter::new()));
+        }
+        let meter = session.meter.clone();
         match outbound.handle(session, stream).await {
-            Ok(stats) => debug!(session = id, %target, up = stats.uplink, down = stats.downlink, "closed"),
-            Err(e) => info!(session = id, %target, outbound = tag, "connection ends: {e}"),
+            Ok(stats) => {
+                flow.bytes(stats.uplink, stats.downlink);
+                debug!(session = id, %target, up = stats.uplink, down = stats.downlink, "closed");
+                Ok(stats)
+            }
+            Err(e) => {
+                if let Some(m) = meter {
+                    flow.bytes(m.uplink(), m.downlink());
+                }
+                info!(session = id, %target, outbound = tag, "connection ends: {e}");
+                Err(e.to_string())
+            }
         }
     }
 

@@ -9,10 +9,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, InboundProtocol, OutboundProtocol};
+use crate::config::{Config, InboundProtocol, OpsConfig, OutboundProtocol};
 use crate::dispatch::Dispatcher;
 use crate::dns::Resolver;
 use crate::log::AccessLog;
+use crate::ops::traffic::Traffic;
+use crate::ops::{OpsServer, Source as OpsSource};
 use crate::proxy::blackhole::Blackhole;
 use crate::proxy::dns::DnsOutbound;
 use crate::proxy::dokodemo::Dokodemo;
@@ -67,6 +69,7 @@ pub struct Instance {
     services: Vec<Box<dyn Service>>,
     portals: Vec<Arc<Portal>>,
     bridges: Vec<BridgeStatusHandle>,
+    ops: Option<OpsConfig>,
 }
 
 /// A long-running part of an instance that is neither an inbound nor an outbound (a reverse bridge).
@@ -121,7 +124,18 @@ impl Instance {
             portals.push(portal.clone());
             ordered.push((Some(p.tag.clone()), portal));
         }
-        let dispatcher = Arc::new(Dispatcher::new(router, ordered, config.policy.clone(), access));
+        // Every configured tag has counters from the start (the ops listener reports them at 0).
+        let traffic = Arc::new(Traffic::new(
+            config
+                .inbounds
+                .iter()
+                .filter_map(|i| i.tag.as_deref())
+                .chain(config.reverse.bridges.iter().map(|b| b.tag.as_str())),
+            ordered.iter().filter_map(|(t, _)| t.as_deref()),
+        ));
+        let dispatcher = Arc::new(
+            Dispatcher::new(router, ordered, config.policy.clone(), access).with_traffic(traffic, config.ops.is_some()),
+        );
         if let Some(r) = &resolver {
             let up: Arc<dyn crate::dns::Upstream> = dispatcher.clone();
             r.set_upstream(Arc::downgrade(&up));
@@ -152,7 +166,7 @@ impl Instance {
             bridges.push(bridge.status_handle());
             services.push(Box::new(bridge));
         }
-        Ok(Instance { dispatcher, inbounds, services, portals, bridges })
+        Ok(Instance { dispatcher, inbounds, services, portals, bridges, ops: config.ops.clone() })
     }
 
     /// Opens every listener and starts every service. Fails (closing what was opened) if a port is taken.
@@ -168,6 +182,17 @@ impl Instance {
                 listeners.push((ib.tag.clone(), l, ib.handler.clone()));
             }
         }
+        let ops = match self.ops {
+            Some(cfg) => {
+                let addr = cfg.listen;
+                Some(OpsServer::bind(cfg).await.map_err(|source| InstanceError::Listen {
+                    path: "ops.listen".into(),
+                    addr,
+                    source,
+                })?)
+            }
+            None => None,
+        };
         let mut bound = Vec::new();
         for (tag, listener, handler) in listeners {
             let local = listener.local_addr().ok();
@@ -187,7 +212,25 @@ impl Instance {
         for svc in self.services {
             svc.start(self.dispatcher.clone(), &tracker, shutdown.clone());
         }
-        Ok(Running { shutdown, hard_stop, tracker, bound, portals: self.portals, bridges: self.bridges })
+        let mut running = Running {
+            shutdown,
+            hard_stop,
+            tracker,
+            bound,
+            portals: self.portals,
+            bridges: self.bridges,
+            traffic: self.dispatcher.traffic().clone(),
+            started: std::time::Instant::now(),
+            ops_addr: None,
+        };
+        if let Some(server) = ops {
+            running.ops_addr = server.local_addr().ok();
+            if let Some(a) = running.ops_addr {
+                info!("operations listener on http://{a}/");
+            }
+            server.start(running.ops_source(), &running.tracker, running.shutdown.clone());
+        }
+        Ok(running)
     }
 }
 
@@ -245,9 +288,28 @@ pub struct Running {
     bound: Vec<(Option<String>, SocketAddr)>,
     portals: Vec<Arc<Portal>>,
     bridges: Vec<BridgeStatusHandle>,
+    traffic: Arc<Traffic>,
+    started: std::time::Instant,
+    ops_addr: Option<SocketAddr>,
 }
 
 impl Running {
+    /// The operations listener's address, when one is configured.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_addr
+    }
+
+    /// What the operations listener (and `oxray status`) reads.
+    pub fn ops_source(&self) -> OpsSource {
+        OpsSource {
+            portals: self.portals.clone(),
+            bridges: self.bridges.clone(),
+            traffic: self.traffic.clone(),
+            listeners: self.bound.clone(),
+            started: self.started,
+        }
+    }
+
     /// Every listening address with its inbound tag.
     pub fn local_addrs(&self) -> &[(Option<String>, SocketAddr)] {
         &self.bound

@@ -7,6 +7,7 @@ pub mod dns;
 pub mod instance;
 pub mod log;
 pub mod mux;
+pub mod ops;
 pub mod proxy;
 pub mod reverse;
 pub mod router;

@@ -130,6 +130,47 @@ where
     }
 }
 
+/// `--log-format json`: one JSON object per line (`time` as Unix seconds, `level`, `target`,
+/// `message`, then the event's fields), for log shippers.
+struct JsonLayout;
+
+/// Collects an event's fields as JSON values.
+struct JsonFields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for JsonFields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        self.0.insert(field.name().to_string(), serde_json::Value::String(format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_string(), serde_json::Value::String(value.to_string()));
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for JsonLayout
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let mut m = serde_json::Map::new();
+        m.insert("time".into(), serde_json::json!((now * 1000.0).round() / 1000.0));
+        m.insert("level".into(), event.metadata().level().as_str().to_ascii_lowercase().into());
+        m.insert("target".into(), event.metadata().target().into());
+        event.record(&mut JsonFields(&mut m));
+        writeln!(writer, "{}", serde_json::Value::Object(m))
+    }
+}
+
 /// `sec` (Unix time) as local time in the logs' layout; UTC where the C library cannot say.
 fn local_stamp(sec: u64) -> [u8; STAMP_LEN] {
     #[cfg(unix)]
@@ -297,6 +338,17 @@ pub fn level_filter(level: LogLevel) -> LevelFilter {
     }
 }
 
+fn fmt_layer<S>(
+    w: BatchWriter,
+) -> tracing_subscriber::fmt::Layer<
+    S,
+    tracing_subscriber::fmt::format::DefaultFields,
+    tracing_subscriber::fmt::format::Format,
+    BatchWriter,
+> {
+    tracing_subscriber::fmt::layer().with_writer(w).with_ansi(false)
+}
+
 type BoxedLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
 
 fn writer(target: &LogTarget, guards: &mut Vec<WriterGuard>) -> io::Result<Option<BatchWriter>> {
@@ -312,15 +364,21 @@ fn writer(target: &LogTarget, guards: &mut Vec<WriterGuard>) -> io::Result<Optio
 
 /// Installs the global subscriber for the process. `OXRAY_LOG` (an env-filter string) overrides the level.
 pub fn init(config: &LogConfig) -> io::Result<LogGuard> {
+    init_with(config, false)
+}
+
+/// [`init`], with the error log as JSON lines when `json` (the access log keeps V2Ray's layout).
+pub fn init_with(config: &LogConfig, json: bool) -> io::Result<LogGuard> {
     let mut guards = Vec::new();
     let mut layers: Vec<BoxedLayer> = Vec::new();
 
     if let Some(w) = writer(&config.error, &mut guards)? {
         let env = std::env::var("OXRAY_LOG").ok().and_then(|s| s.parse::<tracing_subscriber::EnvFilter>().ok());
-        let base = tracing_subscriber::fmt::layer().with_writer(w).with_ansi(false).event_format(V2rayLayout);
-        let layer: BoxedLayer = match env {
-            Some(filter) => Box::new(base.with_filter(filter)),
-            None => Box::new(base.with_filter(level_filter(config.level))),
+        let layer: BoxedLayer = match (env, json) {
+            (Some(f), true) => Box::new(fmt_layer(w).event_format(JsonLayout).with_filter(f)),
+            (Some(f), false) => Box::new(fmt_layer(w).event_format(V2rayLayout).with_filter(f)),
+            (None, true) => Box::new(fmt_layer(w).event_format(JsonLayout).with_filter(level_filter(config.level))),
+            (None, false) => Box::new(fmt_layer(w).event_format(V2rayLayout).with_filter(level_filter(config.level))),
         };
         layers.push(layer);
     }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod status;
+
 /// Grace period for live connections after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -24,6 +26,32 @@ enum Command {
         /// Config file (repeatable). V2Ray's `-config FILE` is accepted too.
         #[arg(short = 'c', long = "config", required = true)]
         config: Vec<PathBuf>,
+        /// Serve /status, /metrics, /livez, /readyz and the live page on this loopback address
+        /// (overrides the config's `ops.listen`; the token comes from `ops.token` or $OXRAY_OPS_TOKEN).
+        #[arg(long = "ops", value_name = "HOST:PORT")]
+        ops: Option<String>,
+        /// Error-log layout: `v2ray` (default) or `json` (one object per line).
+        #[arg(long = "log-format", value_name = "FORMAT", default_value = "v2ray")]
+        log_format: LogFormat,
+    },
+    /// Show a running instance's portals, bridges, tunnels and sessions (from its ops listener).
+    /// Exits 0 when it is ready, 1 when not ready, 2 when it cannot be reached.
+    Status {
+        /// The ops listener (default: `ops.listen` of --config, else 127.0.0.1:9090).
+        #[arg(long = "ops", value_name = "HOST:PORT")]
+        ops: Option<String>,
+        /// Read the ops address and token from this config file.
+        #[arg(short = 'c', long = "config")]
+        config: Vec<PathBuf>,
+        /// Print the raw /status JSON.
+        #[arg(long)]
+        json: bool,
+        /// Redraw every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Also require each portal to have a tunnel to count as ready.
+        #[arg(long)]
+        tunnels: bool,
     },
     /// Validate config files: prints "Configuration OK." or every error found.
     Test {
@@ -58,7 +86,7 @@ fn normalize_args(args: Vec<String>) -> Vec<String> {
             _ => a,
         })
         .collect();
-    let known = ["run", "test", "demo", "version", "uuid", "help", "-h", "--help", "-V", "--version"];
+    let known = ["run", "test", "status", "demo", "version", "uuid", "help", "-h", "--help", "-V", "--version"];
     let first = rest.first().map(String::as_str).unwrap_or("");
     if rest.iter().any(|a| a == "--test-flag") {
         out.push("test".into());
@@ -105,19 +133,39 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => match run(config) {
+        Command::Run { config, ops, log_format } => match run(config, ops, log_format) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("oxray: {e:#}");
                 ExitCode::from(23)
             }
         },
+        Command::Status { ops, config, json, watch, tunnels } => status::main(ops, &config, json, watch, tunnels),
     }
 }
 
-fn run(files: Vec<PathBuf>) -> anyhow::Result<()> {
-    let config = oxray::config::load_files(&files).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let log = oxray::log::init(&config.log).context("opening log files")?;
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    /// V2Ray's layout.
+    V2ray,
+    /// One JSON object per line.
+    Json,
+}
+
+fn run(files: Vec<PathBuf>, ops: Option<String>, log_format: LogFormat) -> anyhow::Result<()> {
+    let notifier = oxray::ops::systemd::Notifier::from_env();
+    let mut config = oxray::config::load_files(&files).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(addr) = ops {
+        let listen = oxray::ops::parse_listen(&addr, false).map_err(|e| anyhow::anyhow!("--ops: {e}"))?;
+        let token = config.ops.as_ref().and_then(|o| o.token.clone());
+        config.ops = Some(oxray::config::OpsConfig { listen, token, allow_remote: false });
+    }
+    if let Some(o) = config.ops.as_mut()
+        && o.token.is_none()
+    {
+        o.token = std::env::var("OXRAY_OPS_TOKEN").ok().filter(|t| !t.is_empty());
+    }
+    let log = oxray::log::init_with(&config.log, matches!(log_format, LogFormat::Json)).context("opening log files")?;
     for w in &config.warnings {
         tracing::warn!("config: {w}");
     }
@@ -127,11 +175,64 @@ fn run(files: Vec<PathBuf>) -> anyhow::Result<()> {
         let running = instance.start().await?;
         tokio::spawn(trim_heap());
         tracing::warn!("oxray {} started", env!("CARGO_PKG_VERSION"));
+        let listeners = running.local_addrs().len();
+        tracing::info!(
+            listeners,
+            portals = config.reverse.portals.len(),
+            bridges = config.reverse.bridges.len(),
+            "ready"
+        );
+        notifier
+            .notify(&format!("READY=1\nMAINPID={}\nSTATUS=listening on {listeners} address(es)", std::process::id()));
+        if let Some(every) = oxray::ops::systemd::Notifier::watchdog_interval()
+            && notifier.enabled()
+        {
+            // Pinged from the runtime itself: a stuck runtime stops the pings and systemd restarts us.
+            let n = oxray::ops::systemd::Notifier::from_env();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every / 2);
+                loop {
+                    tick.tick().await;
+                    n.notify("WATCHDOG=1");
+                }
+            });
+        }
+        if notifier.enabled() {
+            let n = oxray::ops::systemd::Notifier::from_env();
+            let source = running.ops_source();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(10));
+                loop {
+                    tick.tick().await;
+                    n.notify(&format!("STATUS={}", status_line(&source.snapshot())));
+                }
+            });
+        }
         wait_for_signal_reporting(&running).await?;
         tracing::warn!("shutting down");
+        notifier.notify("STOPPING=1\nSTATUS=shutting down");
         running.shutdown(SHUTDOWN_GRACE).await;
+        tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// One line for systemd's STATUS=: tunnels and sessions per tag, or what is wrong.
+fn status_line(s: &oxray::ops::Snapshot) -> String {
+    let mut parts: Vec<String> = s
+        .portals
+        .iter()
+        .chain(&s.bridges)
+        .map(|t| {
+            let sessions: usize = t.tunnels.iter().map(|x| x.sessions.len()).sum();
+            format!("{} {}: {} tunnel(s), {sessions} session(s)", t.role.as_str(), t.tag, t.tunnels.len())
+        })
+        .collect();
+    parts.extend(s.not_ready(false));
+    if parts.is_empty() {
+        parts.push(format!("{} listener(s)", s.listeners.len()));
+    }
+    parts.join("; ")
 }
 
 /// The runtime for `run`: one thread on machines with ≤ 2 CPUs, else one worker per CPU.

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::LevelPolicy;
 
@@ -153,12 +154,67 @@ pub struct Session {
     pub user: Option<User>,
     /// Timeouts and buffer sizes for this flow; the dispatcher fills it from the user level.
     pub policy: LevelPolicy,
+    /// Live byte counts for the operations view; the relay flushes into it (None: not counted live).
+    pub meter: Option<Arc<Meter>>,
+}
+
+/// A session's live byte counts. The relay keeps plain totals on its own stack and stores them here
+/// when a poll moved data: one writer, relaxed stores, no wrapper around the streams.
+#[derive(Debug)]
+pub struct Meter {
+    started: std::time::Instant,
+    uplink: AtomicU64,
+    downlink: AtomicU64,
+    /// Milliseconds after `started` of the last byte moved.
+    last_ms: AtomicU64,
+}
+
+impl Default for Meter {
+    fn default() -> Self {
+        Meter::new()
+    }
+}
+
+impl Meter {
+    /// A meter started now.
+    pub fn new() -> Self {
+        Meter { started: std::time::Instant::now(), uplink: 0.into(), downlink: 0.into(), last_ms: 0.into() }
+    }
+
+    /// Stores the relay's running totals (called by the relay only).
+    pub fn flush(&self, uplink: u64, downlink: u64, at: std::time::Instant) {
+        self.uplink.store(uplink, Ordering::Relaxed);
+        self.downlink.store(downlink, Ordering::Relaxed);
+        let ms = at.saturating_duration_since(self.started).as_millis();
+        self.last_ms.store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Bytes client → target so far.
+    pub fn uplink(&self) -> u64 {
+        self.uplink.load(Ordering::Relaxed)
+    }
+
+    /// Bytes target → client so far.
+    pub fn downlink(&self) -> u64 {
+        self.downlink.load(Ordering::Relaxed)
+    }
+
+    /// Time since the meter started.
+    pub fn age(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// Time since the last byte moved (since the start when none did).
+    pub fn idle(&self) -> std::time::Duration {
+        let last = self.started + std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        last.elapsed()
+    }
 }
 
 impl Session {
     /// A new session with default policy; the dispatcher gives it an id.
     pub fn new(inbound_tag: Option<Arc<str>>, source: Option<SocketAddr>, target: Destination) -> Self {
-        Session { id: 0, inbound_tag, source, target, user: None, policy: LevelPolicy::default() }
+        Session { id: 0, inbound_tag, source, target, user: None, policy: LevelPolicy::default(), meter: None }
     }
 
     /// The policy level: the user's, or 0.

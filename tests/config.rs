@@ -514,3 +514,27 @@ fn doubtful_values_load_with_warnings_that_name_the_place() {
     );
     assert!(all[1].contains("outbounds[0].settings.vnext[0].users[0].security") && all[1].contains("auto"), "{all:?}");
 }
+
+#[test]
+fn ops_is_an_oxray_extension_with_loopback_by_default() {
+    let c = load_str("t.json", r#"{"ops": {"listen": "127.0.0.1:9090", "token": "zq9x"}}"#).unwrap();
+    let ops = c.ops.expect("ops");
+    assert_eq!(ops.listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(ops.token.as_deref(), Some("zq9x"));
+    assert!(!format!("{ops:?}").contains("zq9x"), "the token is redacted in Debug");
+    assert!(load_str("t.json", "{}").unwrap().ops.is_none());
+    let e = errors(r#"{"ops": {"listen": "0.0.0.0:9090"}}"#);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].path, "ops.listen");
+    assert!(e[0].message.contains("allowRemote") && e[0].location == Some((1, 20)), "{e:?}");
+    assert!(load_str("t.json", r#"{"ops": {"listen": "0.0.0.0:9090", "allowRemote": true}}"#).is_ok());
+    let e = errors(r#"{"ops": {"listen": "127.0.0.1:9090", "tokn": "x"}}"#);
+    assert!(e[0].message.contains("did you mean \"token\""), "{e:?}");
+    let e = errors(r#"{"ops": {"listen": "nonsense"}}"#);
+    assert!(e[0].message.contains("host:port"), "{e:?}");
+    // Never shared with a proxy listener.
+    let shared = r#"{"ops": {"listen": "127.0.0.1:9090"}, "inbounds": [{"listen": "127.0.0.1", "port": 9090,
+        "protocol": "dokodemo-door", "settings": {"address": "1.2.3.4", "port": 1}}]}"#;
+    let e = errors(shared);
+    assert!(e.iter().any(|e| e.path == "ops.listen" && e.message.contains("inbounds[0]")), "{e:?}");
+}

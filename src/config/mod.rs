@@ -129,7 +129,7 @@ fn merge<'n>(ctx: &mut Ctx<'_>, trees: &'n [Node], texts: &[(String, String)]) -
     let mut legacy_out: Vec<(&'n Node, String)> = Vec::new();
     for (i, tree) in trees.iter().enumerate() {
         let Some(top) = ctx.obj(tree, "", TOP_KEYS) else { continue };
-        for key in ["log", "routing", "dns", "transport", "policy", "api", "stats", "reverse"] {
+        for key in ["log", "routing", "dns", "transport", "policy", "api", "stats", "reverse", "ops"] {
             if let Some(n) = top.get(key) {
                 m.singles.insert(key, n);
             }

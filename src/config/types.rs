@@ -29,6 +29,8 @@ pub struct Config {
     pub reverse: ReverseConfig,
     /// `dns`, when the config has one (else lookups use the system resolver).
     pub dns: Option<super::DnsConfig>,
+    /// `ops` (oxray extension): the operations listener; None = off.
+    pub ops: Option<OpsConfig>,
     /// Values that load but deserve the user's attention (e.g. an unknown `security`, taken as auto).
     pub warnings: Vec<super::ConfigError>,
 }
@@ -467,4 +469,26 @@ pub struct PortalConfig {
     pub internal_domain: String,
     /// oxray extensions.
     pub tuning: ReverseTuning,
+}
+
+/// `ops` (oxray extension, ignored by V2Ray): the operations listener (status, metrics, readiness, page).
+#[derive(Clone, PartialEq, Eq)]
+pub struct OpsConfig {
+    /// `listen`: `host:port`; loopback unless `allowRemote`.
+    pub listen: std::net::SocketAddr,
+    /// `token`: when set, every request needs `Authorization: Bearer <token>` (or `?token=`).
+    pub token: Option<String>,
+    /// `allowRemote`: permit a non-loopback `listen`.
+    pub allow_remote: bool,
+}
+
+/// Never prints the token.
+impl fmt::Debug for OpsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpsConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("allow_remote", &self.allow_remote)
+            .finish()
+    }
 }

@@ -28,6 +28,8 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "api",
     "stats",
     "reverse",
+    // oxray extension (V2Ray's decoder ignores unknown top-level keys, so such a file still loads there).
+    "ops",
 ];
 
 /// The merged top level: each key's winning value, and the inbound/outbound lists in final order
@@ -56,6 +58,7 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, m: &Merged<'_>) -> Config {
     let log = build_log(ctx, m.singles.get("log").copied());
     let reverse = m.singles.get("reverse").map(|n| build_reverse(ctx, n)).unwrap_or_default();
     let policy = m.singles.get("policy").map(|n| build_policy(ctx, n)).unwrap_or_default();
+    let ops = m.singles.get("ops").and_then(|n| build_ops(ctx, n));
 
     let legacy_port = m.port.and_then(|n| ctx.int::<u16>(n, "port", 0, u16::MAX));
     let mut inbounds = Vec::new();
@@ -85,7 +88,40 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, m: &Merged<'_>) -> Config {
     tags.extend(reverse.portals.iter().map(|p| p.tag.as_str()));
     let routing = m.singles.get("routing").map(|n| build_routing(ctx, n, &tags)).unwrap_or_default();
     let dns = m.singles.get("dns").and_then(|n| super::dns::build_dns(ctx, n));
-    Config { log, inbounds, outbounds, routing, policy, reverse, dns, warnings: Vec::new() }
+    if let (Some(o), Some(n)) = (&ops, m.singles.get("ops"))
+        && let Some(ib) = inbounds.iter().find(|ib| {
+            (ib.port.first..=ib.port.last).contains(&o.listen.port())
+                && (ib.listen == o.listen.ip() || ib.listen.is_unspecified() || o.listen.ip().is_unspecified())
+        })
+    {
+        ctx.error(
+            n,
+            "ops.listen",
+            format!("{} is also the address of {}: the ops listener is never shared", o.listen, ib.path),
+        );
+    }
+    Config { log, inbounds, outbounds, routing, policy, reverse, dns, ops, warnings: Vec::new() }
+}
+
+/// `ops`: `{"listen": "127.0.0.1:9090", "token": "...", "allowRemote": false}`.
+fn build_ops(ctx: &mut Ctx<'_>, node: &Node) -> Option<OpsConfig> {
+    let o = ctx.obj(node, "ops", &["listen", "token", "allowRemote"])?;
+    let allow_remote = o.bool(ctx, "allowRemote").unwrap_or(false);
+    let token = o.str(ctx, "token").filter(|t| !t.is_empty());
+    let Some(text) = o.str(ctx, "listen") else {
+        if o.get("listen").is_none() {
+            ctx.error(node, "ops.listen", "ops.listen is required (e.g. \"127.0.0.1:9090\")");
+        }
+        return None;
+    };
+    let at = o.get("listen").unwrap_or(node);
+    match crate::ops::parse_listen(&text, allow_remote) {
+        Ok(listen) => Some(OpsConfig { listen, token, allow_remote }),
+        Err(e) => {
+            ctx.error(at, "ops.listen", e);
+            None
+        }
+    }
 }
 
 /// Where to blame a portal/outbound tag clash: the outbound's `tag` value.

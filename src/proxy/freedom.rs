@@ -11,7 +11,7 @@ use tokio::net::UdpSocket;
 
 use crate::config::{FreedomConfig, FreedomDomainStrategy, LevelPolicy, PolicyConfig};
 use crate::dns::{Family, Resolver};
-use crate::proxy::{BoxPacketConn, BoxStream, Outbound, PacketConn, ProxyError, RelayStats, relay};
+use crate::proxy::{BoxPacketConn, BoxStream, Outbound, PacketConn, ProxyError, RelayStats, relay_session};
 use crate::session::{Address, Session};
 use crate::transport::{Dialer, Resolve, StreamSettings, tcp};
 
@@ -126,7 +126,7 @@ impl Outbound for Freedom {
             session.policy = p;
         }
         let upstream = self.connect(&session).await?;
-        Ok(relay(stream, upstream, &session.policy).await?)
+        Ok(relay_session(stream, upstream, &session).await?)
     }
 
     async fn connect(&self, session: &Session) -> Result<BoxStream, ProxyError> {

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::session::Session;
 
-pub use relay::{RelayStats, relay, relay_packets};
+pub use relay::{RelayStats, relay, relay_packets, relay_session};
 
 /// A bidirectional byte stream; `poll_shutdown` is a half-close (EOF to the peer, reading goes on).
 pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -62,7 +62,7 @@ pub trait Outbound: Send + Sync + 'static {
     /// Default: `connect`, then relay both directions with half-close and the session's timeouts.
     async fn handle(&self, session: Session, stream: BoxStream) -> Result<RelayStats, ProxyError> {
         let upstream = self.connect(&session).await?;
-        Ok(relay(stream, upstream, &session.policy).await?)
+        Ok(relay_session(stream, upstream, &session).await?)
     }
 
     /// Opens a datagram flow to `session.target`.

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::config::LevelPolicy;
 use crate::proxy::PacketConn;
+use crate::session::{Meter, Session};
 
 /// Relay buffer per busy direction. Large buffers mean fewer syscalls and fewer, larger VMess/Mux chunks.
 /// 63 KiB, not 64: one buffer plus its Mux and VMess framing (≤ 200 bytes) must stay under the 64 KiB
@@ -171,7 +172,30 @@ impl Half {
 ///
 /// Idle rules (V2Ray's): `connIdle` while both directions are open; once the uplink (client → target)
 /// has ended the limit becomes `downlinkOnly`, once the downlink has ended it becomes `uplinkOnly`.
-pub async fn relay<A, B>(mut client: A, mut target: B, policy: &LevelPolicy) -> io::Result<RelayStats>
+pub async fn relay<A, B>(client: A, target: B, policy: &LevelPolicy) -> io::Result<RelayStats>
+where
+    A: AsyncRead + AsyncWrite + Unpin + Send,
+    B: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    relay_metered(client, target, policy, None).await
+}
+
+/// [`relay`] for a session: its policy, and its totals stored into its meter (if any) after every poll
+/// that moved data, so the operations view sees live bytes without a wrapper around either stream.
+pub async fn relay_session<A, B>(client: A, target: B, session: &Session) -> io::Result<RelayStats>
+where
+    A: AsyncRead + AsyncWrite + Unpin + Send,
+    B: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    relay_metered(client, target, &session.policy, session.meter.as_deref()).await
+}
+
+async fn relay_metered<A, B>(
+    mut client: A,
+    mut target: B,
+    policy: &LevelPolicy,
+    meter: Option<&Meter>,
+) -> io::Result<RelayStats>
 where
     A: AsyncRead + AsyncWrite + Unpin + Send,
     B: AsyncRead + AsyncWrite + Unpin + Send,
@@ -201,6 +225,9 @@ where
         };
         if progress {
             last = Instant::now();
+            if let Some(m) = meter {
+                m.flush(up.total, down.total, last.into_std());
+            }
         }
         if new_limit != limit {
             limit = new_limit;

@@ -19,7 +19,8 @@ use crate::mux::{MuxPacket, MuxStream};
 use crate::proxy::{PacketConn, relay_packets};
 use crate::reverse::control::{Control, ControlState};
 use crate::reverse::is_internal_domain;
-use crate::reverse::status::{BridgeStatus, TunnelStatus};
+use crate::reverse::status::{BridgeStatus, Role};
+use crate::reverse::track::{TagTrack, TunnelTrack};
 use crate::session::{Address, Destination, Session};
 
 /// First re-dial after a failure comes fast; later ones double up to [`MAX_BACKOFF`] (V2Ray: fixed 2 s).
@@ -34,6 +35,7 @@ struct Tunnel {
     drained: AtomicBool,
     /// Set once a control message arrived: the portal accepted us, so the back-off can reset.
     confirmed: AtomicBool,
+    track: Arc<TunnelTrack>,
 }
 
 impl Tunnel {
@@ -51,6 +53,7 @@ struct Inner {
     /// Wakes the monitor when a tunnel dies or drains, so replacement does not wait for the next tick.
     changed: Notify,
     next_id: AtomicU64,
+    track: Arc<TagTrack>,
 }
 
 /// The bridge service.
@@ -69,6 +72,7 @@ impl Bridge {
                 tunnels: std::sync::Mutex::new(Vec::new()),
                 changed: Notify::new(),
                 next_id: AtomicU64::new(1),
+                track: TagTrack::new(Role::Bridge, &config.tag, config.tuning.heartbeat),
             }),
         }
     }
@@ -88,19 +92,12 @@ pub struct BridgeStatusHandle {
 impl BridgeStatusHandle {
     /// Live tunnels and their load.
     pub fn status(&self) -> BridgeStatus {
-        let tunnels = self
-            .inner
-            .lock()
+        let live: Vec<Arc<Tunnel>> = self.inner.lock().iter().filter(|t| !t.server.is_closed()).cloned().collect();
+        let tunnels = live
             .iter()
-            .filter(|t| !t.server.is_closed())
-            .map(|t| TunnelStatus {
-                id: t.id,
-                active_sessions: t.server.active_sessions(),
-                total_sessions: 0,
-                draining: t.drained.load(Ordering::Relaxed),
-            })
+            .map(|t| t.track.status(t.server.active_sessions(), 0, t.drained.load(Ordering::Relaxed)))
             .collect();
-        BridgeStatus { tag: self.inner.tag.to_string(), tunnels }
+        self.inner.track.status(tunnels)
     }
 }
 
@@ -123,12 +120,20 @@ impl Inner {
     async fn dial(self: &Arc<Self>, dispatcher: &Arc<Dispatcher>) -> Result<Arc<Tunnel>, crate::proxy::ProxyError> {
         let target = Destination::tcp(Address::Domain(self.domain.clone()), 0);
         let session = Session::new(Some(self.tag.clone()), None, target);
-        let stream = dispatcher.connect(session).await?;
+        let stream = dispatcher.connect(session).await.inspect_err(|_| self.track.dialed(false))?;
+        self.track.dialed(true);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let track = self.track.tunnel(id, None);
         let tunnel = Arc::new_cyclic(|weak: &std::sync::Weak<Tunnel>| {
             let handler =
                 Arc::new(Handler { bridge: self.clone(), dispatcher: dispatcher.clone(), tunnel: weak.clone() });
-            Tunnel { id, server: MuxServer::start(stream, handler), drained: false.into(), confirmed: false.into() }
+            Tunnel {
+                id,
+                server: MuxServer::start(stream, handler),
+                drained: false.into(),
+                confirmed: false.into(),
+                track,
+            }
         });
         self.lock().push(tunnel.clone());
         Ok(tunnel)
@@ -187,7 +192,21 @@ async fn monitor(inner: Arc<Inner>, dispatcher: Arc<Dispatcher>, tracker: TaskTr
                             }
                             tunnel.server.closed().await;
                         }
-                        info!(bridge = %watch_inner.tag, tunnel = tunnel.id, "tunnel closed");
+                        let drained = tunnel.drained.load(Ordering::Relaxed);
+                        let reason = match (drained, tunnel.confirmed.load(Ordering::Relaxed)) {
+                            (true, _) => "drained by the portal and ended",
+                            (false, true) => "connection ended",
+                            (false, false) => "ended before any heartbeat",
+                        };
+                        let st = tunnel.track.closed(0, drained, reason);
+                        info!(
+                            bridge = %watch_inner.tag,
+                            tunnel = tunnel.id,
+                            up = st.uplink,
+                            down = st.downlink,
+                            age_s = st.age.as_secs(),
+                            "tunnel closed: {reason}"
+                        );
                         let _ = died.send(tunnel.confirmed.load(Ordering::Relaxed));
                     });
                 }
@@ -257,7 +276,13 @@ impl Handler {
 #[async_trait]
 impl MuxHandler for Handler {
     async fn stream(&self, target: Destination, stream: MuxStream) {
-        self.dispatcher.dispatch(self.session(target), Box::new(stream)).await;
+        let mut session = self.session(target);
+        self.dispatcher.assign_id(&mut session);
+        let guard = self.tunnel.upgrade().map(|t| t.track.open(&mut session));
+        let outcome = self.dispatcher.dispatch_outcome(session, Box::new(stream)).await;
+        if let Some(g) = guard {
+            g.finish(outcome.as_ref().map_or_else(|e| e.as_str(), |_| "done"));
+        }
     }
 
     async fn packet(&self, target: Destination, packet: MuxPacket) {
@@ -281,7 +306,9 @@ impl Handler {
             match Control::decode(&msg) {
                 Ok(c) => {
                     tunnel.confirmed.store(true, Ordering::Relaxed);
+                    tunnel.track.heartbeat_received();
                     if c.state == ControlState::Drain {
+                        self.bridge.track.drained("portal_request");
                         info!(bridge = %self.bridge.tag, tunnel = tunnel.id, "portal drained the tunnel");
                         tunnel.drained.store(true, Ordering::Relaxed);
                         self.bridge.changed.notify_one();

@@ -4,6 +4,7 @@ pub mod bridge;
 pub mod control;
 pub mod portal;
 pub mod status;
+pub mod track;
 
 use crate::session::{Destination, Network};
 

@@ -11,9 +11,10 @@ use tracing::{debug, info, warn};
 
 use crate::config::{PortalConfig, ReverseTuning};
 use crate::mux::client::{MuxClient, MuxClientConfig};
-use crate::proxy::{BoxPacketConn, BoxStream, Outbound, PacketConn, ProxyError, RelayStats, relay};
+use crate::proxy::{BoxPacketConn, BoxStream, Outbound, PacketConn, ProxyError, RelayStats, relay_session};
 use crate::reverse::control::{Control, ControlState};
-use crate::reverse::status::{PortalStatus, TunnelStatus};
+use crate::reverse::status::{PortalStatus, Role};
+use crate::reverse::track::{TagTrack, TunnelTrack};
 use crate::session::{Address, Destination, Session};
 
 /// V2Ray closes a portal tunnel once it has been idle (no sessions) at a 16 s tick.
@@ -29,6 +30,7 @@ struct Tunnel {
     id: u64,
     client: Arc<MuxClient>,
     draining: AtomicBool,
+    track: Arc<TunnelTrack>,
 }
 
 /// The portal outbound (registered under the portal's tag).
@@ -40,6 +42,7 @@ pub struct Portal {
     tunnels: std::sync::Mutex<Vec<Arc<Tunnel>>>,
     tunnel_added: Notify,
     next_tunnel: AtomicU64,
+    track: Arc<TagTrack>,
 }
 
 impl Portal {
@@ -53,6 +56,7 @@ impl Portal {
             tunnels: std::sync::Mutex::new(Vec::new()),
             tunnel_added: Notify::new(),
             next_tunnel: AtomicU64::new(1),
+            track: TagTrack::new(Role::Portal, &config.tag, config.tuning.heartbeat),
         }
     }
 
@@ -63,18 +67,18 @@ impl Portal {
 
     /// Live tunnels and their load, for status reporting.
     pub fn status(&self) -> PortalStatus {
-        let tunnels = self
-            .lock()
+        let live: Vec<Arc<Tunnel>> = self.lock().iter().filter(|t| !t.client.is_closed()).cloned().collect();
+        let tunnels = live
             .iter()
-            .filter(|t| !t.client.is_closed())
-            .map(|t| TunnelStatus {
-                id: t.id,
-                active_sessions: t.client.active_sessions(),
-                total_sessions: t.client.total_sessions(),
-                draining: t.draining.load(Ordering::Relaxed),
+            .map(|t| {
+                t.track.status(
+                    t.client.active_sessions(),
+                    t.client.total_sessions(),
+                    t.draining.load(Ordering::Relaxed),
+                )
             })
             .collect();
-        PortalStatus { tag: self.tag.clone(), tunnels }
+        self.track.status(tunnels)
     }
 
     /// Closes every tunnel that carries nothing but its control session (used while shutting down, so
@@ -126,8 +130,9 @@ impl Portal {
             stream,
             MuxClientConfig { max_concurrency: None, max_total: None, idle_close: Some(TUNNEL_IDLE_CLOSE) },
         );
-        let tunnel =
-            Arc::new(Tunnel { id: self.next_tunnel.fetch_add(1, Ordering::Relaxed), client, draining: false.into() });
+        let id = self.next_tunnel.fetch_add(1, Ordering::Relaxed);
+        let track = self.track.tunnel(id, session.source);
+        let tunnel = Arc::new(Tunnel { id, client, draining: false.into(), track });
         let from = session.source.map(|s| s.to_string()).unwrap_or_default();
         let control_target = Destination::udp(Address::Domain(self.internal_domain.clone()), 0);
         let control = match tunnel.client.open_packet(control_target) {
@@ -146,7 +151,18 @@ impl Portal {
             _ = tunnel.client.closed() => {}
         }
         self.lock().retain(|t| !Arc::ptr_eq(t, &tunnel));
-        info!(portal = %self.tag, tunnel = tunnel.id, sessions = tunnel.client.total_sessions(), "tunnel closed");
+        let draining = tunnel.draining.load(Ordering::Relaxed);
+        let reason = if draining { "drained and ended" } else { "connection ended" };
+        let st = tunnel.track.closed(tunnel.client.total_sessions(), draining, reason);
+        info!(
+            portal = %self.tag,
+            tunnel = tunnel.id,
+            sessions = tunnel.client.total_sessions(),
+            up = st.uplink,
+            down = st.downlink,
+            age_s = st.age.as_secs(),
+            "tunnel closed: {reason}"
+        );
     }
 
     /// Heartbeat at once and every period; DRAIN once the tunnel has carried more than `drain_after`
@@ -164,8 +180,10 @@ impl Portal {
             if !buf.is_empty() && control.send(bytes::Bytes::copy_from_slice(&buf)).await.is_err() {
                 return;
             }
+            tunnel.track.heartbeat_sent();
             if drain {
                 tunnel.draining.store(true, Ordering::Relaxed);
+                self.track.drained("session_limit");
                 info!(portal = %self.tag, tunnel = tunnel.id, sessions = tunnel.client.total_sessions(), "tunnel drained");
                 // A clean End, as V2Ray sends: a dropped session would end with the Error bit, and the
                 // bridge would discard the DRAIN still in its buffer.
@@ -175,14 +193,14 @@ impl Portal {
         }
     }
 
-    async fn open(&self, session: &Session) -> Result<BoxStream, ProxyError> {
+    async fn open(&self, session: &Session) -> Result<(Arc<Tunnel>, BoxStream), ProxyError> {
         let mut last = None;
         for _ in 0..PICK_ATTEMPTS {
             let tunnel = self.pick_or_wait().await?;
             match tunnel.client.open_stream(session.target.clone()) {
                 Ok(s) => {
                     debug!(portal = %self.tag, tunnel = tunnel.id, target = %session.target, "session opened");
-                    return Ok(Box::new(s));
+                    return Ok((tunnel, Box::new(s)));
                 }
                 Err(e) => last = Some(e),
             }
@@ -198,7 +216,7 @@ impl Portal {
 #[async_trait]
 impl Outbound for Portal {
     async fn connect(&self, session: &Session) -> Result<BoxStream, ProxyError> {
-        self.open(session).await
+        Ok(self.open(session).await?.1)
     }
 
     async fn handle(&self, session: Session, stream: BoxStream) -> Result<RelayStats, ProxyError> {
@@ -206,8 +224,15 @@ impl Outbound for Portal {
             self.serve_tunnel(&session, stream).await;
             return Ok(RelayStats::default());
         }
-        let upstream = self.open(&session).await?;
-        Ok(relay(stream, upstream, &session.policy).await?)
+        let (tunnel, upstream) = self.open(&session).await?;
+        let mut session = session;
+        let guard = tunnel.track.open(&mut session);
+        let result = relay_session(stream, upstream, &session).await;
+        match &result {
+            Ok(_) => guard.finish("done"),
+            Err(e) => guard.finish(&e.to_string()),
+        }
+        Ok(result?)
     }
 
     async fn connect_packet(&self, session: &Session) -> Result<BoxPacketConn, ProxyError> {
