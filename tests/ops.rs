@@ -361,3 +361,207 @@ async fn token_is_required_when_configured() {
     assert!(!body.contains("s3cret"));
     assert_eq!(get(pair.bridge_ops, "/metrics?token=s3cret", None).await.unwrap().0, 200);
 }
+
+/// Chrome DevTools Protocol over `--remote-debugging-pipe` (fd 3: commands in, fd 4: replies out,
+/// NUL-terminated JSON): no websocket client needed.
+struct Chromium {
+    proc: std::process::Child,
+    to: std::io::PipeWriter,
+    from: std::sync::mpsc::Receiver<Value>,
+    next: u64,
+}
+
+impl Chromium {
+    fn start(bin: &Path, profile: &Path, log: &Path) -> Chromium {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let (cmd_r, cmd_w) = std::io::pipe().unwrap();
+        let (out_r, out_w) = std::io::pipe().unwrap();
+        // Copies above fd 10, so placing them at 3 and 4 in the child cannot clobber each other.
+        // SAFETY: fcntl on fds we own.
+        let (a, b) = unsafe {
+            (
+                libc::fcntl(cmd_r.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10),
+                libc::fcntl(out_w.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10),
+            )
+        };
+        assert!(a >= 10 && b >= 10);
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--remote-debugging-pipe",
+            "--window-size=1280,900",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("about:blank")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(log).unwrap())
+        .stderr(std::fs::File::create(log.with_extension("err")).unwrap());
+        // SAFETY: only async-signal-safe dup2 calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let proc = cmd.spawn().expect("spawn chromium");
+        // SAFETY: closing our copies; the child has its own.
+        unsafe {
+            libc::close(a);
+            libc::close(b);
+        }
+        drop((cmd_r, out_w));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = std::io::BufReader::new(out_r);
+            let mut buf = Vec::new();
+            while std::io::BufRead::read_until(&mut r, 0, &mut buf).is_ok_and(|n| n > 0) {
+                buf.pop();
+                if let Ok(v) = serde_json::from_slice::<Value>(&buf)
+                    && tx.send(v).is_err()
+                {
+                    return;
+                }
+                buf.clear();
+            }
+        });
+        Chromium { proc, to: cmd_w, from: rx, next: 1 }
+    }
+
+    /// Sends one command and waits (bounded) for its reply.
+    fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        let id = self.next;
+        self.next += 1;
+        let mut msg = serde_json::json!({"id": id, "method": method, "params": params});
+        if let Some(s) = session {
+            msg["sessionId"] = s.into();
+        }
+        let mut bytes = msg.to_string().into_bytes();
+        bytes.push(0);
+        std::io::Write::write_all(&mut self.to, &bytes).unwrap();
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let v = self.from.recv_timeout(left).unwrap_or_else(|_| panic!("no reply to {method}"));
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        let _ = self.proc.kill();
+        let _ = self.proc.wait();
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let clean: Vec<u8> = s.bytes().filter(|c| *c != b'=' && !c.is_ascii_whitespace()).collect();
+    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
+    for chunk in clean.chunks(4) {
+        let n = chunk.iter().fold(0u32, |acc, c| (acc << 6) | u32::from(val(*c))) << (6 * (4 - chunk.len()));
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..chunk.len() - 1]);
+    }
+    out
+}
+
+/// What the page shows, read from the live DOM.
+const DOM_PROBE: &str = r#"JSON.stringify({
+  tags: [...document.querySelectorAll("section.tag")].map(e => e.dataset.role + "/" + e.dataset.tag),
+  tunnels: document.querySelectorAll("tr.tunnel").length,
+  sessions: [...document.querySelectorAll("tr.session")].map(e => Number(e.dataset.id)),
+  banner: document.getElementById("banner").className,
+  bannerText: document.getElementById("banner").textContent,
+  ready: document.getElementById("ready").textContent,
+  sparks: document.querySelectorAll("svg.spark polyline").length
+})"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_tunnels_sessions_and_the_banner_in_chromium() {
+    let Some(bin) = tool("chromium", "chromium") else { return };
+    let mut pair = Pair::start("ops-page", &[]).await;
+    let v = visitor(pair.external, 20_000).await;
+    settle(&pair).await;
+    let portal = status(pair.portal_ops).await;
+    let session_id = portal["portals"][0]["tunnels"][0]["sessions"][0]["id"].as_u64().unwrap();
+
+    let out_dir = pair.dir.clone();
+    let url = format!("http://{}/", pair.portal_ops);
+    let mut chrome = Chromium::start(&bin, &out_dir.join("chromium-profile"), &out_dir.join("chromium.log"));
+    let target = chrome.call(None, "Target.createTarget", serde_json::json!({"url": url}));
+    let attached = chrome.call(
+        None,
+        "Target.attachToTarget",
+        serde_json::json!({"targetId": target["targetId"], "flatten": true}),
+    );
+    let sid = attached["sessionId"].as_str().unwrap().to_string();
+    let mut probe = |chrome: &mut Chromium| -> Value {
+        let r = chrome.call(
+            Some(&sid),
+            "Runtime.evaluate",
+            serde_json::json!({"expression": DOM_PROBE, "returnByValue": true}),
+        );
+        r["result"]["value"].as_str().and_then(|s| serde_json::from_str(s).ok()).unwrap_or(Value::Null)
+    };
+
+    // Live: the portal, its tunnel and the visitor's session, fed by the event stream.
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut dom = probe(&mut chrome);
+    while !(dom["tunnels"] == 1 && dom["sessions"].as_array().is_some_and(|s| s.contains(&session_id.into())))
+        && Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        dom = probe(&mut chrome);
+    }
+    assert_eq!(dom["tags"], serde_json::json!(["portal/portal"]), "{dom}");
+    assert_eq!(dom["tunnels"], 1, "{dom}");
+    assert!(dom["sessions"].as_array().unwrap().contains(&session_id.into()), "{dom}");
+    assert_eq!(dom["banner"], "", "{dom}");
+    assert_eq!(dom["ready"], "ready", "{dom}");
+    assert_eq!(dom["sparks"], 2, "{dom}");
+    let shot = chrome.call(Some(&sid), "Page.captureScreenshot", serde_json::json!({"format": "png"}));
+    let png = base64_decode(shot["data"].as_str().unwrap());
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    std::fs::write(out_dir.join("page-live.png"), &png).unwrap();
+    println!("screenshot: {}", out_dir.join("page-live.png").display());
+
+    // The bridge stops: after the health bound (3 heartbeat periods) the red banner names the portal.
+    drop(v);
+    pair.bridge.kill();
+    let killed = Instant::now();
+    let bound = Duration::from_secs(3 * HEARTBEAT_S);
+    let end = killed + bound + Duration::from_secs(5);
+    dom = probe(&mut chrome);
+    while dom["banner"] != "on" && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+        dom = probe(&mut chrome);
+    }
+    let took = killed.elapsed();
+    assert_eq!(dom["banner"], "on", "no banner {took:?} after the bridge was killed: {dom}");
+    assert!(dom["bannerText"].as_str().unwrap().contains("portal portal: no tunnel"), "{dom}");
+    assert_eq!(dom["tunnels"], 0, "{dom}");
+    assert!(took >= bound - Duration::from_millis(1100), "banner after {took:?}, before several periods");
+    println!("banner shown {took:?} after the bridge was killed (bound {bound:?})");
+    let shot = chrome.call(Some(&sid), "Page.captureScreenshot", serde_json::json!({"format": "png"}));
+    std::fs::write(out_dir.join("page-banner.png"), base64_decode(shot["data"].as_str().unwrap())).unwrap();
+    println!("screenshot: {}", out_dir.join("page-banner.png").display());
+}

@@ -154,16 +154,14 @@ impl TagStatus {
         let bound = self.heartbeat * periods;
         let since_start_ok = self.uptime <= bound;
         if self.tunnels.is_empty() {
-            if since_start_ok {
-                return None;
-            }
+            // Heartbeats flow every period while a tunnel is up, so the newest one dates its loss.
             let since = self.last_heartbeat.and_then(|t| now.duration_since(t).ok());
-            return Some(match since {
-                Some(d) => {
-                    format!("{} {}: no tunnel (last heartbeat {}s ago)", self.role.as_str(), self.tag, d.as_secs())
-                }
-                None => format!("{} {}: no tunnel since start", self.role.as_str(), self.tag),
-            });
+            return match since {
+                Some(d) if d <= bound => None,
+                _ if since_start_ok => None,
+                Some(d) => Some(format!("{} {}: no tunnel for {}s", self.role.as_str(), self.tag, d.as_secs())),
+                None => Some(format!("{} {}: no tunnel since start", self.role.as_str(), self.tag)),
+            };
         }
         let newest = self.last_heartbeat.and_then(|t| now.duration_since(t).ok());
         match newest {
