@@ -514,7 +514,7 @@ async fn the_page_shows_tunnels_sessions_and_the_banner_in_chromium() {
         serde_json::json!({"targetId": target["targetId"], "flatten": true}),
     );
     let sid = attached["sessionId"].as_str().unwrap().to_string();
-    let mut probe = |chrome: &mut Chromium| -> Value {
+    let probe = |chrome: &mut Chromium| -> Value {
         let r = chrome.call(
             Some(&sid),
             "Runtime.evaluate",
