@@ -565,3 +565,97 @@ async fn the_page_shows_tunnels_sessions_and_the_banner_in_chromium() {
     std::fs::write(out_dir.join("page-banner.png"), base64_decode(shot["data"].as_str().unwrap())).unwrap();
     println!("screenshot: {}", out_dir.join("page-banner.png").display());
 }
+
+#[test]
+fn systemd_hears_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = temp_dir("ops-notify");
+    let sock_path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let port = free_port();
+    let cfg = format!(
+        r#"{{"inbounds": [{{"tag": "in", "listen": "127.0.0.1", "port": {port}, "protocol": "dokodemo-door",
+             "settings": {{"address": "127.0.0.1", "port": 9}}}}], "outbounds": [{{"protocol": "blackhole"}}]}}"#
+    );
+    let cfg = write_file(&dir, "c.json", &cfg);
+    let notify = sock_path.to_str().unwrap();
+    let mut p = Proc::spawn(
+        "oxray",
+        &oxray_bin(),
+        &["run", "-c", cfg.to_str().unwrap()],
+        &dir.join("oxray.log"),
+        &[("NOTIFY_SOCKET", notify), ("WATCHDOG_USEC", "400000")],
+    );
+    let mut buf = [0u8; 512];
+    let recv = |buf: &mut [u8]| -> String {
+        let n = sock.recv(buf).expect("a notification in time");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let first = recv(&mut buf);
+    assert!(first.starts_with("READY=1\n"), "{first}");
+    assert!(first.contains(&format!("MAINPID={}", p.pid())), "{first}");
+    // READY comes after the listeners are bound.
+    assert!(std::net::TcpStream::connect(local(port)).is_ok(), "READY before the listener was bound");
+    let mut seen = Vec::new();
+    let end = Instant::now() + Duration::from_secs(5);
+    while !seen.iter().any(|m: &String| m == "WATCHDOG=1") && Instant::now() < end {
+        seen.push(recv(&mut buf));
+    }
+    assert!(seen.iter().any(|m| m == "WATCHDOG=1"), "{seen:?}");
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(p.pid().to_string()).status();
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut stopping = false;
+    while !stopping && Instant::now() < end {
+        stopping = recv(&mut buf).starts_with("STOPPING=1");
+    }
+    assert!(stopping, "no STOPPING=1 after SIGTERM");
+    assert_eq!(p.terminate(Duration::from_secs(10)).and_then(|s| s.code()), Some(0));
+
+    // A bad config exits 23 (the unit's RestartPreventExitStatus) and never says READY.
+    let bad = write_file(&dir, "bad.json", r#"{"inbounds": [{"port": "x"}]}"#);
+    let st = std::process::Command::new(oxray_bin())
+        .args(["run", "-c", bad.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", notify)
+        .output()
+        .unwrap();
+    assert_eq!(st.status.code(), Some(23));
+    sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut more = Vec::new();
+    while let Ok(n) = sock.recv(&mut buf) {
+        more.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    assert!(!more.iter().any(|m| m.starts_with("READY=1")), "{more:?}");
+    let unit =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/systemd/oxray.service")).unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("RestartPreventExitStatus=23"));
+}
+
+#[test]
+fn json_log_lines_are_json() {
+    let dir = temp_dir("ops-jsonlog");
+    let port = free_port();
+    let cfg = format!(
+        r#"{{"log": {{"loglevel": "info", "access": "none"}}, "inbounds": [{{"tag": "in", "listen": "127.0.0.1", "port": {port},
+             "protocol": "dokodemo-door", "settings": {{"address": "127.0.0.1", "port": 9}}}}],
+             "outbounds": [{{"protocol": "blackhole"}}]}}"#
+    );
+    let cfg = write_file(&dir, "c.json", &cfg);
+    let mut p = Proc::spawn(
+        "oxray",
+        &oxray_bin(),
+        &["run", "-c", cfg.to_str().unwrap(), "--log-format", "json"],
+        &dir.join("oxray.log"),
+        &[],
+    );
+    assert!(wait_for_port(local(port), Duration::from_secs(10)));
+    assert_eq!(p.terminate(Duration::from_secs(10)).and_then(|s| s.code()), Some(0));
+    let text = p.log_text();
+    let lines: Vec<Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"))).collect();
+    let ready = lines.iter().find(|l| l["message"] == "ready").unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(ready["level"], "info");
+    assert_eq!(ready["listeners"], 1);
+    assert!(ready["time"].as_f64().is_some_and(|t| t > 1.7e9));
+    assert!(lines.iter().any(|l| l["message"] == "stopped"), "{text}");
+}
