@@ -67,20 +67,28 @@ pub(super) async fn serve(listener: TcpListener, state: Arc<State>, tracker: Tas
     }
 }
 
-/// A parsed request line and the one header we care about.
+/// A parsed request line and the one header the listener reads.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct Request {
+pub struct Request {
+    /// `GET`, …
     pub method: String,
+    /// The target before `?`.
     pub path: String,
+    /// The target after `?` (empty when none).
     pub query: String,
+    /// The `Authorization` header's value.
     pub authorization: Option<String>,
 }
 
-/// Parses a request head (everything before the blank line).
-pub(super) fn parse_head(head: &[u8]) -> Option<Request> {
+/// Parses a request head (everything before the blank line); None when it is not HTTP/1.x.
+pub fn parse_head(head: &[u8]) -> Option<Request> {
     let text = std::str::from_utf8(head).ok()?;
     let mut lines = text.split("\r\n");
-    let mut parts = lines.next()?.split(' ');
+    let line = lines.next()?;
+    if line.bytes().any(|b| b.is_ascii_control()) {
+        return None;
+    }
+    let mut parts = line.split(' ');
     let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
     if !version.starts_with("HTTP/1.") || parts.next().is_some() {
         return None;
@@ -231,6 +239,23 @@ mod tests {
         assert!(parse_head(b"GET /\r\n").is_none());
         assert!(parse_head(b"GET / HTTP/1.1\r\nno-colon").is_none());
         assert!(parse_head(b"\xff\xfe").is_none());
+        assert!(parse_head(b"GET\n / HTTP/1.1").is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_parse_or_are_refused_without_panic(head in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = parse_head(&head);
+        }
+
+        #[test]
+        fn well_formed_heads_round_trip(path in "/[a-z0-9/]{0,20}", query in "[a-z0-9=&]{0,20}", token in "[A-Za-z0-9]{1,20}") {
+            let head = format!("GET {path}?{query} HTTP/1.1\r\nHost: x\r\nauthorization:  Bearer {token}");
+            let r = parse_head(head.as_bytes()).expect("parses");
+            proptest::prop_assert_eq!(r.path, path);
+            proptest::prop_assert_eq!(r.query, query);
+            proptest::prop_assert_eq!(r.authorization, Some(format!("Bearer {token}")));
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::config::OpsConfig;
 use crate::reverse::bridge::BridgeStatusHandle;
 use crate::reverse::portal::Portal;
 use crate::reverse::status::TagStatus;
+pub use http::{Request as RequestHead, parse_head as parse_request_head};
 use traffic::{TagCounts, Traffic};
 
 /// Heartbeat periods without a tunnel or heartbeat before a tag is reported unhealthy (page banner,
