@@ -72,16 +72,33 @@ impl Dispatcher {
         self.dispatch_with(session, stream, |_| {}).await
     }
 
+    /// Dispatches a session that arrived inside a Mux.Cool connection (a Mux sub-session, or a session
+    /// the portal opened on a bridge): routed like any flow, but never served as Mux.Cool again. V2Ray's
+    /// Mux server dispatches sub-sessions plainly too; nesting would let one peer stack connections.
+    pub async fn dispatch_sub(self: &Arc<Self>, session: Session, stream: BoxStream) {
+        self.dispatch_inner(session, stream, |_| {}, false).await
+    }
+
     /// [`Dispatcher::dispatch`], letting the inbound adjust the session's policy (dokodemo `timeout`).
     pub async fn dispatch_with(
+        self: &Arc<Self>,
+        session: Session,
+        stream: BoxStream,
+        adjust: impl FnOnce(&mut LevelPolicy),
+    ) {
+        self.dispatch_inner(session, stream, adjust, true).await
+    }
+
+    async fn dispatch_inner(
         self: &Arc<Self>,
         mut session: Session,
         stream: BoxStream,
         adjust: impl FnOnce(&mut LevelPolicy),
+        serve_mux: bool,
     ) {
         self.prepare(&mut session);
         adjust(&mut session.policy);
-        if session.target.address.domain() == Some(MUX_COOL_DOMAIN) {
+        if serve_mux && session.target.address.domain() == Some(MUX_COOL_DOMAIN) {
             // Every inbound serves Mux.Cool for this magic target, as V2Ray's do.
             let handler = Arc::new(InboundMux { dispatcher: self.clone(), carrier: session });
             MuxServer::start(stream, handler).closed().await;
@@ -175,7 +192,7 @@ impl InboundMux {
 #[async_trait]
 impl MuxHandler for InboundMux {
     async fn stream(&self, target: crate::session::Destination, stream: MuxStream) {
-        self.dispatcher.dispatch(self.session(target), Box::new(stream)).await;
+        self.dispatcher.dispatch_sub(self.session(target), Box::new(stream)).await;
     }
 
     async fn packet(&self, target: crate::session::Destination, packet: MuxPacket) {

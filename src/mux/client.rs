@@ -66,6 +66,11 @@ impl MuxClient {
         self.conn.active_sessions()
     }
 
+    /// Received bytes queued for session readers (private copies, so this is their real allocation).
+    pub fn queued_bytes(&self) -> usize {
+        self.conn.recv_queued()
+    }
+
     /// Sessions ever allocated on this connection (the portal's drain rule counts these).
     pub fn total_sessions(&self) -> u32 {
         self.conn.total_sessions()
@@ -74,7 +79,8 @@ impl MuxClient {
     /// True when the connection takes no new session (limits reached, ids used up, or closed).
     pub fn is_full(&self) -> bool {
         let active = self.conn.active_sessions();
-        self.config.max_concurrency.is_some_and(|m| active >= m as usize)
+        active >= super::conn::MAX_SESSIONS
+            || self.config.max_concurrency.is_some_and(|m| active >= m as usize)
             || self.config.max_total.is_some_and(|m| self.conn.total_sessions() >= m)
             || self.conn.ids_exhausted()
             || self.conn.is_closed()

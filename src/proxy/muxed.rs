@@ -23,21 +23,21 @@ const MUX_COOL_PORT: u16 = 9527;
 pub struct Muxed {
     inner: Arc<dyn Outbound>,
     config: MuxConfig,
-    clients: tokio::sync::Mutex<Vec<Arc<MuxClient>>>,
+    clients: std::sync::Mutex<Vec<Arc<MuxClient>>>,
 }
 
 impl Muxed {
     /// Wraps `inner`.
     pub fn new(inner: Arc<dyn Outbound>, config: MuxConfig) -> Self {
-        Muxed { inner, config, clients: tokio::sync::Mutex::new(Vec::new()) }
+        Muxed { inner, config, clients: std::sync::Mutex::new(Vec::new()) }
     }
 
-    /// The first connection with room, or a new one.
+    /// The first connection with room, or a new one. The lock is never held across the dial: a dial
+    /// that stalls (a black-holed server) must not queue every other flow behind it; flows that find
+    /// no room meanwhile dial their own carriers.
     async fn client(&self, session: &Session) -> Result<Arc<MuxClient>, ProxyError> {
-        let mut clients = self.clients.lock().await;
-        clients.retain(|c| !c.is_closed());
-        if let Some(c) = clients.iter().find(|c| !c.is_full()) {
-            return Ok(c.clone());
+        if let Some(c) = self.with_room() {
+            return Ok(c);
         }
         let mut carrier = session.clone();
         carrier.target = Destination::tcp(Address::Domain(Arc::from(MUX_COOL_DOMAIN)), MUX_COOL_PORT);
@@ -50,8 +50,19 @@ impl Muxed {
                 idle_close: Some(IDLE_CLOSE),
             },
         );
-        clients.push(client.clone());
+        self.lock().push(client.clone());
         Ok(client)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<MuxClient>>> {
+        // A poisoned lock only means a panic elsewhere mid-push; a Vec of Arcs stays consistent.
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn with_room(&self) -> Option<Arc<MuxClient>> {
+        let mut clients = self.lock();
+        clients.retain(|c| !c.is_closed());
+        clients.iter().find(|c| !c.is_full()).cloned()
     }
 }
 

@@ -257,7 +257,7 @@ impl Handler {
 #[async_trait]
 impl MuxHandler for Handler {
     async fn stream(&self, target: Destination, stream: MuxStream) {
-        self.dispatcher.dispatch(self.session(target), Box::new(stream)).await;
+        self.dispatcher.dispatch_sub(self.session(target), Box::new(stream)).await;
     }
 
     async fn packet(&self, target: Destination, packet: MuxPacket) {
