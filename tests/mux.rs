@@ -26,7 +26,7 @@ fn target() -> Destination {
 }
 
 fn unlimited() -> MuxClientConfig {
-    MuxClientConfig { max_concurrency: None, max_total: None, idle_close: None }
+    MuxClientConfig { max_concurrency: None, max_total: None, idle_close: None, wear: None }
 }
 
 /// XOR-echoes every stream (half-closing after the peer does) and echoes every datagram.
@@ -580,7 +580,7 @@ async fn oversized_udp_frame_closes_connection() {
 #[tokio::test]
 async fn limits_make_client_full() {
     let (a, _raw) = tokio::io::duplex(64 * 1024);
-    let cfg = MuxClientConfig { max_concurrency: Some(2), max_total: Some(3), idle_close: None };
+    let cfg = MuxClientConfig { max_concurrency: Some(2), max_total: Some(3), idle_close: None, wear: None };
     let client = MuxClient::new(Box::new(a), cfg);
     let s1 = client.open_stream(target()).unwrap();
     let _s2 = client.open_stream(target()).unwrap();

@@ -10,7 +10,7 @@ use crate::config::MuxConfig;
 use crate::mux::MUX_COOL_DOMAIN;
 use crate::mux::client::{MuxClient, MuxClientConfig};
 use crate::proxy::{BoxPacketConn, BoxStream, Outbound, ProxyError};
-use crate::session::{Address, Destination, Session};
+use crate::session::{Address, Destination, Session, Wear};
 
 /// V2Ray's cap on sessions ever opened on one mux connection.
 const MAX_TOTAL_SESSIONS: u32 = 128;
@@ -41,6 +41,7 @@ impl Muxed {
         }
         let mut carrier = session.clone();
         carrier.target = Destination::tcp(Address::Domain(Arc::from(MUX_COOL_DOMAIN)), MUX_COOL_PORT);
+        carrier.wear = Some(Wear::new());
         let stream = self.inner.connect(&carrier).await?;
         let client = MuxClient::new(
             stream,
@@ -48,6 +49,8 @@ impl Muxed {
                 max_concurrency: Some(u32::from(self.config.concurrency)),
                 max_total: Some(MAX_TOTAL_SESSIONS),
                 idle_close: Some(IDLE_CLOSE),
+                // A worn carrier takes no new flow: the next one dials a fresh carrier.
+                wear: carrier.wear.clone(),
             },
         );
         self.lock().push(client.clone());

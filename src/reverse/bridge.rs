@@ -20,7 +20,7 @@ use crate::proxy::{PacketConn, relay_packets};
 use crate::reverse::control::{Control, ControlState};
 use crate::reverse::is_internal_domain;
 use crate::reverse::status::{BridgeStatus, TunnelStatus};
-use crate::session::{Address, Destination, Session};
+use crate::session::{Address, Destination, Session, Wear};
 
 /// First re-dial after a failure comes fast; later ones double up to [`MAX_BACKOFF`] (V2Ray: fixed 2 s).
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -34,11 +34,13 @@ struct Tunnel {
     drained: AtomicBool,
     /// Set once a control message arrived: the portal accepted us, so the back-off can reset.
     confirmed: AtomicBool,
+    /// The tunnel's VMess nonce wear: a worn tunnel counts as drained, and a replacement is dialled.
+    wear: Arc<Wear>,
 }
 
 impl Tunnel {
     fn active(&self) -> bool {
-        !self.drained.load(Ordering::Relaxed) && !self.server.is_closed()
+        !self.drained.load(Ordering::Relaxed) && !self.server.is_closed() && !self.wear.is_worn()
     }
 }
 
@@ -122,13 +124,16 @@ impl Inner {
 
     async fn dial(self: &Arc<Self>, dispatcher: &Arc<Dispatcher>) -> Result<Arc<Tunnel>, crate::proxy::ProxyError> {
         let target = Destination::tcp(Address::Domain(self.domain.clone()), 0);
-        let session = Session::new(Some(self.tag.clone()), None, target);
+        let mut session = Session::new(Some(self.tag.clone()), None, target);
+        let wear = Wear::new();
+        session.wear = Some(wear.clone());
         let stream = dispatcher.connect(session).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let tunnel = Arc::new_cyclic(|weak: &std::sync::Weak<Tunnel>| {
             let handler =
                 Arc::new(Handler { bridge: self.clone(), dispatcher: dispatcher.clone(), tunnel: weak.clone() });
-            Tunnel { id, server: MuxServer::start(stream, handler), drained: false.into(), confirmed: false.into() }
+            let server = MuxServer::start(stream, handler);
+            Tunnel { id, server, drained: false.into(), confirmed: false.into(), wear }
         });
         self.lock().push(tunnel.clone());
         Ok(tunnel)

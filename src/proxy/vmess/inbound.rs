@@ -140,7 +140,7 @@ impl Inbound for VmessInbound {
         let udp = h.command == Command::Udp;
         let target =
             if udp { Destination::udp(h.address.clone(), h.port) } else { Destination::tcp(h.address.clone(), h.port) };
-        let server_stream = VmessStream::server(
+        let mut server_stream = VmessStream::server(
             stream,
             &buf[used..],
             ChunkDecoder::new(security, h.options, udp, &h.body_key, &h.body_iv),
@@ -151,6 +151,11 @@ impl Inbound for VmessInbound {
         let level = user.level;
         let mut session = Session::new(self.tag.clone(), Some(peer), target);
         session.user = Some(user);
+        // Any connection may turn out to be a carrier (a reverse tunnel, a Mux connection): its chunk
+        // counts are there for whoever runs Mux over it.
+        let wear = crate::session::Wear::new();
+        server_stream.set_wear(wear.clone());
+        session.wear = Some(wear);
         if udp {
             let policy = dispatcher.policy(level);
             match dispatcher.connect_packet(session).await {
