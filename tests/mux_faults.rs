@@ -231,3 +231,196 @@ async fn a_worn_reverse_tunnel_is_replaced_before_its_nonces_run_out() {
         xor_exchange(public, &payload(4096, 9000 + i), true).await.unwrap_or_else(|e| panic!("after: {e}\n{}", logs()));
     }
 }
+
+fn uuid_bytes() -> [u8; 16] {
+    let hex: String = UUID.chars().filter(|c| *c != '-').collect();
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    id
+}
+
+/// Resident memory of a process, from /proc (the test fails if it cannot be read: no vacuous bound).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS value")
+}
+
+/// A VMess connection to `server` carrying Mux.Cool, for raw frames.
+async fn raw_mux(server: SocketAddr) -> oxray::proxy::vmess::VmessStream<tokio::net::TcpStream> {
+    use oxray::session::{Address, Destination};
+    let tcp = tokio::net::TcpStream::connect(server).await.unwrap();
+    let user = oxray::proxy::vmess::ClientUser::new(&uuid_bytes(), 0, oxray::config::VmessSecurity::Aes128Gcm);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let mut s = user.handshake(tcp, &Destination::tcp(Address::parse("v1.mux.cool"), 9527), now).unwrap();
+    s.flush().await.unwrap();
+    s
+}
+
+fn frame_bytes(f: oxray::mux::frame::Frame) -> Vec<u8> {
+    let mut v = Vec::new();
+    f.encode(&mut v).unwrap();
+    v
+}
+
+/// Counts connections a server holds open (it XOR-echoes, so a session can be seen to work).
+async fn counting_echo() -> (SocketAddr, Arc<AtomicU64>, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (live, total) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (l2, t2) = (live.clone(), total.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            l2.fetch_add(1, Ordering::SeqCst);
+            t2.fetch_add(1, Ordering::SeqCst);
+            let l3 = l2.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    buf[..n].iter_mut().for_each(|b| *b ^= XOR);
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                l3.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, live, total)
+}
+
+/// A raw Mux peer that floods New frames past the session cap, reuses live ids, nests `v1.mux.cool`
+/// and never reads: the oxray process stays within a memory bound and keeps serving an honest client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_mux_peer_is_bounded_and_others_are_served() {
+    use oxray::mux::frame::Frame;
+    use oxray::session::{Address, Destination};
+    let _heavy = HEAVY.lock().await;
+    let (echo, live, total) = counting_echo().await;
+    let port = free_port();
+    let dir = temp_dir("mux-faults-abuse");
+    let server = spawn_impl(Impl::Oxray, "server", &dir, &vmess_server_config(port));
+    let addr = local(port);
+    assert!(wait_port_async(addr, Duration::from_secs(10)).await, "server did not start:\n{}", server.log_text());
+    let echo_target = Destination::tcp(Address::from(echo.ip()), echo.port());
+    let honest = |seed: u64| {
+        let target = echo_target.clone();
+        async move {
+            let t0 = Instant::now();
+            let mut s = raw_mux(addr).await;
+            let data = payload(4096, seed);
+            s.write_all(&frame_bytes(Frame::new_session(1, target, Some(data.clone().into())))).await.unwrap();
+            s.flush().await.unwrap();
+            let mut buf = bytes::BytesMut::new();
+            let mut got = Vec::new();
+            while got.len() < data.len() {
+                match oxray::mux::frame::decode(&mut buf).unwrap() {
+                    Some(f) => got.extend_from_slice(f.data.as_deref().unwrap_or_default()),
+                    None => assert!(s.read_buf(&mut buf).await.unwrap() > 0, "honest client cut off"),
+                }
+            }
+            assert!(got.iter().zip(&data).all(|(g, d)| *g == d ^ XOR), "honest bytes differ");
+            t0.elapsed()
+        }
+    };
+    let baseline = honest(1).await;
+    let rss0 = rss_kib(server.pid());
+
+    // 1. Reused ids: New for id 1 again and again, each once the previous one reached the echo; each
+    // aborts the session before it, so the echo never holds more than a couple of those connections.
+    let mut a = raw_mux(addr).await;
+    for i in 0..50u64 {
+        a.write_all(&frame_bytes(Frame::new_session(1, echo_target.clone(), Some(payload(64, i).into()))))
+            .await
+            .unwrap();
+        a.flush().await.unwrap();
+        let want = i + 2; // the honest client's connection, then one per New
+        assert!(wait_until(Duration::from_secs(10), || async { total.load(Ordering::SeqCst) >= want }).await);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || async { live.load(Ordering::SeqCst) <= 2 }).await,
+        "{} upstream connections still open after reusing one id",
+        live.load(Ordering::SeqCst)
+    );
+
+    // 2. Nesting: a sub-session to v1.mux.cool is dispatched plainly (freedom cannot reach such a host),
+    // so the Mux frames inside it never open anything: the session ends, and the echo sees no one new.
+    let before = total.load(Ordering::SeqCst);
+    let inner = frame_bytes(Frame::new_session(1, echo_target.clone(), Some(payload(64, 7).into())));
+    let nest = Destination::tcp(Address::parse("v1.mux.cool"), 9527);
+    a.write_all(&frame_bytes(Frame::new_session(2, nest, Some(inner.into())))).await.unwrap();
+    a.flush().await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let nested_end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match oxray::mux::frame::decode(&mut buf).unwrap() {
+                Some(f) if f.id == 2 && f.status == oxray::mux::frame::Status::End => return,
+                Some(_) => {}
+                None => assert!(a.read_buf(&mut buf).await.unwrap() > 0, "connection closed"),
+            }
+        }
+    })
+    .await;
+    eprintln!("nested v1.mux.cool session ended: {}", nested_end.is_ok());
+    assert_eq!(total.load(Ordering::SeqCst), before, "the frames inside a nested v1.mux.cool session were served");
+
+    // 3. Flood: New frames past the session cap, each with data, on a connection that never reads.
+    let mut b = raw_mux(addr).await;
+    let flood = async {
+        for id in 1..=2000u16 {
+            b.write_all(&frame_bytes(Frame::new_session(
+                id,
+                echo_target.clone(),
+                Some(payload(8192, id.into()).into()),
+            )))
+            .await?;
+        }
+        b.flush().await
+    };
+    // It either errors (the connection is closed for abuse) or stalls (the server stopped reading).
+    let flood = tokio::time::timeout(Duration::from_secs(15), flood).await;
+    eprintln!("flood past the session cap ended with {flood:?}");
+
+    // 4. Never reads, much data: sessions whose echoes come back to a peer that does not read.
+    let mut c = raw_mux(addr).await;
+    let big = payload(60_000, 3);
+    let push = async {
+        for round in 0..64u16 {
+            for id in 1..=64u16 {
+                let f = if round == 0 {
+                    Frame::new_session(id, echo_target.clone(), Some(big.clone().into()))
+                } else {
+                    Frame::keep(id, big.clone().into())
+                };
+                c.write_all(&frame_bytes(f)).await?;
+            }
+        }
+        c.flush().await
+    };
+    let pushed = tokio::time::timeout(Duration::from_secs(15), push).await;
+    let rss1 = rss_kib(server.pid());
+    let during = honest(2).await;
+    eprintln!(
+        "RSS {} KiB before the abuse, {} KiB during; honest round trip {baseline:?} before, {during:?} during \
+         (bulk push {})",
+        rss0,
+        rss1,
+        if pushed.is_ok() { "went through" } else { "was stalled" }
+    );
+    assert!(during < Duration::from_secs(2), "honest client took {during:?} beside the abusers");
+    // The bound: one connection queues at most 48 MiB for its sessions; measured ~15 MiB of growth.
+    assert!(rss1 < rss0 + 96 * 1024, "RSS grew from {rss0} to {rss1} KiB");
+    let text = server.log_text();
+    assert!(!text.contains("panicked"), "{text}");
+    drop((a, b, c));
+    assert!(
+        wait_until(Duration::from_secs(10), || async { live.load(Ordering::SeqCst) == 0 }).await,
+        "{} upstream connections left after the abusers went away",
+        live.load(Ordering::SeqCst)
+    );
+}
