@@ -35,7 +35,7 @@ pub enum VmessError {
 /// The VMess inbound.
 pub struct VmessInbound {
     tag: Option<Arc<str>>,
-    validator: Validator,
+    validator: Arc<Validator>,
     disable_insecure: bool,
 }
 
@@ -45,11 +45,9 @@ impl VmessInbound {
         if cfg.clients.is_empty() {
             return Err(VmessError::NoClients);
         }
-        Ok(VmessInbound {
-            tag: tag.map(Arc::from),
-            validator: Validator::new(&cfg),
-            disable_insecure: cfg.disable_insecure_encryption,
-        })
+        let validator = Arc::new(Validator::new(&cfg));
+        validator.maintain();
+        Ok(VmessInbound { tag: tag.map(Arc::from), validator, disable_insecure: cfg.disable_insecure_encryption })
     }
 
     /// Go's drain size: a per-user-set base (from the behaviour seed) + 16 + 38 + a small random part.
