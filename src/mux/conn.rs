@@ -135,6 +135,10 @@ impl Conn {
         self.token.is_cancelled()
     }
 
+    pub(crate) fn is_server(&self) -> bool {
+        self.role == Role::Server
+    }
+
     pub(crate) fn recv_queued(&self) -> usize {
         self.recv_queued.load(Ordering::Relaxed)
     }

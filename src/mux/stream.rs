@@ -30,9 +30,13 @@ pub(crate) const RECV_HIGH_WATER: usize = 512 * 1024;
 /// Most a session may queue at all: past [`HOL_WAIT`] the reader stops waiting for it and queues into
 /// this headroom; a session that overruns it is ended (End with the Error option).
 pub(crate) const RECV_HARD_LIMIT: usize = 2 * RECV_HIGH_WATER;
-/// Longest the connection reader waits for one full session whose consumer takes nothing: the most one
-/// stalled visitor can delay the others, per stall.
-pub(crate) const HOL_WAIT: Duration = Duration::from_millis(200);
+/// Longest the reader of a client-side connection (the portal, a mux outbound: the side whose sessions
+/// end at public visitors) waits for one full session whose consumer takes nothing: the most one
+/// stalled visitor can delay the others, per stall. The server side (the bridge, an inbound's Mux
+/// server: sessions end at services) waits up to [`STALL_LIMIT`] instead: a pause of the far end there
+/// is usually back-pressure of the same flow (a full-duplex service whose answers wait for this very
+/// connection), and cutting it would lose a legitimate transfer.
+pub(crate) const HOL_WAIT: Duration = Duration::from_millis(400);
 /// A full session whose consumer takes nothing for this long is ended (End|Error, its queue dropped)
 /// at the next frame for it; the other sessions never notice.
 pub(crate) const STALL_LIMIT: Duration = Duration::from_secs(3);
@@ -154,9 +158,10 @@ impl Session {
         }
         let now = Instant::now();
         let since = *st.full_since.get_or_insert(now);
-        if now < since + HOL_WAIT {
+        let patience = if self.conn.is_server() { STALL_LIMIT } else { HOL_WAIT };
+        if now < since + patience {
             *data = Some(d);
-            return Push::Wait(since + HOL_WAIT);
+            return Push::Wait(since + patience);
         }
         let idle = now - since;
         let over = st.queued + d.len() > RECV_HARD_LIMIT || self.conn.recv_queued() + d.len() > CONN_RECV_HARD_LIMIT;
