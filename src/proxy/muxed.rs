@@ -91,3 +91,68 @@ impl Outbound for Muxed {
             .map_err(|e| ProxyError::Refused(format!("mux: {e}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mux::{MuxHandler, MuxPacket, MuxServer, MuxStream};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct Echo;
+
+    #[async_trait]
+    impl MuxHandler for Echo {
+        async fn stream(&self, _t: Destination, mut s: MuxStream) {
+            let mut b = [0u8; 64];
+            while let Ok(n) = s.read(&mut b).await {
+                if n == 0 || s.write_all(&b[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+        async fn packet(&self, _t: Destination, _p: MuxPacket) {}
+    }
+
+    /// The first dial never completes (a black-holed server); later ones reach a Mux server.
+    struct FirstDialHangs(AtomicUsize);
+
+    #[async_trait]
+    impl Outbound for FirstDialHangs {
+        async fn connect(&self, _session: &Session) -> Result<BoxStream, ProxyError> {
+            if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+                std::future::pending::<()>().await;
+            }
+            let (a, b) = tokio::io::duplex(64 * 1024);
+            // The server runs until the stream ends (the test's runtime ends it).
+            let _server = MuxServer::start(Box::new(b), Arc::new(Echo));
+            Ok(Box::new(a))
+        }
+    }
+
+    /// A dial that stalls does not hold the pool's lock: the next flow dials its own carrier and is served.
+    #[tokio::test]
+    async fn a_stalled_dial_does_not_queue_the_next_flow() {
+        let inner = Arc::new(FirstDialHangs(AtomicUsize::new(0)));
+        let muxed = Arc::new(Muxed::new(inner.clone(), MuxConfig { concurrency: 8 }));
+        let session = Session::new(None, None, Destination::tcp(Address::parse("example.com"), 80));
+        let (m, s) = (muxed.clone(), session.clone());
+        let stalled = tokio::spawn(async move { m.connect(&s).await.map(|_| ()) });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while inner.0.load(Ordering::SeqCst) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the first dial never started");
+            tokio::task::yield_now().await;
+        }
+        let mut stream = tokio::time::timeout(Duration::from_secs(2), muxed.connect(&session))
+            .await
+            .expect("the second flow waited behind the stalled dial")
+            .unwrap();
+        stream.write_all(b"ping").await.unwrap();
+        let mut b = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut b)).await.unwrap().unwrap();
+        assert_eq!(&b, b"ping");
+        assert!(!stalled.is_finished());
+        stalled.abort();
+    }
+}
