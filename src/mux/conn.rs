@@ -41,9 +41,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 pub const MAX_SESSIONS: usize = 1024;
 /// Received data queued over all sessions of a connection before a session with data already queued
 /// counts as full (so 1024 sessions cannot each hold their whole budget).
-pub(crate) const CONN_RECV_HIGH_WATER: usize = 32 * 1024 * 1024;
+pub(crate) const CONN_RECV_HIGH_WATER: usize = 64 * 1024 * 1024;
 /// Past this, a session the reader no longer waits for is ended rather than queue more.
-pub(crate) const CONN_RECV_HARD_LIMIT: usize = 48 * 1024 * 1024;
+pub(crate) const CONN_RECV_HARD_LIMIT: usize = 96 * 1024 * 1024;
 /// Control frames (New/End) queued for a peer that does not read: past this the connection is closed.
 /// The reader stops taking frames that would queue control frames well before (at the high-water mark).
 const CONTROL_HARD_LIMIT: usize = 1024 * 1024;
@@ -133,6 +133,12 @@ impl Conn {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.token.is_cancelled()
+    }
+
+    /// True while the write queue is at its high-water mark: the peer is not taking our frames.
+    pub(crate) fn write_backlogged(&self) -> bool {
+        let w = lock(&self.write);
+        w.pending.len() + w.ends.len() >= WRITE_HIGH_WATER
     }
 
     pub(crate) fn is_server(&self) -> bool {

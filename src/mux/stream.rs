@@ -28,14 +28,17 @@ use crate::proxy::PacketConn;
 /// allocation.
 pub(crate) const RECV_HIGH_WATER: usize = 512 * 1024;
 /// Most a session may queue at all: past [`HOL_WAIT`] the reader stops waiting for it and queues into
-/// this headroom; a session that overruns it is ended (End with the Error option).
-pub(crate) const RECV_HARD_LIMIT: usize = 2 * RECV_HIGH_WATER;
+/// this headroom (4 MiB: a visitor whose link pauses while a fast service keeps sending survives a
+/// pause of ~0.5 s at 8 MB/s, and none of it delays the others); a session that overruns it is ended
+/// (End with the Error option). The connection-wide limits bound the sum.
+pub(crate) const RECV_HARD_LIMIT: usize = RECV_HIGH_WATER + 4 * 1024 * 1024;
 /// Longest the reader of a client-side connection (the portal, a mux outbound: the side whose sessions
 /// end at public visitors) waits for one full session whose consumer takes nothing: the most one
 /// stalled visitor can delay the others, per stall. The server side (the bridge, an inbound's Mux
 /// server: sessions end at services) waits up to [`STALL_LIMIT`] instead: a pause of the far end there
 /// is usually back-pressure of the same flow (a full-duplex service whose answers wait for this very
-/// connection), and cutting it would lose a legitimate transfer.
+/// connection), and cutting it would lose a legitimate transfer; time while the peer does not take our
+/// frames does not count at all there (a V2Ray portal's reader waits on its slowest visitor).
 pub(crate) const HOL_WAIT: Duration = Duration::from_millis(400);
 /// A full session whose consumer takes nothing for this long is ended (End|Error, its queue dropped)
 /// at the next frame for it; the other sessions never notice.
@@ -157,6 +160,11 @@ impl Session {
             return Push::Done;
         }
         let now = Instant::now();
+        if self.conn.is_server() && self.conn.write_backlogged() {
+            // The peer is not reading this connection: everything on it waits, this consumer included
+            // (a service whose answers queue behind ours stops reading us). Not this session's stall.
+            st.full_since = Some(now);
+        }
         let since = *st.full_since.get_or_insert(now);
         let patience = if self.conn.is_server() { STALL_LIMIT } else { HOL_WAIT };
         if now < since + patience {
