@@ -72,7 +72,7 @@ fn throughput(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (client, _server) = rt.block_on(async {
         let (a, b) = tokio::io::duplex(1 << 20);
-        let cfg = MuxClientConfig { max_concurrency: None, max_total: None, idle_close: None };
+        let cfg = MuxClientConfig { max_concurrency: None, max_total: None, idle_close: None, wear: None };
         (MuxClient::new(Box::new(a), cfg), MuxServer::start(Box::new(b), Arc::new(Sink)))
     });
     let chunk = vec![0x5au8; 64 * 1024];

@@ -103,12 +103,24 @@ impl Dispatcher {
 
     /// Routes a stream and lets the chosen outbound carry it to the end. Logs one access line.
     pub async fn dispatch(self: &Arc<Self>, session: Session, stream: BoxStream) {
-        let _ = self.run(session, stream, |_| {}).await;
+        let _ = self.run(session, stream, |_| {}, true).await;
     }
 
     /// [`Dispatcher::dispatch`], returning what the flow moved or why it ended.
     pub async fn dispatch_outcome(self: &Arc<Self>, session: Session, stream: BoxStream) -> Result<RelayStats, String> {
-        self.run(session, stream, |_| {}).await
+        self.run(session, stream, |_| {}, true).await
+    }
+
+    /// [`Dispatcher::dispatch_sub`], returning what the flow moved or why it ended.
+    pub async fn dispatch_sub_outcome(self: &Arc<Self>, session: Session, stream: BoxStream) -> Result<RelayStats, String> {
+        self.run(session, stream, |_| {}, false).await
+    }
+
+    /// Dispatches a session that arrived inside a Mux.Cool connection (a Mux sub-session, or a session
+    /// the portal opened on a bridge): routed like any flow, but never served as Mux.Cool again. V2Ray's
+    /// Mux server dispatches sub-sessions plainly too; nesting would let one peer stack connections.
+    pub async fn dispatch_sub(self: &Arc<Self>, session: Session, stream: BoxStream) {
+        let _ = self.run(session, stream, |_| {}, false).await;
     }
 
     /// [`Dispatcher::dispatch`], letting the inbound adjust the session's policy (dokodemo `timeout`).
@@ -118,7 +130,7 @@ impl Dispatcher {
         stream: BoxStream,
         adjust: impl FnOnce(&mut LevelPolicy),
     ) {
-        let _ = self.run(session, stream, adjust).await;
+        let _ = self.run(session, stream, adjust, true).await;
     }
 
     async fn run(
@@ -126,10 +138,11 @@ impl Dispatcher {
         mut session: Session,
         stream: BoxStream,
         adjust: impl FnOnce(&mut LevelPolicy),
+        serve_mux: bool,
     ) -> Result<RelayStats, String> {
         self.prepare(&mut session);
         adjust(&mut session.policy);
-        if session.target.address.domain() == Some(MUX_COOL_DOMAIN) {
+        if serve_mux && session.target.address.domain() == Some(MUX_COOL_DOMAIN) {
             // Every inbound serves Mux.Cool for this magic target, as V2Ray's do.
             let handler = Arc::new(InboundMux { dispatcher: self.clone(), carrier: session });
             MuxServer::start(stream, handler).closed().await;
@@ -238,7 +251,7 @@ impl InboundMux {
 #[async_trait]
 impl MuxHandler for InboundMux {
     async fn stream(&self, target: crate::session::Destination, stream: MuxStream) {
-        self.dispatcher.dispatch(self.session(target), Box::new(stream)).await;
+        self.dispatcher.dispatch_sub(self.session(target), Box::new(stream)).await;
     }
 
     async fn packet(&self, target: crate::session::Destination, packet: MuxPacket) {

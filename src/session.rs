@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::config::LevelPolicy;
 
@@ -156,6 +156,10 @@ pub struct Session {
     pub policy: LevelPolicy,
     /// Live byte counts for the operations view; the relay flushes into it (None: not counted live).
     pub meter: Option<Arc<Meter>>,
+    /// Set on carriers (reverse tunnels, mux outbound connections, and every VMess inbound connection):
+    /// the VMess stream built for this flow counts its AEAD chunks here, so the Mux layer above can
+    /// retire the carrier before a nonce counter runs out. None elsewhere.
+    pub wear: Option<Arc<Wear>>,
 }
 
 /// A session's live byte counts. The relay keeps plain totals on its own stack and stores them here
@@ -211,10 +215,65 @@ impl Meter {
     }
 }
 
+/// How much of a VMess stream's nonce space is used, per direction: shared between the stream that
+/// counts its AEAD chunks and the Mux connection that runs over it (it retires a worn carrier).
+#[derive(Debug, Default)]
+pub struct Wear {
+    sealed: AtomicU32,
+    opened: AtomicU32,
+}
+
+impl Wear {
+    /// A carrier counts as worn at 3/4 of the 65,536 nonces of a direction: the remaining quarter lets
+    /// the sessions still on it finish while new ones go to its replacement.
+    pub const RETIRE_AT: u32 = 49_152;
+
+    /// A fresh, shareable counter.
+    pub fn new() -> Arc<Wear> {
+        Arc::new(Wear::default())
+    }
+
+    /// Records the chunk counts of the stream's two directions.
+    pub fn record(&self, sealed: u32, opened: u32) {
+        self.sealed.store(sealed, Ordering::Relaxed);
+        self.opened.store(opened, Ordering::Relaxed);
+    }
+
+    /// Records the sealing direction's count.
+    pub fn record_sealed(&self, n: u32) {
+        self.sealed.store(n, Ordering::Relaxed);
+    }
+
+    /// Records the opening direction's count.
+    pub fn record_opened(&self, n: u32) {
+        self.opened.store(n, Ordering::Relaxed);
+    }
+
+    /// Chunks sealed and opened so far.
+    pub fn chunks(&self) -> (u32, u32) {
+        (self.sealed.load(Ordering::Relaxed), self.opened.load(Ordering::Relaxed))
+    }
+
+    /// True once either direction has reached [`Wear::RETIRE_AT`].
+    pub fn is_worn(&self) -> bool {
+        let (s, o) = self.chunks();
+        s.max(o) >= Self::RETIRE_AT
+    }
+}
+
 impl Session {
     /// A new session with default policy; the dispatcher gives it an id.
     pub fn new(inbound_tag: Option<Arc<str>>, source: Option<SocketAddr>, target: Destination) -> Self {
-        Session { id: 0, inbound_tag, source, target, user: None, policy: LevelPolicy::default(), meter: None }
+        Session {
+            id: 0,
+            inbound_tag,
+            source,
+            target,
+            user: None,
+            policy: LevelPolicy::default(),
+            meter: None,
+            wear: None,
+        }
     }
 
     /// The policy level: the user's, or 0.

@@ -7,7 +7,7 @@ use super::MuxError;
 use super::conn::{Conn, Role};
 use super::stream::{MuxPacket, MuxStream};
 use crate::proxy::BoxStream;
-use crate::session::{Destination, Network};
+use crate::session::{Destination, Network, Wear};
 
 /// Limits of one client connection.
 #[derive(Clone, Debug, Default)]
@@ -18,6 +18,9 @@ pub struct MuxClientConfig {
     pub max_total: Option<u32>,
     /// Idle-close tick (V2Ray: 16 s): at a tick with no open session the connection closes.
     pub idle_close: Option<Duration>,
+    /// The carrier's nonce wear: once worn, the connection takes no new session (it is retired; the
+    /// sessions on it finish).
+    pub wear: Option<Arc<Wear>>,
 }
 
 /// A Mux.Cool client over one stream.
@@ -66,6 +69,11 @@ impl MuxClient {
         self.conn.active_sessions()
     }
 
+    /// Received bytes queued for session readers (private copies, so this is their real allocation).
+    pub fn queued_bytes(&self) -> usize {
+        self.conn.recv_queued()
+    }
+
     /// Sessions ever allocated on this connection (the portal's drain rule counts these).
     pub fn total_sessions(&self) -> u32 {
         self.conn.total_sessions()
@@ -74,10 +82,17 @@ impl MuxClient {
     /// True when the connection takes no new session (limits reached, ids used up, or closed).
     pub fn is_full(&self) -> bool {
         let active = self.conn.active_sessions();
-        self.config.max_concurrency.is_some_and(|m| active >= m as usize)
+        active >= super::conn::MAX_SESSIONS
+            || self.config.max_concurrency.is_some_and(|m| active >= m as usize)
             || self.config.max_total.is_some_and(|m| self.conn.total_sessions() >= m)
             || self.conn.ids_exhausted()
             || self.conn.is_closed()
+            || self.is_worn()
+    }
+
+    /// True once the carrier has used most of a nonce space (see [`Wear::RETIRE_AT`]).
+    pub fn is_worn(&self) -> bool {
+        self.config.wear.as_ref().is_some_and(|w| w.is_worn())
     }
 
     /// True once the connection has ended.

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -16,7 +17,7 @@ use tracing::debug;
 
 use super::frame::{self, Frame, MAX_STREAM_FRAME, MAX_UDP_FRAME, OPT_DATA, OPT_ERROR, Status};
 use super::server::MuxHandler;
-use super::stream::{MAX_STREAM_WRITE, MuxPacket, MuxStream, Session};
+use super::stream::{MAX_STREAM_WRITE, MuxPacket, MuxStream, Push, Session};
 use super::{MuxError, frame::FrameError};
 use crate::proxy::BoxStream;
 use crate::session::{Destination, Network};
@@ -34,6 +35,18 @@ const READ_CHUNK: usize = 128 * 1024;
 const ENDS_KEEP: usize = 4096;
 /// How long the writer may spend flushing queued End frames and shutting the stream down at close.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Most sessions open at once on one connection. V2Ray's clients open at most 128 (and its portal 256
+/// per tunnel); a peer that opens more is abusing the connection, which is closed. Our own client side
+/// (portal, mux outbounds) counts as full here.
+pub const MAX_SESSIONS: usize = 1024;
+/// Received data queued over all sessions of a connection before a session with data already queued
+/// counts as full (so 1024 sessions cannot each hold their whole budget).
+pub(crate) const CONN_RECV_HIGH_WATER: usize = 64 * 1024 * 1024;
+/// Past this, a session the reader no longer waits for is ended rather than queue more.
+pub(crate) const CONN_RECV_HARD_LIMIT: usize = 96 * 1024 * 1024;
+/// Control frames (New/End) queued for a peer that does not read: past this the connection is closed.
+/// The reader stops taking frames that would queue control frames well before (at the high-water mark).
+const CONTROL_HARD_LIMIT: usize = 1024 * 1024;
 
 /// Which side of the connection we are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +95,8 @@ pub(crate) struct Conn {
     write_notify: Notify,
     sessions: Mutex<Sessions>,
     token: CancellationToken,
+    /// Bytes queued for session readers, over all sessions.
+    recv_queued: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -104,6 +119,7 @@ impl Conn {
             write_notify: Notify::new(),
             sessions: Mutex::new(Sessions { map: HashMap::new(), ended: Box::new([0; 1024]), last_id: 0, total: 0 }),
             token: CancellationToken::new(),
+            recv_queued: AtomicUsize::new(0),
         });
         let (rd, wr) = tokio::io::split(stream);
         tokio::spawn(writer_task(conn.clone(), wr));
@@ -117,6 +133,30 @@ impl Conn {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.token.is_cancelled()
+    }
+
+    /// True while the write queue is at its high-water mark: the peer is not taking our frames.
+    pub(crate) fn write_backlogged(&self) -> bool {
+        let w = lock(&self.write);
+        w.pending.len() + w.ends.len() >= WRITE_HIGH_WATER
+    }
+
+    pub(crate) fn is_server(&self) -> bool {
+        self.role == Role::Server
+    }
+
+    pub(crate) fn recv_queued(&self) -> usize {
+        self.recv_queued.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_recv_queued(&self, n: usize) {
+        self.recv_queued.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sub_recv_queued(&self, n: usize) {
+        if n > 0 {
+            self.recv_queued.fetch_sub(n, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn active_sessions(&self) -> usize {
@@ -142,7 +182,7 @@ impl Conn {
             if self.is_closed() {
                 return Err(MuxError::Closed);
             }
-            if s.last_id == u16::MAX {
+            if s.last_id == u16::MAX || s.map.len() >= MAX_SESSIONS {
                 return Err(MuxError::Full);
             }
             s.last_id += 1;
@@ -157,16 +197,38 @@ impl Conn {
         Ok(session)
     }
 
-    /// Queues a small control frame regardless of the write budget: these must never wait. End frames
-    /// (`end`) queue apart, to go after the data of the write they join.
+    /// Queues a small control frame: these cannot wait (an End is queued when a handle is dropped), but
+    /// they count against the write budget: session writers wait while the queue is above its
+    /// high-water mark, the reader stops taking frames that would answer with more (see
+    /// [`Conn::poll_control_room`]), and a queue past [`CONTROL_HARD_LIMIT`] (a peer that stopped
+    /// reading) closes the connection. End frames (`end`) queue apart, to go after the data of the write
+    /// they join.
     fn queue_control(&self, bytes: &[u8], end: bool) {
         let mut w = lock(&self.write);
         if w.closed {
             return;
         }
+        if w.pending.len() + w.ends.len() > CONTROL_HARD_LIMIT + WRITE_QUEUE_CAP {
+            drop(w);
+            debug!("mux: the peer does not read its control frames, closing the connection");
+            self.close();
+            return;
+        }
         if end { &mut w.ends } else { &mut w.pending }.extend_from_slice(bytes);
         drop(w);
         self.write_notify.notify_one();
+    }
+
+    /// Ready when the write queue (data and control frames) is below its high-water mark.
+    fn poll_control_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut w = lock(&self.write);
+        if w.closed || w.pending.len() + w.ends.len() < WRITE_HIGH_WATER {
+            return Poll::Ready(());
+        }
+        if !w.blocked.iter().any(|k| k.will_wake(cx.waker())) {
+            w.blocked.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// Queues an End frame for `id`.
@@ -182,7 +244,7 @@ impl Conn {
         if w.closed {
             return Poll::Ready(Err(conn_closed()));
         }
-        if w.pending.len() >= WRITE_HIGH_WATER {
+        if w.pending.len() + w.ends.len() >= WRITE_HIGH_WATER {
             if !w.blocked.iter().any(|k| k.will_wake(cx.waker())) {
                 w.blocked.push(cx.waker().clone());
             }
@@ -372,6 +434,8 @@ async fn handle_frame(conn: &Arc<Conn>, f: Frame, handler: Option<&Arc<dyn MuxHa
         Status::New => {
             // The client ignores New from the server (Go drains it).
             if let (Role::Server, Some(h)) = (conn.role, handler) {
+                // A peer that floods New and never reads stalls here, not in our memory.
+                control_room(conn).await;
                 accept_new(conn, f, h).await?;
             }
         }
@@ -380,6 +444,7 @@ async fn handle_frame(conn: &Arc<Conn>, f: Frame, handler: Option<&Arc<dyn MuxHa
             match conn.lookup(f.id) {
                 None => {
                     if conn.role == Role::Server || !is_ours(conn, f.id) {
+                        control_room(conn).await;
                         conn.unknown_session(f.id);
                     }
                 }
@@ -407,13 +472,22 @@ fn is_ours(conn: &Conn, id: u16) -> bool {
     id != 0 && id <= s.last_id
 }
 
-/// Hands data to a session, waiting while its receive buffer is full (back-pressure on the whole connection).
+/// Hands data to a session. While the session is full the reader waits for room, but only as long as
+/// the session's consumer keeps taking data (see `Session::push`): one visitor that stops reading
+/// delays the others by at most `HOL_WAIT`, then is ended on its own.
 async fn deliver(s: &Arc<Session>, data: Bytes) {
-    if data.is_empty() && !s.udp {
-        return;
-    }
     let mut data = Some(data);
-    poll_fn(|cx| s.poll_push(cx, &mut data)).await;
+    while let Push::Wait(deadline) = s.push(&mut data) {
+        tokio::select! {
+            _ = poll_fn(|cx| s.poll_room(cx)) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// Waits until the write queue has room for the control frames the next frame may cause.
+async fn control_room(conn: &Conn) {
+    poll_fn(|cx| conn.poll_control_room(cx)).await
 }
 
 async fn accept_new(conn: &Arc<Conn>, f: Frame, handler: &Arc<dyn MuxHandler>) -> Result<(), MuxError> {
@@ -433,13 +507,19 @@ async fn accept_new(conn: &Arc<Conn>, f: Frame, handler: &Arc<dyn MuxHandler>) -
         if conn.is_closed() {
             return Err(MuxError::Closed);
         }
+        if s.map.len() >= MAX_SESSIONS && !s.map.contains_key(&f.id) {
+            return Err(MuxError::TooManySessions(MAX_SESSIONS));
+        }
         s.set_ended(f.id, false);
         s.total += 1;
         s.map.insert(f.id, session.clone())
     };
     if let Some(old) = old {
-        // A reused id (a wrapped Go counter): the old session cannot receive anything any more.
+        // A reused live id (a wrapped Go counter, or a hostile peer): the old session cannot receive
+        // anything any more, and its handler must not run on unseen.
+        debug!(id = f.id, "mux: New for a live session id, aborting the old session");
         old.on_remote_end(true);
+        old.abort_task();
     }
     if let Some(d) = f.data {
         deliver(&session, d).await;

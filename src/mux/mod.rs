@@ -1,12 +1,13 @@
 //! Mux.Cool: many sessions over one stream (PROTOCOLS.md §4).
 
 pub mod client;
-mod conn;
+pub(crate) mod conn;
 pub mod frame;
 pub mod server;
 mod stream;
 
 pub use client::{MuxClient, MuxClientConfig};
+pub use conn::MAX_SESSIONS;
 pub use server::{MuxHandler, MuxServer};
 pub use stream::{MuxPacket, MuxStream};
 
@@ -27,6 +28,9 @@ pub enum MuxError {
     /// The peer sent an invalid frame.
     #[error("mux frame: {0}")]
     Frame(#[from] frame::FrameError),
+    /// The peer opened more sessions at once than a connection takes.
+    #[error("mux peer opened more than {0} sessions at once")]
+    TooManySessions(usize),
     /// A UDP datagram above 2048 bytes.
     #[error("mux packet of {0} bytes is too large")]
     PacketTooLarge(usize),

@@ -36,6 +36,11 @@ impl MuxServer {
         self.conn.active_sessions()
     }
 
+    /// Received bytes queued for session readers (private copies, so this is their real allocation).
+    pub fn queued_bytes(&self) -> usize {
+        self.conn.recv_queued()
+    }
+
     /// True once the connection has ended.
     pub fn is_closed(&self) -> bool {
         self.conn.is_closed()

@@ -7,19 +7,42 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tracing::info;
 
-use super::conn::Conn;
+use super::conn::{CONN_RECV_HARD_LIMIT, CONN_RECV_HIGH_WATER, Conn};
 use super::frame::MAX_UDP_FRAME;
 use crate::proxy::PacketConn;
 
-/// Received data buffered per session before the connection reader waits (the only loss-free
-/// back-pressure Mux.Cool allows: one slow session stalls the connection, never drops data).
-const RECV_HIGH_WATER: usize = 512 * 1024;
+/// Received data queued per session before it counts as full. Mux.Cool has no flow control: the only
+/// loss-free back-pressure is for the connection's single reader to wait, which stalls every session.
+/// So the reader waits for a full session only while its consumer keeps taking data (a slow reader
+/// slows the link, as in V2Ray); see [`HOL_WAIT`] and [`STALL_LIMIT`] for one that stops reading.
+/// Queued data is always a private copy (never a slice of the shared read buffer), so this counts real
+/// allocation.
+pub(crate) const RECV_HIGH_WATER: usize = 512 * 1024;
+/// Most a session may queue at all: past [`HOL_WAIT`] the reader stops waiting for it and queues into
+/// this headroom (4 MiB: a visitor whose link pauses while a fast service keeps sending survives a
+/// pause of ~0.5 s at 8 MB/s, and none of it delays the others); a session that overruns it is ended
+/// (End with the Error option). The connection-wide limits bound the sum.
+pub(crate) const RECV_HARD_LIMIT: usize = RECV_HIGH_WATER + 4 * 1024 * 1024;
+/// Longest the reader of a client-side connection (the portal, a mux outbound: the side whose sessions
+/// end at public visitors) waits for one full session whose consumer takes nothing: the most one
+/// stalled visitor can delay the others, per stall. The server side (the bridge, an inbound's Mux
+/// server: sessions end at services) waits up to [`STALL_LIMIT`] instead: a pause of the far end there
+/// is usually back-pressure of the same flow (a full-duplex service whose answers wait for this very
+/// connection), and cutting it would lose a legitimate transfer; time while the peer does not take our
+/// frames does not count at all there (a V2Ray portal's reader waits on its slowest visitor).
+pub(crate) const HOL_WAIT: Duration = Duration::from_millis(400);
+/// A full session whose consumer takes nothing for this long is ended (End|Error, its queue dropped)
+/// at the next frame for it; the other sessions never notice.
+pub(crate) const STALL_LIMIT: Duration = Duration::from_secs(3);
 /// Most stream data queued by one write call (one frame, or two for a full 64 KiB).
 pub(crate) const MAX_STREAM_WRITE: usize = 64 * 1024;
 
@@ -33,6 +56,8 @@ enum Remote {
     Aborted,
     /// The whole connection is gone.
     ConnClosed,
+    /// We ended the session (End|Error): its consumer stopped reading while the queue was full.
+    Stalled,
 }
 
 struct State {
@@ -46,6 +71,8 @@ struct State {
     read_waker: Option<Waker>,
     /// The connection reader, waiting for room in `queue`.
     feeder_waker: Option<Waker>,
+    /// While the queue is full: when the consumer last took data (or the queue became full).
+    full_since: Option<Instant>,
     task: Option<AbortHandle>,
 }
 
@@ -69,6 +96,18 @@ fn conn_closed() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "mux connection closed")
 }
 
+fn stalled() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "mux session ended: its receive queue stayed full")
+}
+
+/// What the connection reader should do with a frame's data for a session.
+pub(crate) enum Push {
+    /// Queued (or dropped because nobody will read it).
+    Done,
+    /// The session is full and its consumer is active: wait for room, but not past this instant.
+    Wait(Instant),
+}
+
 impl Session {
     pub(crate) fn new(id: u16, udp: bool, conn: Arc<Conn>) -> Arc<Session> {
         Arc::new(Session {
@@ -83,6 +122,7 @@ impl Session {
                 detached: false,
                 read_waker: None,
                 feeder_waker: None,
+                full_since: None,
                 task: None,
             }),
         })
@@ -98,26 +138,102 @@ impl Session {
         }
     }
 
-    /// Connection reader: queue `data` if there is room, else wait for the session's reader.
-    pub(crate) fn poll_push(&self, cx: &mut Context<'_>, data: &mut Option<Bytes>) -> Poll<()> {
+    /// Connection reader: queues `data` (taking it) when the session has room; when it is full, says how
+    /// long to wait for room. A session whose consumer has taken nothing for [`HOL_WAIT`] is not waited
+    /// for: its data goes into the headroom up to [`RECV_HARD_LIMIT`], and past that (or past
+    /// [`STALL_LIMIT`]) the session is ended. Datagrams are dropped rather than waited for.
+    pub(crate) fn push(self: &Arc<Self>, data: &mut Option<Bytes>) -> Push {
+        let Some(d) = data.take() else { return Push::Done };
         let mut st = lock(&self.state);
         if st.detached || st.remote != Remote::Open {
             // Nobody will read it (or the peer broke the protocol by sending after its End): drop.
-            *data = None;
-            return Poll::Ready(());
+            return Push::Done;
         }
-        if st.queued >= RECV_HIGH_WATER {
-            st.feeder_waker = Some(cx.waker().clone());
-            return Poll::Pending;
+        let conn_full = st.queued > 0 && self.conn.recv_queued() >= CONN_RECV_HIGH_WATER;
+        if st.queued < RECV_HIGH_WATER && !conn_full {
+            st.full_since = None;
+            self.enqueue(&mut st, &d);
+            return Push::Done;
         }
-        if let Some(d) = data.take() {
-            st.queued += d.len();
-            st.queue.push_back(d);
+        if self.udp {
+            // Datagrams may be lost; waiting for this one would stall every other session.
+            return Push::Done;
         }
+        let now = Instant::now();
+        if self.conn.is_server() && self.conn.write_backlogged() {
+            // The peer is not reading this connection: everything on it waits, this consumer included
+            // (a service whose answers queue behind ours stops reading us). Not this session's stall.
+            st.full_since = Some(now);
+        }
+        let since = *st.full_since.get_or_insert(now);
+        let patience = if self.conn.is_server() { STALL_LIMIT } else { HOL_WAIT };
+        if now < since + patience {
+            *data = Some(d);
+            return Push::Wait(since + patience);
+        }
+        let idle = now - since;
+        let over = st.queued + d.len() > RECV_HARD_LIMIT || self.conn.recv_queued() + d.len() > CONN_RECV_HARD_LIMIT;
+        if idle < STALL_LIMIT && !over {
+            self.enqueue(&mut st, &d);
+            return Push::Done;
+        }
+        info!(
+            id = self.id,
+            queued = st.queued,
+            idle_ms = idle.as_millis() as u64,
+            "mux: ending a session whose reader stopped taking data (its queue stayed full)"
+        );
+        st.remote = Remote::Stalled;
+        self.clear_queue(&mut st);
+        wake_all(&mut st);
+        let end = !st.end_sent;
+        st.end_sent = true;
+        drop(st);
+        if end {
+            self.conn.queue_end(self.id, true);
+        }
+        self.conn.wake_blocked_writers();
+        self.conn.remove(self);
+        Push::Done
+    }
+
+    /// Copies `d` into the queue: a private allocation of exactly its size, so the queue never pins the
+    /// connection's shared read buffer (a queue of 1-byte slices would otherwise hold 128 KiB each).
+    fn enqueue(&self, st: &mut State, d: &Bytes) {
+        if d.is_empty() && !self.udp {
+            return;
+        }
+        st.queued += d.len();
+        self.conn.add_recv_queued(d.len());
+        st.queue.push_back(Bytes::copy_from_slice(d));
         if let Some(w) = st.read_waker.take() {
             w.wake();
         }
-        Poll::Ready(())
+    }
+
+    /// Drops everything queued (and its share of the connection's count).
+    fn clear_queue(&self, st: &mut State) {
+        self.conn.sub_recv_queued(st.queued);
+        st.queue.clear();
+        st.queued = 0;
+        st.full_since = None;
+    }
+
+    /// Ready once the session has room again, or will never take data.
+    pub(crate) fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = lock(&self.state);
+        if st.detached || st.remote != Remote::Open || st.queued < RECV_HIGH_WATER && st.full_since.is_none() {
+            return Poll::Ready(());
+        }
+        st.feeder_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Cancels the handler task (a New frame reused this id while the session was live).
+    pub(crate) fn abort_task(&self) {
+        if let Some(t) = lock(&self.state).task.take() {
+            t.abort();
+        }
     }
 
     /// The peer sent End (`error`: End|Error).
@@ -132,8 +248,7 @@ impl Session {
             }
             st.remote = if error { Remote::Aborted } else { Remote::Ended };
             if error {
-                st.queue.clear();
-                st.queued = 0;
+                self.clear_queue(&mut st);
             }
             wake_all(&mut st);
             error || st.end_sent || st.detached
@@ -152,8 +267,7 @@ impl Session {
         if st.remote == Remote::Open || st.remote == Remote::Ended {
             st.remote = Remote::ConnClosed;
         }
-        st.queue.clear();
-        st.queued = 0;
+        self.clear_queue(&mut st);
         wake_all(&mut st);
         if let Some(t) = st.task.take() {
             t.abort();
@@ -176,6 +290,7 @@ impl Session {
             match st.remote {
                 Remote::Aborted => return Err(aborted()),
                 Remote::ConnClosed => return Err(conn_closed()),
+                Remote::Stalled => return Err(stalled()),
                 Remote::Open | Remote::Ended => {}
             }
             st.end_sent = true;
@@ -191,7 +306,7 @@ impl Session {
     /// The handle was dropped: tell the peer at once (so it stops sending) and free the session.
     fn detach(self: &Arc<Self>) {
         self.release(|st| match st.remote {
-            Remote::Aborted | Remote::ConnClosed => None,
+            Remote::Aborted | Remote::ConnClosed | Remote::Stalled => None,
             // Both directions finished normally, we just never said so: a clean End.
             Remote::Ended if !st.end_sent => Some(false),
             Remote::Ended => None,
@@ -210,8 +325,7 @@ impl Session {
                 return;
             }
             st.detached = true;
-            st.queue.clear();
-            st.queued = 0;
+            self.clear_queue(&mut st);
             wake_all(&mut st);
             st.task = None;
             let end = end_frame(&st);
@@ -230,6 +344,7 @@ impl Session {
             match st.remote {
                 Remote::Aborted => return Poll::Ready(Err(aborted())),
                 Remote::ConnClosed => return Poll::Ready(Err(conn_closed())),
+                Remote::Stalled => return Poll::Ready(Err(stalled())),
                 Remote::Open | Remote::Ended => {}
             }
             if st.end_sent {
@@ -244,7 +359,8 @@ impl Session {
         let mut st = lock(&self.state);
         if let Some(chunk) = st.queue.pop_front() {
             st.queued -= chunk.len();
-            wake_feeder_if_room(&mut st);
+            self.conn.sub_recv_queued(chunk.len());
+            taken(&mut st);
             return Poll::Ready(Ok(Some(chunk)));
         }
         Self::poll_empty(&mut st, cx).map_ok(|()| None)
@@ -256,6 +372,7 @@ impl Session {
         if st.queue.is_empty() {
             return Self::poll_empty(&mut st, cx);
         }
+        let before = st.queued;
         while buf.remaining() > 0 {
             let Some(front) = st.queue.front_mut() else { break };
             let n = front.len().min(buf.remaining());
@@ -267,7 +384,8 @@ impl Session {
             }
             st.queued -= n;
         }
-        wake_feeder_if_room(&mut st);
+        self.conn.sub_recv_queued(before - st.queued);
+        taken(&mut st);
         Poll::Ready(Ok(()))
     }
 
@@ -283,15 +401,24 @@ impl Session {
             Remote::Ended => Poll::Ready(Ok(())),
             Remote::Aborted => Poll::Ready(Err(aborted())),
             Remote::ConnClosed => Poll::Ready(Err(conn_closed())),
+            Remote::Stalled => Poll::Ready(Err(stalled())),
         }
     }
 }
 
-fn wake_feeder_if_room(st: &mut State) {
-    if st.queued < RECV_HIGH_WATER
-        && let Some(w) = st.feeder_waker.take()
-    {
-        w.wake();
+/// The consumer took data: a full queue restarts its stall clock (the consumer is alive); one with room
+/// again wakes the connection reader.
+fn taken(st: &mut State) {
+    if st.queued < RECV_HIGH_WATER {
+        st.full_since = None;
+        if let Some(w) = st.feeder_waker.take() {
+            w.wake();
+        }
+    } else if st.full_since.is_some() {
+        st.full_since = Some(Instant::now());
+        if let Some(w) = st.feeder_waker.take() {
+            w.wake();
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use crate::reverse::control::{Control, ControlState};
 use crate::reverse::is_internal_domain;
 use crate::reverse::status::{BridgeStatus, Role};
 use crate::reverse::track::{TagTrack, TunnelTrack};
-use crate::session::{Address, Destination, Session};
+use crate::session::{Address, Destination, Session, Wear};
 
 /// First re-dial after a failure comes fast; later ones double up to [`MAX_BACKOFF`] (V2Ray: fixed 2 s).
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -36,11 +36,13 @@ struct Tunnel {
     /// Set once a control message arrived: the portal accepted us, so the back-off can reset.
     confirmed: AtomicBool,
     track: Arc<TunnelTrack>,
+    /// The tunnel's VMess nonce wear: a worn tunnel counts as drained, and a replacement is dialled.
+    wear: Arc<Wear>,
 }
 
 impl Tunnel {
     fn active(&self) -> bool {
-        !self.drained.load(Ordering::Relaxed) && !self.server.is_closed()
+        !self.drained.load(Ordering::Relaxed) && !self.server.is_closed() && !self.wear.is_worn()
     }
 }
 
@@ -119,7 +121,9 @@ impl Inner {
 
     async fn dial(self: &Arc<Self>, dispatcher: &Arc<Dispatcher>) -> Result<Arc<Tunnel>, crate::proxy::ProxyError> {
         let target = Destination::tcp(Address::Domain(self.domain.clone()), 0);
-        let session = Session::new(Some(self.tag.clone()), None, target);
+        let mut session = Session::new(Some(self.tag.clone()), None, target);
+        let wear = Wear::new();
+        session.wear = Some(wear.clone());
         let stream = dispatcher.connect(session).await.inspect_err(|_| self.track.dialed(false))?;
         self.track.dialed(true);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -133,6 +137,7 @@ impl Inner {
                 drained: false.into(),
                 confirmed: false.into(),
                 track,
+                wear,
             }
         });
         self.lock().push(tunnel.clone());
@@ -279,7 +284,7 @@ impl MuxHandler for Handler {
         let mut session = self.session(target);
         self.dispatcher.assign_id(&mut session);
         let guard = self.tunnel.upgrade().map(|t| t.track.open(&mut session));
-        let outcome = self.dispatcher.dispatch_outcome(session, Box::new(stream)).await;
+        let outcome = self.dispatcher.dispatch_sub_outcome(session, Box::new(stream)).await;
         if let Some(g) = guard {
             g.finish(outcome.as_ref().map_or_else(|e| e.as_str(), |_| "done"));
         }

@@ -128,7 +128,13 @@ impl Portal {
     async fn serve_tunnel(&self, session: &Session, stream: BoxStream) {
         let client = MuxClient::new(
             stream,
-            MuxClientConfig { max_concurrency: None, max_total: None, idle_close: Some(TUNNEL_IDLE_CLOSE) },
+            MuxClientConfig {
+                max_concurrency: None,
+                max_total: None,
+                idle_close: Some(TUNNEL_IDLE_CLOSE),
+                // Set by the VMess inbound: a worn tunnel is never picked, and is drained below.
+                wear: session.wear.clone(),
+            },
         );
         let id = self.next_tunnel.fetch_add(1, Ordering::Relaxed);
         let track = self.track.tunnel(id, session.source);
@@ -173,7 +179,8 @@ impl Portal {
         let mut buf = Vec::with_capacity(80);
         loop {
             tick.tick().await;
-            let drain = tunnel.client.total_sessions() > self.tuning.drain_after;
+            let worn = tunnel.client.is_worn();
+            let drain = worn || tunnel.client.total_sessions() > self.tuning.drain_after;
             let state = if drain { ControlState::Drain } else { ControlState::Active };
             buf.clear();
             Control::heartbeat(state).encode(&mut buf);
@@ -183,8 +190,9 @@ impl Portal {
             tunnel.track.heartbeat_sent();
             if drain {
                 tunnel.draining.store(true, Ordering::Relaxed);
-                self.track.drained("session_limit");
-                info!(portal = %self.tag, tunnel = tunnel.id, sessions = tunnel.client.total_sessions(), "tunnel drained");
+                self.track.drained(if worn { "nonce_wear" } else { "session_limit" });
+                let why = if worn { "most of its VMess nonces used" } else { "session count" };
+                info!(portal = %self.tag, tunnel = tunnel.id, sessions = tunnel.client.total_sessions(), "tunnel drained ({why})");
                 // A clean End, as V2Ray sends: a dropped session would end with the Error bit, and the
                 // bridge would discard the DRAIN still in its buffer.
                 control.close();

@@ -17,7 +17,7 @@ const CLOSED_SESSIONS_KEPT: usize = 32;
 const CLOSED_TUNNELS_KEPT: usize = 8;
 
 /// Drain reasons every tag reports (at 0 until they happen).
-pub const DRAIN_REASONS: &[&str] = &["session_limit", "portal_request"];
+pub const DRAIN_REASONS: &[&str] = &["session_limit", "nonce_wear", "portal_request"];
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Poisoning only means a panic elsewhere mid-update of plain bookkeeping; keep going.

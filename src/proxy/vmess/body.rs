@@ -27,6 +27,9 @@ pub const MAX_STREAM_CHUNK_PAYLOAD: usize = 65535 - TAG_LEN - 64;
 pub const MAX_CHUNK_OVERHEAD: usize = 2 + TAG_LEN + 63;
 /// Largest chunk a reader accepts: the whole 16-bit size field plus the field itself.
 pub const MAX_CHUNK_WIRE: usize = 2 + 65535;
+/// AEAD chunks one direction can seal before its 16-bit nonce counter would repeat under the same key.
+/// The encoder refuses the next one ([`BodyError::NonceExhausted`]); Go wraps and goes on.
+pub const MAX_AEAD_CHUNKS: u32 = 1 << 16;
 
 /// Body security as it travels in the request's security nibble.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +65,9 @@ pub enum BodyError {
     /// A payload larger than a chunk can carry.
     #[error("payload of {0} bytes does not fit in one chunk")]
     TooLarge(usize),
+    /// Every nonce of this direction has been used: one more chunk would repeat one under the same key.
+    #[error("{MAX_AEAD_CHUNKS} chunks sealed under one key; the stream ends rather than reuse a nonce")]
+    NonceExhausted,
     /// The output buffer cannot hold the chunk (`need` = payload + [`MAX_CHUNK_OVERHEAD`]).
     #[error("output buffer of {have} bytes cannot hold a chunk needing {need}")]
     NoRoom {
@@ -88,7 +94,8 @@ enum Framing {
 struct ChunkState {
     framing: Framing,
     iv: [u8; 16],
-    count: u16,
+    /// AEAD nonces used so far (the nonce carries the low 16 bits).
+    count: u32,
     shake: Option<Shake128Reader>,
     padding: bool,
 }
@@ -131,13 +138,18 @@ impl ChunkState {
         (pad, mask)
     }
 
-    fn nonce(&mut self) -> Nonce {
+    /// The next nonce. The Go counter is a u16 that wraps: its nonces repeat after 65536 chunks. The
+    /// sealing side never lets it (`unique`); the opening side goes on past a wrap (the peer is the one
+    /// reusing nonces, and 4.34 peers do), and the counter tells the caller it happened.
+    fn nonce(&mut self, unique: bool) -> Option<Nonce> {
+        if unique && self.count >= MAX_AEAD_CHUNKS {
+            return None;
+        }
         let mut n = [0u8; 12];
-        n[..2].copy_from_slice(&self.count.to_be_bytes());
+        n[..2].copy_from_slice(&(self.count as u16).to_be_bytes());
         n[2..].copy_from_slice(&self.iv[2..12]);
-        // The Go counter is a u16 that wraps; the nonce repeats after 65536 chunks and Go goes on.
-        self.count = self.count.wrapping_add(1);
-        Nonce::assume_unique_for_key(n)
+        self.count = self.count.saturating_add(1);
+        Some(Nonce::assume_unique_for_key(n))
     }
 
     fn overhead(&self) -> usize {
@@ -211,13 +223,18 @@ impl ChunkEncoder {
         if payload.len() > MAX_STREAM_CHUNK_PAYLOAD {
             return Err(BodyError::TooLarge(payload.len()));
         }
+        // Checked before the SHAKE stream moves, so a refused chunk leaves the encoder as it was.
+        let aead = matches!(self.st.framing, Framing::Aead(_));
+        if aead && self.st.count >= MAX_AEAD_CHUNKS {
+            return Err(BodyError::NonceExhausted);
+        }
         let (pad, mask) = self.st.pad_and_mask();
         let overhead = self.st.overhead();
         let size = payload.len() + overhead + pad;
         out[..2].copy_from_slice(&((size as u16) ^ mask).to_be_bytes());
         let (sealed, rest) = out[2..].split_at_mut(payload.len());
         let (tag, rest) = rest.split_at_mut(overhead);
-        let nonce = matches!(self.st.framing, Framing::Aead(_)).then(|| self.st.nonce());
+        let nonce = if aead { Some(self.st.nonce(true).ok_or(BodyError::NonceExhausted)?) } else { None };
         match (&self.st.framing, nonce) {
             (Framing::Aead(key), Some(nonce)) => key
                 .seal_out_of_place_scatter(nonce, Aad::empty(), payload, sealed, &[], tag)
@@ -236,6 +253,11 @@ impl ChunkEncoder {
             self.pad_pos += pad;
         }
         Ok(2 + size)
+    }
+
+    /// AEAD chunks sealed so far (0 without AEAD framing).
+    pub fn chunks(&self) -> u32 {
+        self.st.count
     }
 
     /// Appends the end-of-stream chunk (nothing for raw framing, where the end is the TCP FIN).
@@ -283,6 +305,11 @@ impl ChunkDecoder {
         matches!(self.st.framing, Framing::Raw)
     }
 
+    /// AEAD chunks opened so far (past [`MAX_AEAD_CHUNKS`], the peer has reused nonces).
+    pub fn chunks(&self) -> u32 {
+        self.st.count
+    }
+
     /// True between a chunk's size field and its body (EOF there is a truncation, not a clean end).
     pub fn mid_chunk(&self) -> bool {
         self.pending.is_some()
@@ -324,7 +351,7 @@ impl ChunkDecoder {
         let body = &mut buf[2..2 + size - pad];
         let len = match &self.st.framing {
             Framing::Aead(_) => {
-                let nonce = self.st.nonce();
+                let Some(nonce) = self.st.nonce(false) else { return Err(BodyError::NonceExhausted) };
                 let Framing::Aead(key) = &self.st.framing else { unreachable!() };
                 key.open_in_place(nonce, Aad::empty(), body).map_err(|_| BodyError::Auth)?.len()
             }
@@ -396,18 +423,53 @@ mod tests {
         }
     }
 
+    /// Every nonce the encoder uses is new; the chunk after the 65,536th is refused (never sealed under a
+    /// repeated nonce), the refusal leaves nothing behind, and a decoder fed a peer that wraps (as Go
+    /// does) still opens its chunks and counts past the limit.
     #[test]
-    fn nonce_counter_wraps() {
-        let mut enc = ChunkEncoder::new(BodySecurity::Chacha20Poly1305, 0x01, false, &key(), &iv());
-        let mut dec = ChunkDecoder::new(BodySecurity::Chacha20Poly1305, 0x01, false, &key(), &iv());
-        let mut out = Vec::new();
-        for i in 0..65_540u32 {
+    fn nonces_never_repeat_and_the_limit_is_refused() {
+        for sec in [BodySecurity::Aes128Gcm, BodySecurity::Chacha20Poly1305] {
+            let mut enc = ChunkEncoder::new(sec, 0x0d, false, &key(), &iv());
+            let mut dec = ChunkDecoder::new(sec, 0x0d, false, &key(), &iv());
+            let mut seen = std::collections::HashSet::new();
+            let mut out = Vec::new();
+            for i in 0..MAX_AEAD_CHUNKS {
+                // The nonce this chunk is sealed under: the counter before sealing, as the encoder builds it.
+                assert!(seen.insert(enc.st.count as u16), "nonce {} repeated", enc.st.count);
+                out.clear();
+                enc.encode(&i.to_be_bytes(), &mut out).unwrap();
+                let Decoded::Data { start, end, .. } = dec.decode(&mut out).unwrap() else { panic!() };
+                assert_eq!(&out[start..end], &i.to_be_bytes());
+            }
+            assert_eq!(enc.chunks(), MAX_AEAD_CHUNKS);
             out.clear();
-            enc.encode(&i.to_be_bytes(), &mut out).unwrap();
+            assert_eq!(enc.encode(b"one more", &mut out), Err(BodyError::NonceExhausted));
+            assert!(out.is_empty());
+            assert_eq!(enc.encode_end(&mut out), Err(BodyError::NonceExhausted));
+
+            // A Go peer wraps: its 65,537th chunk reuses nonce 0. A decoder that has opened 65,536 chunks
+            // (its counter set there; a fresh encoder's nonce is 0 too) still opens it, and counts on.
+            let mut go = ChunkEncoder::new(sec, 0x01, false, &key(), &iv());
+            let mut dec = ChunkDecoder::new(sec, 0x01, false, &key(), &iv());
+            dec.st.count = MAX_AEAD_CHUNKS;
+            out.clear();
+            go.encode(b"wrapped", &mut out).unwrap();
             let Decoded::Data { start, end, .. } = dec.decode(&mut out).unwrap() else { panic!() };
-            assert_eq!(&out[start..end], &i.to_be_bytes());
+            assert_eq!(&out[start..end], b"wrapped");
+            assert_eq!(dec.chunks(), MAX_AEAD_CHUNKS + 1);
         }
-        assert_eq!(enc.st.count, 4);
+    }
+
+    /// Framings without AEAD have no nonce and no limit.
+    #[test]
+    fn plain_chunks_have_no_limit() {
+        let mut enc = ChunkEncoder::new(BodySecurity::None, 0x05, false, &key(), &iv());
+        let mut out = Vec::new();
+        for _ in 0..MAX_AEAD_CHUNKS + 10 {
+            out.clear();
+            enc.encode(b"x", &mut out).unwrap();
+        }
+        assert_eq!(enc.chunks(), 0);
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub enum VmessError {
 /// The VMess inbound.
 pub struct VmessInbound {
     tag: Option<Arc<str>>,
-    validator: Validator,
+    validator: Arc<Validator>,
     disable_insecure: bool,
 }
 
@@ -45,11 +45,9 @@ impl VmessInbound {
         if cfg.clients.is_empty() {
             return Err(VmessError::NoClients);
         }
-        Ok(VmessInbound {
-            tag: tag.map(Arc::from),
-            validator: Validator::new(&cfg),
-            disable_insecure: cfg.disable_insecure_encryption,
-        })
+        let validator = Arc::new(Validator::new(&cfg));
+        validator.maintain();
+        Ok(VmessInbound { tag: tag.map(Arc::from), validator, disable_insecure: cfg.disable_insecure_encryption })
     }
 
     /// Go's drain size: a per-user-set base (from the behaviour seed) + 16 + 38 + a small random part.
@@ -140,7 +138,7 @@ impl Inbound for VmessInbound {
         let udp = h.command == Command::Udp;
         let target =
             if udp { Destination::udp(h.address.clone(), h.port) } else { Destination::tcp(h.address.clone(), h.port) };
-        let server_stream = VmessStream::server(
+        let mut server_stream = VmessStream::server(
             stream,
             &buf[used..],
             ChunkDecoder::new(security, h.options, udp, &h.body_key, &h.body_iv),
@@ -151,6 +149,11 @@ impl Inbound for VmessInbound {
         let level = user.level;
         let mut session = Session::new(self.tag.clone(), Some(peer), target);
         session.user = Some(user);
+        // Any connection may turn out to be a carrier (a reverse tunnel, a Mux connection): its chunk
+        // counts are there for whoever runs Mux over it.
+        let wear = crate::session::Wear::new();
+        server_stream.set_wear(wear.clone());
+        session.wear = Some(wear);
         if udp {
             let policy = dispatcher.policy(level);
             match dispatcher.connect_packet(session).await {

@@ -207,7 +207,12 @@ impl VmessOutbound {
 #[async_trait]
 impl Outbound for VmessOutbound {
     async fn connect(&self, session: &Session) -> Result<BoxStream, ProxyError> {
-        Ok(Box::new(self.open(&session.target).await?))
+        let mut stream = self.open(&session.target).await?;
+        if let Some(wear) = &session.wear {
+            // A carrier: the Mux connection above retires it before a nonce counter runs out.
+            stream.set_wear(wear.clone());
+        }
+        Ok(Box::new(stream))
     }
 
     async fn connect_packet(&self, session: &Session) -> Result<BoxPacketConn, ProxyError> {

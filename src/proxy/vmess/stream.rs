@@ -4,12 +4,15 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tracing::warn;
 
-use super::body::{BodyError, ChunkDecoder, ChunkEncoder, Decoded, MAX_CHUNK_OVERHEAD};
+use super::body::{BodyError, ChunkDecoder, ChunkEncoder, Decoded, MAX_AEAD_CHUNKS, MAX_CHUNK_OVERHEAD};
 use super::header::{Progress, ResponseDecoder};
+use crate::session::Wear;
 
 /// Initial read buffer; it grows (once) to the largest chunk seen, at most 64 KiB + header.
 const READ_BUF_INITIAL: usize = 32 * 1024;
@@ -76,6 +79,10 @@ pub struct VmessStream<S> {
     inner: S,
     r: Reader,
     w: Writer,
+    /// Chunk counts published for a Mux connection running over this stream.
+    wear: Option<Arc<Wear>>,
+    /// The peer's nonce counter has wrapped (logged once).
+    peer_wrapped: bool,
 }
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
@@ -116,12 +123,45 @@ impl<S> VmessStream<S> {
             inner,
             r: Reader { stage, dec, buf, start: 0, end: leftover.len(), plain: 0, plain_end: 0, after: 0, eof: false },
             w: Writer { enc, buf: queued, filled, pos: 0, end_queued: false },
+            wear: None,
+            peer_wrapped: false,
         }
+    }
+
+    /// Publishes this stream's AEAD chunk counts to `wear` from now on.
+    pub fn set_wear(&mut self, wear: Arc<Wear>) {
+        wear.record(self.w.enc.chunks(), self.r.dec.chunks());
+        self.wear = Some(wear);
     }
 
     /// The inner stream.
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+}
+
+impl<S> VmessStream<S> {
+    /// Seals one chunk; at the nonce limit, says why the stream must end (once, at warn level).
+    fn seal(&mut self, data: &[u8]) -> io::Result<()> {
+        match self.w.seal(data) {
+            Ok(()) => {
+                if let Some(w) = &self.wear {
+                    w.record_sealed(self.w.enc.chunks());
+                }
+                Ok(())
+            }
+            Err(BodyError::NonceExhausted) => {
+                // Reached once per stream: nothing is sealed after this.
+                warn!(
+                    "vmess: closing the connection: {MAX_AEAD_CHUNKS} chunks sent under one key, and one more \
+                     would reuse a nonce (V2Ray would go on and break the encryption)"
+                );
+                // Nothing more can be sent on this stream, not even the end chunk.
+                self.w.end_queued = true;
+                Err(invalid(BodyError::NonceExhausted))
+            }
+            Err(e) => Err(invalid(e)),
+        }
     }
 }
 
@@ -174,6 +214,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for VmessStream<S> {
                 ReadStage::Body => match r.dec.decode(&mut r.buf[r.start..r.end]).map_err(invalid)? {
                     Decoded::Need(n) => n,
                     Decoded::Data { start, end, consumed } => {
+                        let opened = r.dec.chunks();
+                        if let Some(w) = &this.wear {
+                            w.record_opened(opened);
+                        }
+                        if opened > MAX_AEAD_CHUNKS && !this.peer_wrapped {
+                            this.peer_wrapped = true;
+                            warn!(
+                                "vmess: the peer has sent more than {MAX_AEAD_CHUNKS} chunks under one key, so it \
+                                 reuses nonces (V2Ray does); use mux or shorter connections toward it"
+                            );
+                        }
                         r.plain = r.start + start;
                         r.plain_end = r.start + end;
                         r.after = r.start + consumed;
@@ -232,7 +283,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for VmessStream<S> {
         if n == 0 {
             return Poll::Ready(Ok(0));
         }
-        this.w.seal(&data[..n]).map_err(invalid)?;
+        this.seal(&data[..n])?;
         // Small writes wait for more (or for a flush) so that back-to-back writes leave in one syscall;
         // past the high-water mark, push what the socket takes now.
         if this.w.unsent() >= WRITE_HIGH_WATER
@@ -254,7 +305,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for VmessStream<S> {
         if !this.w.end_queued {
             this.w.end_queued = true;
             if !this.w.enc.is_raw() {
-                this.w.seal(&[]).map_err(invalid)?;
+                this.seal(&[])?;
             }
         }
         ready!(this.poll_drain(cx))?;
@@ -271,6 +322,7 @@ mod tests {
     use crate::proxy::vmess::outbound::ClientUser;
     use crate::proxy::vmess::validator::Validator;
     use crate::session::{Address, Destination};
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const ID: [u8; 16] = [0x42; 16];
@@ -342,6 +394,71 @@ mod tests {
         echo.await.unwrap();
         assert_eq!(back.len(), data.len());
         assert!(back.iter().zip(&data).all(|(x, y)| *x == y ^ 0x5a));
+    }
+
+    /// Collects formatted log lines for the current thread.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A plain VMess stream that has sealed 65,536 chunks refuses the next write (never reusing a
+    /// nonce), says why in the log, and the peer got every byte sealed before; the wear counter a Mux
+    /// connection would watch marks the stream worn at 3/4 of the way.
+    #[tokio::test]
+    async fn a_stream_at_the_nonce_limit_is_closed_with_the_reason_logged() {
+        let log = Captured::default();
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || sink.clone()).with_ansi(false).finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let mut cfg = VmessInboundConfig::default();
+        cfg.clients.push(VmessClientConfig { id: SecretId(ID), alter_id: 0, level: 0, email: None });
+        let v = Validator::new(&cfg);
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let user = ClientUser::new(&ID, 0, VmessSecurity::Aes128Gcm);
+        let target = Destination::tcp(Address::parse("example.com"), 80);
+        let mut client = user.handshake(a, &target, crate::proxy::vmess::unix_now()).unwrap();
+        let wear = Wear::new();
+        client.set_wear(wear.clone());
+        client.flush().await.unwrap();
+        let (mut server, _) = server_side(b, &v).await;
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            let r = server.read_to_end(&mut all).await;
+            (r.map(|_| ()), all.len())
+        });
+        let mut worn_at = None;
+        for i in 0..MAX_AEAD_CHUNKS {
+            // One byte per write: one chunk each.
+            assert_eq!(client.write(&[i as u8]).await.unwrap(), 1);
+            if worn_at.is_none() && wear.is_worn() {
+                worn_at = Some(i + 1);
+            }
+            if i % 4096 == 0 {
+                client.flush().await.unwrap();
+            }
+        }
+        assert_eq!(worn_at, Some(Wear::RETIRE_AT));
+        assert_eq!(wear.chunks(), (MAX_AEAD_CHUNKS, 0));
+        let err = client.write(b"x").await.unwrap_err();
+        assert!(err.to_string().contains("reuse a nonce"), "{err}");
+        assert!(client.write(b"x").await.is_err(), "a refused stream takes no more writes");
+        let _ = client.shutdown().await;
+        drop(client);
+        let (r, n) = reader.await.unwrap();
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(n, MAX_AEAD_CHUNKS as usize);
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("WARN") && text.contains("would reuse a nonce"), "log: {text}");
     }
 
     #[tokio::test]

@@ -2,7 +2,9 @@
 //! HMAC-MD5 hash table kept for the ±120 s window (PROTOCOLS.md §2.3, §3.3).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use aes::Aes128;
 use aes::cipher::{BlockCipherDecrypt, KeyInit};
@@ -54,7 +56,10 @@ struct LegacyTable {
 pub struct Validator {
     users: Vec<ValidUser>,
     auth_ciphers: Vec<Aes128>,
-    legacy: Mutex<LegacyTable>,
+    /// Read on the request path; extended and expired by [`Validator::maintain`]'s task when there is
+    /// one (off the request path: with many users × alterIds a refresh is real work), else inline.
+    legacy: RwLock<LegacyTable>,
+    maintained: AtomicBool,
     auth_ids: Mutex<AuthIdFilter>,
     sessions: Mutex<SessionHistory>,
     behavior_seed: u64,
@@ -63,6 +68,14 @@ pub struct Validator {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding these locks cannot leave them inconsistent in a harmful way.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Validator {
@@ -91,7 +104,8 @@ impl Validator {
         Validator {
             users,
             auth_ciphers,
-            legacy: Mutex::default(),
+            legacy: RwLock::default(),
+            maintained: AtomicBool::new(false),
             auth_ids: Mutex::default(),
             sessions: Mutex::default(),
             behavior_seed: seed_hash,
@@ -145,20 +159,45 @@ impl Validator {
         Err(AuthError::NotFound)
     }
 
-    /// Looks up a legacy user hash; returns the user and the timestamp it was made for.
+    /// Looks up a legacy user hash; returns the user and the timestamp it was made for (within ±120 s
+    /// of `now`). With a maintenance task the lookup only reads the table.
     pub fn match_legacy(&self, hash: &[u8; 16], now: i64) -> Result<(usize, u64), AuthError> {
-        let mut table = lock(&self.legacy);
-        self.refresh(&mut table, now);
-        match table.map.get(hash) {
+        if !self.maintained.load(Ordering::Relaxed) {
+            self.refresh(now);
+        }
+        match read(&self.legacy).map.get(hash) {
+            Some(e) if (e.ts as i64 - now).abs() > WINDOW => Err(AuthError::NotFound),
             Some(e) if e.tainted => Err(AuthError::Tainted),
             Some(e) => Ok((e.user, e.ts)),
             None => Err(AuthError::NotFound),
         }
     }
 
+    /// Keeps the legacy table current from a background task, so no request ever computes hashes (with
+    /// many users × alterIds that took seconds under a global lock). The first fill happens here, at
+    /// start. Outside a tokio runtime nothing is spawned and lookups refresh inline. The task ends
+    /// when the validator is dropped.
+    pub fn maintain(self: &Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        self.refresh(super::unix_now());
+        self.maintained.store(true, Ordering::Relaxed);
+        let weak = Arc::downgrade(self);
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(v) = weak.upgrade() else { return };
+                if tokio::task::spawn_blocking(move || v.refresh(super::unix_now())).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
     /// Marks a legacy hash as used by a replay: later uses are refused while it stays in the window.
     pub fn taint(&self, hash: &[u8; 16]) {
-        if let Some(e) = lock(&self.legacy).map.get_mut(hash) {
+        if let Some(e) = write(&self.legacy).map.get_mut(hash) {
             e.tainted = true;
         }
     }
@@ -168,9 +207,26 @@ impl Validator {
         lock(&self.sessions).add_if_not_exists(user, key, iv, now)
     }
 
-    fn refresh(&self, table: &mut LegacyTable, now: i64) {
+    /// Drops hashes older than the window and adds those for the seconds not covered yet; the hashes
+    /// are computed before the table is locked for writing.
+    fn refresh(&self, now: i64) {
         let first = now - WINDOW;
         let last = now + WINDOW;
+        let start = match read(&self.legacy).end {
+            Some(end) if end >= first => end + 1,
+            _ => first,
+        };
+        let fresh: Vec<(i64, Vec<[u8; 16]>)> = (start.max(0)..=last)
+            .map(|ts| {
+                let hashes = self
+                    .users
+                    .iter()
+                    .flat_map(|u| u.legacy_ids.iter().map(move |id| hmac_md5(id, &(ts as u64).to_be_bytes())))
+                    .collect();
+                (ts, hashes)
+            })
+            .collect();
+        let mut table = write(&self.legacy);
         while table.by_ts.front().is_some_and(|(ts, _)| *ts < first) {
             if let Some((_, hashes)) = table.by_ts.pop_front() {
                 for h in hashes {
@@ -178,23 +234,19 @@ impl Validator {
                 }
             }
         }
-        let start = match table.end {
-            Some(end) if end >= first => end + 1,
-            _ => first,
-        };
-        for ts in start.max(0)..=last {
-            let mut hashes = Vec::new();
+        for (ts, hashes) in fresh {
+            if table.end.is_some_and(|e| ts <= e) {
+                continue; // another refresh got here first
+            }
+            let mut i = 0;
             for (ui, u) in self.users.iter().enumerate() {
-                for id in &u.legacy_ids {
-                    let h = hmac_md5(id, &(ts as u64).to_be_bytes());
-                    table.map.entry(h).or_insert(LegacyEntry { user: ui, ts: ts as u64, tainted: false });
-                    hashes.push(h);
+                for _ in &u.legacy_ids {
+                    table.map.entry(hashes[i]).or_insert(LegacyEntry { user: ui, ts: ts as u64, tainted: false });
+                    i += 1;
                 }
             }
             table.by_ts.push_back((ts, hashes));
-        }
-        if table.end.is_none_or(|e| e < last) {
-            table.end = Some(last);
+            table.end = Some(ts);
         }
     }
 
@@ -237,9 +289,27 @@ mod tests {
         assert!(v.match_legacy(&future, t).is_err());
         assert_eq!(v.match_legacy(&future, t + 90), Ok((0, (t + 200) as u64)));
         // Entries per second stay bounded: 241 seconds × 2 users × 2 ids.
-        assert_eq!(lock(&v.legacy).map.len(), 241 * 4);
+        assert_eq!(read(&v.legacy).map.len(), 241 * 4);
         v.taint(&future);
         assert_eq!(v.match_legacy(&future, t + 90), Err(AuthError::Tainted));
+    }
+
+    /// With a maintenance task, lookups never compute hashes: the table is filled at start and kept
+    /// current in the background, and a lookup is a read of it.
+    #[tokio::test]
+    async fn a_maintained_table_is_filled_at_start_and_read_only_on_lookups() {
+        let v = Arc::new(Validator::new(&cfg(3, 4)));
+        v.maintain();
+        let now = super::super::unix_now();
+        let full = read(&v.legacy).map.len();
+        assert_eq!(full, 241 * 3 * 5);
+        let id = kdf::alter_ids(&[3; 16], 4)[2];
+        let h = hmac_md5(&id, &((now - 30) as u64).to_be_bytes());
+        assert_eq!(v.match_legacy(&h, now), Ok((2, (now - 30) as u64)));
+        // A timestamp outside the window of `now` is refused even while the table still holds it.
+        let stale = hmac_md5(&id, &((now + 100) as u64).to_be_bytes());
+        assert_eq!(v.match_legacy(&stale, now - 30), Err(AuthError::NotFound));
+        assert_eq!(read(&v.legacy).map.len(), full, "a lookup changed the table");
     }
 
     #[test]
