@@ -112,7 +112,11 @@ impl Dispatcher {
     }
 
     /// [`Dispatcher::dispatch_sub`], returning what the flow moved or why it ended.
-    pub async fn dispatch_sub_outcome(self: &Arc<Self>, session: Session, stream: BoxStream) -> Result<RelayStats, String> {
+    pub async fn dispatch_sub_outcome(
+        self: &Arc<Self>,
+        session: Session,
+        stream: BoxStream,
+    ) -> Result<RelayStats, String> {
         self.run(session, stream, |_| {}, false).await
     }
 
