@@ -71,8 +71,15 @@ pub struct Instance {
 
 /// A long-running part of an instance that is neither an inbound nor an outbound (a reverse bridge).
 pub trait Service: Send + 'static {
-    /// Starts the service; it must stop when `shutdown` is cancelled. Tasks go on `tracker`.
-    fn start(self: Box<Self>, dispatcher: Arc<Dispatcher>, tracker: &TaskTracker, shutdown: CancellationToken);
+    /// Starts the service. Tasks go on `tracker`. When `shutdown` is cancelled it takes no new work and
+    /// lets live sessions finish; when `hard_stop` is cancelled (the grace period is over) it ends them.
+    fn start(
+        self: Box<Self>,
+        dispatcher: Arc<Dispatcher>,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+        hard_stop: CancellationToken,
+    );
 }
 
 impl Instance {
@@ -185,7 +192,7 @@ impl Instance {
             ));
         }
         for svc in self.services {
-            svc.start(self.dispatcher.clone(), &tracker, shutdown.clone());
+            svc.start(self.dispatcher.clone(), &tracker, shutdown.clone(), hard_stop.clone());
         }
         Ok(Running { shutdown, hard_stop, tracker, bound, portals: self.portals, bridges: self.bridges })
     }
@@ -230,8 +237,10 @@ async fn accept_loop(
 async fn serve(incoming: Incoming, handler: Arc<dyn Inbound>, dispatcher: Arc<Dispatcher>) {
     let peer = incoming.peer();
     let deadline = dispatcher.policy(0).handshake;
+    let carrier = incoming.carrier();
     match tokio::time::timeout(deadline, incoming.handshake()).await {
-        Ok(Ok(conn)) => handler.accept(conn, &dispatcher).await,
+        // The carrier is known to the flow, so a portal can give the connection a tunnel's options.
+        Ok(Ok(conn)) => crate::transport::serve_carrier(carrier, handler.accept(conn, &dispatcher)).await,
         Ok(Err(e)) => debug!(%peer, "transport handshake failed: {e}"),
         Err(_) => debug!(%peer, "transport handshake timed out after {deadline:?}"),
     }

@@ -978,7 +978,15 @@ fn level_policy(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<LevelPolic
     Some(l)
 }
 
-const BRIDGE_KEYS: &[&str] = &["tag", "domain", "sessionsPerTunnel", "drainAfter", "heartbeatSeconds"];
+const BRIDGE_KEYS: &[&str] = &[
+    "tag",
+    "domain",
+    "sessionsPerTunnel",
+    "drainAfter",
+    "heartbeatSeconds",
+    "silenceSeconds",
+    "connectTimeoutSeconds",
+];
 const PORTAL_KEYS: &[&str] =
     &["tag", "domain", "internalDomain", "sessionsPerTunnel", "drainAfter", "heartbeatSeconds"];
 
@@ -1033,6 +1041,12 @@ fn tuning(ctx: &mut Ctx<'_>, e: &Obj<'_>) -> ReverseTuning {
     }
     if let Some(v) = e.int::<u32>(ctx, "heartbeatSeconds", 1, 3600) {
         t.heartbeat = Duration::from_secs(v.into());
+    }
+    if let Some(v) = e.int::<u32>(ctx, "silenceSeconds", 1, 3600) {
+        t.silence = Some(Duration::from_secs(v.into()));
+    }
+    if let Some(v) = e.int::<u32>(ctx, "connectTimeoutSeconds", 1, 300) {
+        t.connect_timeout = Duration::from_secs(v.into());
     }
     t
 }

@@ -1,11 +1,14 @@
 //! The bridge: dials tunnels out to the portal through its own routing, serves Mux.Cool on each, and
 //! dispatches every session it receives with its tag as inbound tag.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -16,16 +19,28 @@ use crate::dispatch::Dispatcher;
 use crate::instance::Service;
 use crate::mux::server::{MuxHandler, MuxServer};
 use crate::mux::{MuxPacket, MuxStream};
-use crate::proxy::{PacketConn, relay_packets};
+use crate::proxy::{BoxStream, PacketConn, relay_packets};
 use crate::reverse::control::{Control, ControlState};
 use crate::reverse::is_internal_domain;
 use crate::reverse::status::{BridgeStatus, TunnelStatus};
 use crate::session::{Address, Destination, Session};
+use crate::transport::{TunnelDial, dial_tunnel};
 
 /// First re-dial after a failure comes fast; later ones double up to [`MAX_BACKOFF`] (V2Ray: fixed 2 s).
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// A dead portal is dialled at most about this often.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Most a tunnel dial (name lookup, connect attempts, VMess header) may take, whatever the outbound's
+/// own retries: past it the monitor counts a failure and backs off.
+const DIAL_DEADLINE: Duration = Duration::from_secs(20);
+/// Silence allowed before the portal's heartbeat period is known: covers portals that beat every 10 s
+/// (Xray since 25.7), until two control messages have shown the real period.
+const SILENCE_UNKNOWN_PERIOD: Duration = Duration::from_secs(31);
+/// Heartbeat periods measured below this are taken as this (two messages in a burst).
+const MIN_PERIOD: Duration = Duration::from_secs(1);
+/// How often a stopping bridge looks for tunnels that have finished their sessions.
+const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// One tunnel, seen from the bridge.
 struct Tunnel {
@@ -34,11 +49,20 @@ struct Tunnel {
     drained: AtomicBool,
     /// Set once a control message arrived: the portal accepted us, so the back-off can reset.
     confirmed: AtomicBool,
+    /// The control session is open (it counts as one of the server's active sessions).
+    control_open: AtomicBool,
+    /// When a byte last arrived from the portal.
+    heard: Arc<Heard>,
 }
 
 impl Tunnel {
     fn active(&self) -> bool {
         !self.drained.load(Ordering::Relaxed) && !self.server.is_closed()
+    }
+
+    /// True when the tunnel carries nothing but its control session.
+    fn idle(&self) -> bool {
+        self.server.active_sessions() <= usize::from(self.control_open.load(Ordering::Relaxed))
     }
 }
 
@@ -51,6 +75,11 @@ struct Inner {
     /// Wakes the monitor when a tunnel dies or drains, so replacement does not wait for the next tick.
     changed: Notify,
     next_id: AtomicU64,
+    /// The portal's heartbeat period in ms, as measured (shortest gap between two control messages);
+    /// 0 until known.
+    period_ms: AtomicU64,
+    /// Set at shutdown: new sessions from the portal are refused, live ones finish.
+    stopping: AtomicBool,
 }
 
 /// The bridge service.
@@ -69,6 +98,8 @@ impl Bridge {
                 tunnels: std::sync::Mutex::new(Vec::new()),
                 changed: Notify::new(),
                 next_id: AtomicU64::new(1),
+                period_ms: AtomicU64::new(0),
+                stopping: AtomicBool::new(false),
             }),
         }
     }
@@ -120,43 +151,126 @@ impl Inner {
         n == 0 || sessions / n > self.tuning.sessions_per_tunnel as usize
     }
 
+    /// How long a tunnel may stay silent before it counts as dead: `silenceSeconds`, else three of the
+    /// portal's heartbeat periods plus 1 s (7 s against V2Ray's 2 s: a lost heartbeat, or two in a row of
+    /// the 1 in 64 that V2Ray leaves empty and does not send, are not mistaken for a dead link).
+    fn silence_timeout(&self) -> Duration {
+        if let Some(t) = self.tuning.silence {
+            return t;
+        }
+        match self.period_ms.load(Ordering::Relaxed) {
+            0 => SILENCE_UNKNOWN_PERIOD,
+            ms => Duration::from_millis(ms) * 3 + Duration::from_secs(1),
+        }
+    }
+
+    /// Records a gap between two control messages; the shortest one seen is the portal's period.
+    fn saw_period(&self, gap: Duration) {
+        let ms = gap.max(MIN_PERIOD).as_millis().min(u128::from(u32::MAX)) as u64;
+        let old = self.period_ms.load(Ordering::Relaxed);
+        if (old == 0 || ms + 100 < old)
+            && self.period_ms.compare_exchange(old, ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            info!(
+                bridge = %self.tag,
+                "the portal sends a heartbeat every {:.1}s: a tunnel silent for {:?} is taken as dead",
+                ms as f64 / 1000.0,
+                self.silence_timeout()
+            );
+        }
+    }
+
     async fn dial(self: &Arc<Self>, dispatcher: &Arc<Dispatcher>) -> Result<Arc<Tunnel>, crate::proxy::ProxyError> {
         let target = Destination::tcp(Address::Domain(self.domain.clone()), 0);
         let session = Session::new(Some(self.tag.clone()), None, target);
-        let stream = dispatcher.connect(session).await?;
+        // Routing picks the outbound (VMess, normally); the scope gives its socket the tunnel's options.
+        let dial = TunnelDial { connect_timeout: self.tuning.connect_timeout };
+        let stream = match tokio::time::timeout(DIAL_DEADLINE, dial_tunnel(dial, dispatcher.connect(session))).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(crate::proxy::ProxyError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("tunnel dial timed out after {DIAL_DEADLINE:?}"),
+                )));
+            }
+        };
+        let heard = Arc::new(Heard::new());
+        let stream: BoxStream = Box::new(HeardStream { inner: stream, heard: heard.clone() });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let tunnel = Arc::new_cyclic(|weak: &std::sync::Weak<Tunnel>| {
             let handler =
                 Arc::new(Handler { bridge: self.clone(), dispatcher: dispatcher.clone(), tunnel: weak.clone() });
-            Tunnel { id, server: MuxServer::start(stream, handler), drained: false.into(), confirmed: false.into() }
+            Tunnel {
+                id,
+                server: MuxServer::start(stream, handler),
+                drained: false.into(),
+                confirmed: false.into(),
+                control_open: false.into(),
+                heard,
+            }
         });
         self.lock().push(tunnel.clone());
         Ok(tunnel)
     }
+
+    /// Shutdown: new sessions are refused; each tunnel closes once it carries only its control session,
+    /// and every one closes at `hard_stop`.
+    async fn stop(&self, hard_stop: CancellationToken) {
+        self.stopping.store(true, Ordering::Relaxed);
+        loop {
+            let left = {
+                let mut tunnels = self.lock();
+                tunnels.retain(|t| !t.server.is_closed());
+                tunnels.iter().filter(|t| t.idle()).for_each(|t| t.server.close());
+                tunnels.retain(|t| !t.server.is_closed());
+                tunnels.len()
+            };
+            if left == 0 {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(STOP_POLL) => {}
+                _ = hard_stop.cancelled() => {
+                    let tunnels: Vec<_> = self.lock().drain(..).collect();
+                    debug!(bridge = %self.tag, "grace period over: closing {} tunnel(s) with live sessions", tunnels.len());
+                    tunnels.iter().for_each(|t| t.server.close());
+                    return;
+                }
+            }
+        }
+    }
 }
 
 impl Service for Bridge {
-    fn start(self: Box<Self>, dispatcher: Arc<Dispatcher>, tracker: &TaskTracker, shutdown: CancellationToken) {
+    fn start(
+        self: Box<Self>,
+        dispatcher: Arc<Dispatcher>,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+        hard_stop: CancellationToken,
+    ) {
         let inner = self.inner.clone();
         let t = tracker.clone();
         tracker.spawn(async move {
             tokio::select! {
-                _ = monitor(inner.clone(), dispatcher, t) => {}
+                _ = monitor(inner.clone(), dispatcher, t, shutdown.clone()) => {}
                 _ = shutdown.cancelled() => {}
             }
-            for tunnel in inner.lock().drain(..) {
-                tunnel.server.close();
-            }
+            inner.stop(hard_stop).await;
         });
     }
 }
 
 /// Keeps enough tunnels up: checks every heartbeat period (V2Ray: 2 s) and at once when a tunnel dies or
-/// drains. Failed dials, and tunnels that die before the portal's first control message (rejected or
-/// misrouted), back off exponentially with jitter; a confirmed tunnel resets the back-off.
-async fn monitor(inner: Arc<Inner>, dispatcher: Arc<Dispatcher>, tracker: TaskTracker) {
+/// drains. Dials run in their own task, one at a time, so a dial stuck on a black-holed portal never
+/// holds up the monitor. Failed dials, and tunnels that die before the portal's first control message
+/// (rejected or misrouted), back off exponentially with jitter; a confirmed tunnel resets the back-off.
+async fn monitor(inner: Arc<Inner>, dispatcher: Arc<Dispatcher>, tracker: TaskTracker, shutdown: CancellationToken) {
     let (died_tx, mut died_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let (dialed_tx, mut dialed_rx) = tokio::sync::mpsc::channel(1);
+    let mut dialing = false;
     let mut backoff = Duration::ZERO;
+    let mut not_before = tokio::time::Instant::now();
     let mut failures = 0u32;
     loop {
         let changed = inner.changed.notified();
@@ -166,52 +280,48 @@ async fn monitor(inner: Arc<Inner>, dispatcher: Arc<Dispatcher>, tracker: TaskTr
             backoff = Duration::ZERO;
             failures = 0;
         }
-        if inner.needs_tunnel() {
-            match inner.dial(&dispatcher).await {
-                Ok(tunnel) => {
-                    info!(bridge = %inner.tag, tunnel = tunnel.id, "tunnel up");
-                    let (watch_inner, died) = (inner.clone(), died_tx.clone());
-                    tracker.spawn(async move {
-                        // A portal sends its first heartbeat at once; silence means the tunnel does not
-                        // reach a portal (routing on the portal side, or not a portal at all).
-                        let patience = watch_inner.tuning.heartbeat * 3;
-                        if tokio::time::timeout(patience, tunnel.server.closed()).await.is_err() {
-                            if !tunnel.confirmed.load(Ordering::Relaxed) {
-                                warn!(
-                                    bridge = %watch_inner.tag,
-                                    tunnel = tunnel.id,
-                                    "no heartbeat from the portal after {patience:?}: does the portal route this \
-                                     connection (domain {}) to its portal tag?",
-                                    watch_inner.domain
-                                );
-                            }
-                            tunnel.server.closed().await;
-                        }
-                        info!(bridge = %watch_inner.tag, tunnel = tunnel.id, "tunnel closed");
-                        let _ = died.send(tunnel.confirmed.load(Ordering::Relaxed));
-                    });
+        let now = tokio::time::Instant::now();
+        if !dialing && now >= not_before && inner.needs_tunnel() {
+            dialing = true;
+            let (inner, dispatcher, tx, stop) =
+                (inner.clone(), dispatcher.clone(), dialed_tx.clone(), shutdown.clone());
+            tracker.spawn(async move {
+                tokio::select! {
+                    r = inner.dial(&dispatcher) => { let _ = tx.send(r).await; }
+                    _ = stop.cancelled() => {}
                 }
-                Err(e) => {
-                    failures += 1;
-                    backoff = next_backoff(backoff);
-                    if failures == 1 || failures.is_multiple_of(10) {
-                        warn!(bridge = %inner.tag, "cannot reach the portal ({failures} tries so far): {e}");
-                    } else {
-                        debug!(bridge = %inner.tag, "dial failed: {e}");
-                    }
-                }
-            }
+            });
         }
-        let wait = if backoff.is_zero() { inner.tuning.heartbeat } else { jitter(backoff) };
+        let wait = if now < not_before { not_before - now } else { inner.tuning.heartbeat };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = changed => {}
+            Some(r) = dialed_rx.recv() => {
+                dialing = false;
+                match r {
+                    Ok(tunnel) => {
+                        info!(bridge = %inner.tag, tunnel = tunnel.id, "tunnel up");
+                        tracker.spawn(watch(inner.clone(), tunnel, died_tx.clone()));
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        backoff = next_backoff(backoff);
+                        not_before = tokio::time::Instant::now() + jitter(backoff);
+                        if failures == 1 || failures.is_multiple_of(10) {
+                            warn!(bridge = %inner.tag, "cannot reach the portal ({failures} tries so far): {e}");
+                        } else {
+                            debug!(bridge = %inner.tag, "dial failed: {e}");
+                        }
+                    }
+                }
+            }
             Some(confirmed) = died_rx.recv() => {
                 if confirmed {
                     backoff = Duration::ZERO;
                 } else {
                     failures += 1;
                     backoff = next_backoff(backoff);
+                    not_before = tokio::time::Instant::now() + jitter(backoff);
                     if failures == 1 || failures.is_multiple_of(10) {
                         warn!(
                             bridge = %inner.tag,
@@ -220,10 +330,121 @@ async fn monitor(inner: Arc<Inner>, dispatcher: Arc<Dispatcher>, tracker: TaskTr
                             inner.domain
                         );
                     }
-                    tokio::time::sleep(jitter(backoff)).await;
                 }
             }
         }
+    }
+}
+
+/// Watches one tunnel until it ends: warns when no heartbeat confirms it, and closes it when nothing
+/// has come from the portal for the silence timeout (a link that died without FIN or RST), so the
+/// monitor dials a replacement. A drained tunnel gets no more heartbeats and is left to its sessions
+/// (TCP keepalive and `TCP_USER_TIMEOUT` still end it if the link dies).
+async fn watch(inner: Arc<Inner>, tunnel: Arc<Tunnel>, died: tokio::sync::mpsc::UnboundedSender<bool>) {
+    // A portal sends its first heartbeat at once; silence means the tunnel does not reach a portal
+    // (routing on the portal side, or not a portal at all).
+    let patience = inner.tuning.heartbeat * 3;
+    let confirm_by = tokio::time::Instant::now() + patience;
+    let mut warned = false;
+    loop {
+        let silence = inner.silence_timeout();
+        let dead_at = tunnel.heard.last() + silence;
+        let wake = if warned || tunnel.confirmed.load(Ordering::Relaxed) { dead_at } else { dead_at.min(confirm_by) };
+        tokio::select! {
+            _ = tunnel.server.closed() => break,
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+        let now = tokio::time::Instant::now();
+        if !warned && !tunnel.confirmed.load(Ordering::Relaxed) && now >= confirm_by {
+            warned = true;
+            warn!(
+                bridge = %inner.tag,
+                tunnel = tunnel.id,
+                "no heartbeat from the portal after {patience:?}: does the portal route this connection (domain {}) \
+                 to its portal tag?",
+                inner.domain
+            );
+        }
+        if tunnel.drained.load(Ordering::Relaxed) {
+            tunnel.server.closed().await;
+            break;
+        }
+        if now >= tunnel.heard.last() + inner.silence_timeout() {
+            warn!(
+                bridge = %inner.tag,
+                tunnel = tunnel.id,
+                "nothing from the portal for {:?}: the link is dead; closing the tunnel and dialling a new one",
+                now - tunnel.heard.last()
+            );
+            tunnel.server.close();
+            break;
+        }
+    }
+    info!(bridge = %inner.tag, tunnel = tunnel.id, "tunnel closed");
+    let _ = died.send(tunnel.confirmed.load(Ordering::Relaxed));
+}
+
+/// When bytes last arrived on a tunnel, in ms after its creation (one atomic store per read).
+struct Heard {
+    start: tokio::time::Instant,
+    ms: AtomicU64,
+}
+
+impl Heard {
+    fn new() -> Self {
+        Heard { start: tokio::time::Instant::now(), ms: AtomicU64::new(0) }
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
+        self.ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.start + Duration::from_millis(self.ms.load(Ordering::Relaxed))
+    }
+}
+
+/// The tunnel's stream, noting every read that brings bytes (frames from the portal).
+struct HeardStream {
+    inner: BoxStream,
+    heard: Arc<Heard>,
+}
+
+impl AsyncRead for HeardStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.heard.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for HeardStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -257,12 +478,22 @@ impl Handler {
 #[async_trait]
 impl MuxHandler for Handler {
     async fn stream(&self, target: Destination, stream: MuxStream) {
+        if self.bridge.stopping.load(Ordering::Relaxed) {
+            // Shutting down: the session ends at once (dropping the stream sends End).
+            return;
+        }
         self.dispatcher.dispatch(self.session(target), Box::new(stream)).await;
     }
 
     async fn packet(&self, target: Destination, packet: MuxPacket) {
         if is_internal_domain(&target) {
+            let open = self.tunnel.upgrade();
+            open.iter().for_each(|t| t.control_open.store(true, Ordering::Relaxed));
             self.control(packet).await;
+            open.iter().for_each(|t| t.control_open.store(false, Ordering::Relaxed));
+            return;
+        }
+        if self.bridge.stopping.load(Ordering::Relaxed) {
             return;
         }
         let session = self.session(target);
@@ -276,11 +507,16 @@ impl MuxHandler for Handler {
 impl Handler {
     /// Reads Control messages; the bridge never writes on the control session.
     async fn control(&self, packet: MuxPacket) {
+        let mut last: Option<tokio::time::Instant> = None;
         while let Ok(Some(msg)) = packet.recv().await {
             let Some(tunnel) = self.tunnel.upgrade() else { return };
             match Control::decode(&msg) {
                 Ok(c) => {
                     tunnel.confirmed.store(true, Ordering::Relaxed);
+                    let now = tokio::time::Instant::now();
+                    if let Some(prev) = last.replace(now) {
+                        self.bridge.saw_period(now - prev);
+                    }
                     if c.state == ControlState::Drain {
                         info!(bridge = %self.bridge.tag, tunnel = tunnel.id, "portal drained the tunnel");
                         tunnel.drained.store(true, Ordering::Relaxed);
