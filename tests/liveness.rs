@@ -390,6 +390,7 @@ async fn sigterm_with_live_transfer(name: &str, bridge_side: bool, chunks: u8) {
     );
     let status = status.unwrap_or_else(|| panic!("the {side} did not exit"));
     assert!(status.success(), "{status:?}\n{}", target.log_text());
+    assert!(!target.log_text().contains("still running"), "owned tasks outlived the hard stop\n{}", target.log_text());
     let full = Duration::from_millis(100) * u32::from(chunks);
     if full + Duration::from_secs(1) < GRACE {
         assert_eq!(got, total, "the {side} cut a transfer shorter than the grace\n{}", target.log_text());
@@ -423,4 +424,36 @@ async fn sigterm_portal_lets_a_live_transfer_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_portal_cuts_a_transfer_longer_than_the_grace() {
     sigterm_with_live_transfer("live-term-portal-long", false, 120).await;
+}
+
+/// A client with `mux` on keeps an idle carrier connection (closed by Mux's 16 s idle tick): its tasks
+/// are owned by the instance, so SIGTERM ends them at once instead of leaving them to the runtime, and
+/// they do not hold the grace period open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_an_idle_mux_carrier_exits_promptly() {
+    let (echo, _task) = xor_echo_server().await;
+    let (cport, sport) = (free_port(), free_port());
+    let dir = temp_dir("live-term-mux");
+    let server = format!(
+        r#"{{"inbounds": [{{"listen": "127.0.0.1", "port": {sport}, "protocol": "vmess",
+             "settings": {{"clients": [{{"id": "{UUID}"}}]}}}}], "outbounds": [{{"protocol": "freedom"}}]}}"#
+    );
+    let client = format!(
+        r#"{{"log": {{"loglevel": "debug"}},
+  "inbounds": [{{"listen": "127.0.0.1", "port": {cport}, "protocol": "dokodemo-door",
+                 "settings": {{"address": "127.0.0.1", "port": {ep}, "network": "tcp"}}}}],
+  "outbounds": [{{"protocol": "vmess", "settings": {{"vnext": [{{"address": "127.0.0.1", "port": {sport}, "users": [{{"id": "{UUID}"}}]}}]}},
+                  "mux": {{"enabled": true}}}}]}}"#,
+        ep = echo.port()
+    );
+    let _server = spawn_impl(Impl::Oxray, "server", &dir, &server);
+    let mut client = spawn_impl(Impl::Oxray, "client", &dir, &client);
+    until_traffic(local(cport), Duration::from_secs(15)).await.expect("no traffic through the mux client");
+    let start = Instant::now();
+    sigterm(&client);
+    let status = exit_within(&mut client, Duration::from_secs(10)).await.expect("the client did not exit");
+    eprintln!("mux client with an idle carrier exited {:.2} s after SIGTERM", start.elapsed().as_secs_f64());
+    assert!(status.success(), "{status:?}\n{}", client.log_text());
+    assert!(start.elapsed() < Duration::from_secs(3), "exit took {:?}", start.elapsed());
+    assert!(!client.log_text().contains("still running"), "{}", client.log_text());
 }

@@ -24,6 +24,7 @@ use crate::reverse::control::{Control, ControlState};
 use crate::reverse::is_internal_domain;
 use crate::reverse::status::{BridgeStatus, TunnelStatus};
 use crate::session::{Address, Destination, Session};
+use crate::task::Owner;
 use crate::transport::{TunnelDial, dial_tunnel};
 
 /// First re-dial after a failure comes fast; later ones double up to [`MAX_BACKOFF`] (V2Ray: fixed 2 s).
@@ -247,17 +248,17 @@ impl Service for Bridge {
         dispatcher: Arc<Dispatcher>,
         tracker: &TaskTracker,
         shutdown: CancellationToken,
-        hard_stop: CancellationToken,
+        owner: &Owner,
     ) {
         let inner = self.inner.clone();
-        let t = tracker.clone();
-        tracker.spawn(async move {
+        let (t, o, hard_stop) = (tracker.clone(), owner.clone(), owner.hard_stop().clone());
+        tracker.spawn(owner.scope(async move {
             tokio::select! {
-                _ = monitor(inner.clone(), dispatcher, t, shutdown.clone()) => {}
+                _ = monitor(inner.clone(), dispatcher, t, o, shutdown.clone()) => {}
                 _ = shutdown.cancelled() => {}
             }
             inner.stop(hard_stop).await;
-        });
+        }));
     }
 }
 
@@ -265,7 +266,13 @@ impl Service for Bridge {
 /// drains. Dials run in their own task, one at a time, so a dial stuck on a black-holed portal never
 /// holds up the monitor. Failed dials, and tunnels that die before the portal's first control message
 /// (rejected or misrouted), back off exponentially with jitter; a confirmed tunnel resets the back-off.
-async fn monitor(inner: Arc<Inner>, dispatcher: Arc<Dispatcher>, tracker: TaskTracker, shutdown: CancellationToken) {
+async fn monitor(
+    inner: Arc<Inner>,
+    dispatcher: Arc<Dispatcher>,
+    tracker: TaskTracker,
+    owner: Owner,
+    shutdown: CancellationToken,
+) {
     let (died_tx, mut died_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
     let (dialed_tx, mut dialed_rx) = tokio::sync::mpsc::channel(1);
     let mut dialing = false;
@@ -285,12 +292,12 @@ async fn monitor(inner: Arc<Inner>, dispatcher: Arc<Dispatcher>, tracker: TaskTr
             dialing = true;
             let (inner, dispatcher, tx, stop) =
                 (inner.clone(), dispatcher.clone(), dialed_tx.clone(), shutdown.clone());
-            tracker.spawn(async move {
+            tracker.spawn(owner.scope(async move {
                 tokio::select! {
                     r = inner.dial(&dispatcher) => { let _ = tx.send(r).await; }
                     _ = stop.cancelled() => {}
                 }
-            });
+            }));
         }
         let wait = if now < not_before { not_before - now } else { inner.tuning.heartbeat };
         tokio::select! {
@@ -301,7 +308,7 @@ async fn monitor(inner: Arc<Inner>, dispatcher: Arc<Dispatcher>, tracker: TaskTr
                 match r {
                     Ok(tunnel) => {
                         info!(bridge = %inner.tag, tunnel = tunnel.id, "tunnel up");
-                        tracker.spawn(watch(inner.clone(), tunnel, died_tx.clone()));
+                        tracker.spawn(owner.scope(watch(inner.clone(), tunnel, died_tx.clone())));
                     }
                     Err(e) => {
                         failures += 1;
