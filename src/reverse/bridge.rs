@@ -36,10 +36,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// own retries: past it the monitor counts a failure and backs off.
 const DIAL_DEADLINE: Duration = Duration::from_secs(20);
 /// Silence allowed before the portal's heartbeat period is known: covers portals that beat every 10 s
-/// (Xray since 25.7), until two control messages have shown the real period.
+/// (Xray since 25.7), until four control messages have shown the real period.
 const SILENCE_UNKNOWN_PERIOD: Duration = Duration::from_secs(31);
-/// Heartbeat periods measured below this are taken as this (two messages in a burst).
+/// Heartbeat periods measured below this are taken as this.
 const MIN_PERIOD: Duration = Duration::from_secs(1);
+/// Gaps between heartbeats the period is measured over.
+const PERIOD_SAMPLES: usize = 5;
 /// How often a stopping bridge looks for tunnels that have finished their sessions.
 const STOP_POLL: Duration = Duration::from_millis(50);
 
@@ -76,9 +78,10 @@ struct Inner {
     /// Wakes the monitor when a tunnel dies or drains, so replacement does not wait for the next tick.
     changed: Notify,
     next_id: AtomicU64,
-    /// The portal's heartbeat period in ms, as measured (shortest gap between two control messages);
-    /// 0 until known.
+    /// The portal's heartbeat period in ms, as measured (see [`Inner::saw_period`]); 0 until known.
     period_ms: AtomicU64,
+    /// The last gaps between two control messages of one tunnel.
+    gaps: std::sync::Mutex<Vec<Duration>>,
     /// Set at shutdown: new sessions from the portal are refused, live ones finish.
     stopping: AtomicBool,
 }
@@ -100,6 +103,7 @@ impl Bridge {
                 changed: Notify::new(),
                 next_id: AtomicU64::new(1),
                 period_ms: AtomicU64::new(0),
+                gaps: std::sync::Mutex::new(Vec::with_capacity(PERIOD_SAMPLES)),
                 stopping: AtomicBool::new(false),
             }),
         }
@@ -142,13 +146,15 @@ impl Inner {
         self.tunnels.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// V2Ray's rule: drop inactive tunnels; add one when there is none, or when active sessions per
-    /// tunnel (control sessions included) exceed the ratio.
+    /// V2Ray's rule: count active tunnels only; add one when there is none, or when active sessions per
+    /// tunnel (control sessions included) exceed the ratio. Closed tunnels are dropped; drained ones stay
+    /// listed until they close, so shutdown still waits for their sessions.
     fn needs_tunnel(&self) -> bool {
         let mut tunnels = self.lock();
-        tunnels.retain(|t| t.active());
-        let n = tunnels.len();
-        let sessions: usize = tunnels.iter().map(|t| t.server.active_sessions()).sum();
+        tunnels.retain(|t| !t.server.is_closed());
+        let active = || tunnels.iter().filter(|t| t.active());
+        let n = active().count();
+        let sessions: usize = active().map(|t| t.server.active_sessions()).sum();
         n == 0 || sessions / n > self.tuning.sessions_per_tunnel as usize
     }
 
@@ -165,17 +171,29 @@ impl Inner {
         }
     }
 
-    /// Records a gap between two control messages; the shortest one seen is the portal's period.
+    /// Records a gap between two control messages. The portal's period is the median of the last
+    /// [`PERIOD_SAMPLES`] gaps, rounded to whole seconds (portals beat in whole seconds): one beat held
+    /// up in a busy tunnel (a short gap after a long one) or one that V2Ray skipped does not move it.
     fn saw_period(&self, gap: Duration) {
-        let ms = gap.max(MIN_PERIOD).as_millis().min(u128::from(u32::MAX)) as u64;
-        let old = self.period_ms.load(Ordering::Relaxed);
-        if (old == 0 || ms + 100 < old)
-            && self.period_ms.compare_exchange(old, ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
+        let median = {
+            let mut gaps = self.gaps.lock().unwrap_or_else(|p| p.into_inner());
+            if gaps.len() == PERIOD_SAMPLES {
+                gaps.remove(0);
+            }
+            gaps.push(gap);
+            if gaps.len() < 3 {
+                return;
+            }
+            let mut sorted = gaps.clone();
+            sorted.sort();
+            sorted[sorted.len() / 2]
+        };
+        let secs = median.as_secs_f64().round().max(MIN_PERIOD.as_secs_f64());
+        let ms = (secs * 1000.0) as u64;
+        if self.period_ms.swap(ms, Ordering::Relaxed) != ms {
             info!(
                 bridge = %self.tag,
-                "the portal sends a heartbeat every {:.1}s: a tunnel silent for {:?} is taken as dead",
-                ms as f64 / 1000.0,
+                "the portal sends a heartbeat every {secs:.0}s: a tunnel silent for {:?} is taken as dead",
                 self.silence_timeout()
             );
         }
@@ -356,7 +374,10 @@ async fn watch(inner: Arc<Inner>, tunnel: Arc<Tunnel>, died: tokio::sync::mpsc::
     loop {
         let silence = inner.silence_timeout();
         let dead_at = tunnel.heard.last() + silence;
+        // Looks again at least every monitor period: the timeout shrinks once the period is measured.
+        let recheck = tokio::time::Instant::now() + inner.tuning.heartbeat;
         let wake = if warned || tunnel.confirmed.load(Ordering::Relaxed) { dead_at } else { dead_at.min(confirm_by) };
+        let wake = wake.min(recheck);
         tokio::select! {
             _ = tunnel.server.closed() => break,
             _ = tokio::time::sleep_until(wake) => {}
@@ -374,6 +395,12 @@ async fn watch(inner: Arc<Inner>, tunnel: Arc<Tunnel>, died: tokio::sync::mpsc::
         }
         if tunnel.drained.load(Ordering::Relaxed) {
             tunnel.server.closed().await;
+            break;
+        }
+        if now >= tunnel.heard.last() + inner.silence_timeout() && !tunnel.confirmed.load(Ordering::Relaxed) {
+            // Never a heartbeat (warned above): not a portal's tunnel; dial again, backing off.
+            debug!(bridge = %inner.tag, tunnel = tunnel.id, "closing a tunnel that never got a heartbeat");
+            tunnel.server.close();
             break;
         }
         if now >= tunnel.heard.last() + inner.silence_timeout() {
@@ -533,5 +560,34 @@ impl Handler {
                 Err(e) => debug!(bridge = %self.bridge.tag, "skipping a bad control message: {e}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bridge(silence: Option<Duration>) -> Bridge {
+        let tuning = ReverseTuning { silence, ..ReverseTuning::default() };
+        Bridge::new(&BridgeConfig { tag: "b".into(), domain: "d".into(), tuning })
+    }
+
+    #[test]
+    fn silence_timeout_follows_the_measured_period() {
+        let b = bridge(None);
+        let ms = |v: u64| Duration::from_millis(v);
+        assert_eq!(b.inner.silence_timeout(), SILENCE_UNKNOWN_PERIOD, "unknown period");
+        // A beat held up in a busy tunnel (2.6 s, then 1.4 s) and a beat V2Ray skipped (4 s) do not
+        // move the period off 2 s.
+        for gap in [2000, 2600, 1400, 4000, 2000, 1990] {
+            b.inner.saw_period(ms(gap));
+        }
+        assert_eq!(b.inner.silence_timeout(), Duration::from_secs(7));
+        // A portal that beats every 10 s (Xray).
+        for _ in 0..PERIOD_SAMPLES {
+            b.inner.saw_period(ms(10_050));
+        }
+        assert_eq!(b.inner.silence_timeout(), Duration::from_secs(31));
+        assert_eq!(bridge(Some(Duration::from_secs(9))).inner.silence_timeout(), Duration::from_secs(9));
     }
 }
