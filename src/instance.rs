@@ -26,6 +26,7 @@ use crate::reverse::bridge::{Bridge, BridgeStatusHandle};
 use crate::reverse::portal::Portal;
 use crate::reverse::status::{BridgeStatus, PortalStatus};
 use crate::router::Router;
+use crate::task::Owner;
 use crate::transport::{Incoming, Listener, StreamSettings};
 
 /// Why an instance could not be built or started.
@@ -74,8 +75,16 @@ pub struct Instance {
 
 /// A long-running part of an instance that is neither an inbound nor an outbound (a reverse bridge).
 pub trait Service: Send + 'static {
-    /// Starts the service; it must stop when `shutdown` is cancelled. Tasks go on `tracker`.
-    fn start(self: Box<Self>, dispatcher: Arc<Dispatcher>, tracker: &TaskTracker, shutdown: CancellationToken);
+    /// Starts the service. Tasks go on `tracker`, run inside `owner`'s scope (so what they spawn is
+    /// owned too). When `shutdown` is cancelled it takes no new work and lets live sessions finish; when
+    /// `owner.hard_stop()` is cancelled (the grace period is over) it ends them.
+    fn start(
+        self: Box<Self>,
+        dispatcher: Arc<Dispatcher>,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+        owner: &Owner,
+    );
 }
 
 impl Instance {
@@ -174,6 +183,8 @@ impl Instance {
         let shutdown = CancellationToken::new();
         let hard_stop = CancellationToken::new();
         let tracker = TaskTracker::new();
+        // Tasks spawned below the connections (Mux readers, writers, sessions) belong to `owner`.
+        let owner = Owner::new(hard_stop.clone());
         let mut listeners = Vec::new();
         for ib in &self.inbounds {
             for addr in &ib.addrs {
@@ -200,22 +211,23 @@ impl Instance {
                 bound.push((tag.clone(), a));
                 info!(tag = tag.as_deref().unwrap_or(""), "listening on tcp:{a}");
             }
-            tracker.spawn(accept_loop(
+            tracker.spawn(owner.scope(accept_loop(
                 listener,
                 handler,
                 self.dispatcher.clone(),
                 tracker.clone(),
                 shutdown.clone(),
-                hard_stop.clone(),
-            ));
+                owner.clone(),
+            )));
         }
         for svc in self.services {
-            svc.start(self.dispatcher.clone(), &tracker, shutdown.clone());
+            svc.start(self.dispatcher.clone(), &tracker, shutdown.clone(), &owner);
         }
         let mut running = Running {
             shutdown,
             hard_stop,
             tracker,
+            owner,
             bound,
             portals: self.portals,
             bridges: self.bridges,
@@ -240,7 +252,7 @@ async fn accept_loop(
     dispatcher: Arc<Dispatcher>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
-    hard_stop: CancellationToken,
+    owner: Owner,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -251,14 +263,14 @@ async fn accept_loop(
             Ok(incoming) => {
                 let handler = handler.clone();
                 let dispatcher = dispatcher.clone();
-                let hard_stop = hard_stop.clone();
-                tracker.spawn(async move {
+                let hard_stop = owner.hard_stop().clone();
+                tracker.spawn(owner.scope(async move {
                     let peer = incoming.peer();
                     tokio::select! {
                         _ = serve(incoming, handler, dispatcher) => {}
                         _ = hard_stop.cancelled() => debug!(%peer, "connection cut at shutdown"),
                     }
-                });
+                }));
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -273,8 +285,10 @@ async fn accept_loop(
 async fn serve(incoming: Incoming, handler: Arc<dyn Inbound>, dispatcher: Arc<Dispatcher>) {
     let peer = incoming.peer();
     let deadline = dispatcher.policy(0).handshake;
+    let carrier = incoming.carrier();
     match tokio::time::timeout(deadline, incoming.handshake()).await {
-        Ok(Ok(conn)) => handler.accept(conn, &dispatcher).await,
+        // The carrier is known to the flow, so a portal can give the connection a tunnel's options.
+        Ok(Ok(conn)) => crate::transport::serve_carrier(carrier, handler.accept(conn, &dispatcher)).await,
         Ok(Err(e)) => debug!(%peer, "transport handshake failed: {e}"),
         Err(_) => debug!(%peer, "transport handshake timed out after {deadline:?}"),
     }
@@ -285,6 +299,7 @@ pub struct Running {
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
     tracker: TaskTracker,
+    owner: Owner,
     bound: Vec<(Option<String>, SocketAddr)>,
     portals: Vec<Arc<Portal>>,
     bridges: Vec<BridgeStatusHandle>,
@@ -340,8 +355,16 @@ impl Running {
         };
         if !finished {
             warn!("grace period of {grace:?} over; closing the remaining connections");
-            self.hard_stop.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;
+        }
+        // Ends what is left: connections past the grace, and owned background tasks (idle Mux carriers,
+        // tunnels' readers and writers), which the grace does not wait for.
+        self.hard_stop.cancel();
+        let all = async {
+            self.tracker.wait().await;
+            self.owner.wait().await;
+        };
+        if tokio::time::timeout(Duration::from_secs(2), all).await.is_err() {
+            warn!("{} task(s) still running 2 s after the hard stop", self.owner.running());
         }
     }
 }

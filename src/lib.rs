@@ -12,6 +12,7 @@ pub mod proxy;
 pub mod reverse;
 pub mod router;
 pub mod session;
+pub mod task;
 #[doc(hidden)]
 pub mod testing;
 pub mod transport;

@@ -169,6 +169,7 @@ fn run(files: Vec<PathBuf>, ops: Option<String>, log_format: LogFormat) -> anyho
     for w in &config.warnings {
         tracing::warn!("config: {w}");
     }
+    raise_fd_limit();
     let runtime = build_runtime().context("starting the runtime")?;
     runtime.block_on(async move {
         let instance = oxray::instance::Instance::with_access_log(&config, log.access())?;
@@ -233,6 +234,32 @@ fn status_line(s: &oxray::ops::Snapshot) -> String {
         parts.push(format!("{} listener(s)", s.listeners.len()));
     }
     parts.join("; ")
+}
+
+/// Raises the soft limit on open files to the hard one, as Go programs (V2Ray included) do at start:
+/// under systemd's default soft limit of 1024, a few hundred connections would lock a bridge out.
+fn raise_fd_limit() {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit/setrlimit read and write only the struct passed.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            tracing::debug!("RLIMIT_NOFILE: cannot read it: {}", std::io::Error::last_os_error());
+            return;
+        }
+        let before = lim.rlim_cur;
+        if before >= lim.rlim_max {
+            tracing::debug!("RLIMIT_NOFILE: {before} (already the hard limit)");
+            return;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+            tracing::debug!("RLIMIT_NOFILE: raised from {before} to {}", lim.rlim_cur);
+        } else {
+            tracing::debug!("RLIMIT_NOFILE: cannot raise {before}: {}", std::io::Error::last_os_error());
+        }
+    }
 }
 
 /// The runtime for `run`: one thread on machines with ≤ 2 CPUs, else one worker per CPU.

@@ -364,6 +364,25 @@ fn defaults_follow_v2ray_4_34() {
     assert_eq!((p.tuning.sessions_per_tunnel, p.tuning.drain_after), (4, 256));
     assert_eq!(p.tuning.heartbeat, Duration::from_secs(5));
     assert_eq!(c.reverse.bridges[0].tuning.sessions_per_tunnel, 16);
+    assert_eq!(c.reverse.bridges[0].tuning.silence, None, "silence follows the portal's measured period");
+    assert_eq!(c.reverse.bridges[0].tuning.connect_timeout, Duration::from_secs(4));
+}
+
+#[test]
+fn bridge_liveness_keys() {
+    let text =
+        r#"{"reverse": {"bridges": [{"tag": "b", "domain": "d", "silenceSeconds": 9, "connectTimeoutSeconds": 2}]}}"#;
+    let c = load_str("t.json", text).unwrap();
+    assert_eq!(c.reverse.bridges[0].tuning.silence, Some(Duration::from_secs(9)));
+    assert_eq!(c.reverse.bridges[0].tuning.connect_timeout, Duration::from_secs(2));
+    let bad = errors(
+        r#"{"reverse": {"bridges": [{"tag": "b", "domain": "d", "silenceSeconds": 0, "connectTimeoutSeconds": 301, "heartbeatSeconds": 0}]}}"#,
+    );
+    let text: Vec<String> = bad.iter().map(|e| e.to_string()).collect();
+    assert!(text.iter().any(|e| e.contains("reverse.bridges[0].silenceSeconds")), "{text:?}");
+    assert!(text.iter().any(|e| e.contains("reverse.bridges[0].connectTimeoutSeconds")), "{text:?}");
+    // Out of range was accepted before (0 s made the heartbeat ticker panic).
+    assert!(text.iter().any(|e| e.contains("reverse.bridges[0].heartbeatSeconds")), "{text:?}");
 }
 
 #[test]

@@ -188,13 +188,19 @@ async fn portal_restart_recovers_within_half_a_second() {
     let public = pair.public();
 
     for round in 0..3 {
-        // A long transfer in flight when the portal dies.
-        let big = payload(256 << 20, 9);
-        let inflight = tokio::spawn(async move { xor_roundtrip(public, &big).await });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A long transfer in flight when the portal dies: killed once bytes have come back through it.
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let inflight = tokio::spawn(counted_roundtrip(public, payload(256 << 20, 9), received.clone()));
+        let flowing = wait_until(Duration::from_secs(10), || {
+            let n = received.load(std::sync::atomic::Ordering::Relaxed);
+            async move { n >= 1 << 20 }
+        })
+        .await;
+        assert!(flowing, "the transfer never got going\n{}", pair.bridge.log_text());
         pair.portal.kill();
         let r = tokio::time::timeout(Duration::from_secs(10), inflight).await.expect("in-flight transfer hangs");
-        assert!(r.unwrap().is_err(), "a transfer cut by the portal's death must not look complete");
+        let at_kill = received.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(r.unwrap().is_err(), "a transfer cut by the portal's death must not look complete ({at_kill} bytes)");
 
         pair.respawn_portal();
         assert!(wait_for_port(local(pair.interconn), Duration::from_secs(10)), "portal did not come back");
@@ -256,19 +262,40 @@ async fn half_close_crosses_the_tunnel() {
     let _bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, service.port(), "info"));
     let _portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, "info"));
     let public = local(external);
+    // The readiness probe sends "ping" and reads 4 bytes; the service answers after the probe's EOF.
+    until_traffic_any(public, Duration::from_secs(15)).await.expect("no tunnel");
     for i in 0..5 {
-        let got = wait_until(Duration::from_secs(15), || async move {
-            let Ok(mut s) = tokio::net::TcpStream::connect(public).await else { return false };
-            if s.write_all(b"GET /").await.is_err() || s.shutdown().await.is_err() {
-                return false;
-            }
-            let mut got = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
-            got.len() == 8 + (1 << 20)
-        })
-        .await;
-        assert!(got, "try {i}: the answer to a half-closed request did not arrive whole");
+        // Each try is one visitor, once: a lost answer fails the test instead of being retried.
+        let mut s = tokio::net::TcpStream::connect(public).await.unwrap();
+        s.write_all(b"GET /").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+        assert!(r.is_ok_and(|r| r.is_ok()), "try {i}: the answer did not end");
+        assert_eq!(got.len(), 8 + (1 << 20), "try {i}: the answer to a half-closed request did not arrive whole");
+        assert_eq!(&got[..8], &5u64.to_be_bytes(), "try {i}: the service did not see the whole request");
+        assert!(got[8..] == reply[..], "try {i}: the answer differs");
     }
+}
+
+/// Waits until a visitor gets any answer through `entry` (a service that is not an echo).
+async fn until_traffic_any(entry: SocketAddr, deadline: Duration) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        let attempt = async {
+            let mut s = tokio::net::TcpStream::connect(entry).await.ok()?;
+            s.write_all(b"x").await.ok()?;
+            s.shutdown().await.ok()?;
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b).await.ok()
+        };
+        if tokio::time::timeout(Duration::from_secs(2), attempt).await.ok().flatten().is_some() {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }
 
 /// When a visitor leaves mid-download, the bridge stops pulling from the service at once: no ghost
@@ -397,8 +424,44 @@ async fn tuning_extensions_take_effect() {
     assert!(drains >= 1 && ups >= 2, "{drains} drains, {ups} tunnels\n{}\n{}", portal.log_text(), bridge.log_text());
 }
 
+/// Open descriptors of `pid`. An unreadable /proc fails the test: a made-up count would make the leak
+/// check pass or fail for nothing.
 fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(usize::MAX)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd is unreadable ({e}): cannot count descriptors"))
+        .count()
+}
+
+/// Like `xor_roundtrip` (half-close, every byte checked), counting the bytes received in `received`.
+async fn counted_roundtrip(
+    addr: SocketAddr,
+    data: Vec<u8>,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut r, mut w) = s.into_split();
+    let len = data.len();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await?;
+        w.shutdown().await
+    });
+    let mut buf = vec![0u8; 256 << 10];
+    let mut at = 0usize;
+    loop {
+        let n = r.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        if at + n > len || buf[..n].iter().zip(&data[at..at + n]).any(|(g, d)| *g != d ^ XOR) {
+            return Err(format!("bytes {at}..{} differ", at + n));
+        }
+        at += n;
+        received.store(at as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+    writer.await.map_err(|e| e.to_string())?.map_err(|e| format!("write: {e}"))?;
+    if at != len { Err(format!("got {at} bytes back, sent {len}")) } else { Ok(()) }
 }
 
 /// Visitors that finish, that vanish mid-transfer, and bursts of them leave no socket behind in the

@@ -438,11 +438,22 @@ pub struct ReverseTuning {
     pub drain_after: u32,
     /// Heartbeat / monitor period (V2Ray: 2 s).
     pub heartbeat: Duration,
+    /// Bridge: a tunnel with nothing from the portal for this long is dead (`silenceSeconds`); None =
+    /// three of the portal's heartbeat periods (as measured) plus 1 s.
+    pub silence: Option<Duration>,
+    /// Bridge: per-attempt connect deadline of tunnel dials (`connectTimeoutSeconds`).
+    pub connect_timeout: Duration,
 }
 
 impl Default for ReverseTuning {
     fn default() -> Self {
-        ReverseTuning { sessions_per_tunnel: 16, drain_after: 256, heartbeat: Duration::from_secs(2) }
+        ReverseTuning {
+            sessions_per_tunnel: 16,
+            drain_after: 256,
+            heartbeat: Duration::from_secs(2),
+            silence: None,
+            connect_timeout: crate::transport::CONNECT_TIMEOUT,
+        }
     }
 }
 

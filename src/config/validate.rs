@@ -1014,7 +1014,15 @@ fn level_policy(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<LevelPolic
     Some(l)
 }
 
-const BRIDGE_KEYS: &[&str] = &["tag", "domain", "sessionsPerTunnel", "drainAfter", "heartbeatSeconds"];
+const BRIDGE_KEYS: &[&str] = &[
+    "tag",
+    "domain",
+    "sessionsPerTunnel",
+    "drainAfter",
+    "heartbeatSeconds",
+    "silenceSeconds",
+    "connectTimeoutSeconds",
+];
 const PORTAL_KEYS: &[&str] =
     &["tag", "domain", "internalDomain", "sessionsPerTunnel", "drainAfter", "heartbeatSeconds"];
 
@@ -1060,15 +1068,32 @@ fn build_reverse(ctx: &mut Ctx<'_>, node: &Node) -> ReverseConfig {
 }
 
 fn tuning(ctx: &mut Ctx<'_>, e: &Obj<'_>) -> ReverseTuning {
+    // `int` checks only that the number fits the type: the bounds are checked here (a heartbeat of
+    // 0 s would make the ticker panic).
+    let ranged = |ctx: &mut Ctx<'_>, key: &str, lo: u32, hi: u32| {
+        let v = e.int::<u32>(ctx, key, lo, hi)?;
+        if (lo..=hi).contains(&v) {
+            return Some(v);
+        }
+        let at = e.get(key)?;
+        ctx.error(at, &e.path_of(key), format!("expected an integer in {lo}..={hi}, got {v}"));
+        None
+    };
     let mut t = ReverseTuning::default();
-    if let Some(v) = e.int::<u32>(ctx, "sessionsPerTunnel", 1, u32::MAX) {
+    if let Some(v) = ranged(ctx, "sessionsPerTunnel", 1, u32::MAX) {
         t.sessions_per_tunnel = v;
     }
-    if let Some(v) = e.int::<u32>(ctx, "drainAfter", 1, u32::MAX) {
+    if let Some(v) = ranged(ctx, "drainAfter", 1, u32::MAX) {
         t.drain_after = v;
     }
-    if let Some(v) = e.int::<u32>(ctx, "heartbeatSeconds", 1, 3600) {
+    if let Some(v) = ranged(ctx, "heartbeatSeconds", 1, 3600) {
         t.heartbeat = Duration::from_secs(v.into());
+    }
+    if let Some(v) = ranged(ctx, "silenceSeconds", 1, 3600) {
+        t.silence = Some(Duration::from_secs(v.into()));
+    }
+    if let Some(v) = ranged(ctx, "connectTimeoutSeconds", 1, 300) {
+        t.connect_timeout = Duration::from_secs(v.into());
     }
     t
 }

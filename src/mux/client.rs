@@ -35,7 +35,7 @@ impl MuxClient {
     pub fn new(stream: BoxStream, config: MuxClientConfig) -> Arc<MuxClient> {
         let conn = Conn::start(stream, Role::Client, None);
         if let Some(period) = config.idle_close {
-            tokio::spawn(idle_ticker(conn.clone(), period));
+            crate::task::spawn(idle_ticker(conn.clone(), period));
         }
         Arc::new(MuxClient { conn, config })
     }

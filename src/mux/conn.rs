@@ -122,8 +122,8 @@ impl Conn {
             recv_queued: AtomicUsize::new(0),
         });
         let (rd, wr) = tokio::io::split(stream);
-        tokio::spawn(writer_task(conn.clone(), wr));
-        tokio::spawn(reader_task(conn.clone(), rd, handler));
+        crate::task::spawn(writer_task(conn.clone(), wr));
+        crate::task::spawn(reader_task(conn.clone(), rd, handler));
         conn
     }
 
@@ -528,10 +528,10 @@ async fn accept_new(conn: &Arc<Conn>, f: Frame, handler: &Arc<dyn MuxHandler>) -
     let h = handler.clone();
     let task = if udp {
         let p = MuxPacket::new(session.clone());
-        tokio::spawn(async move { h.packet(target, p).await })
+        crate::task::spawn(async move { h.packet(target, p).await })
     } else {
         let st = MuxStream::new(session.clone());
-        tokio::spawn(async move { h.stream(target, st).await })
+        crate::task::spawn(async move { h.stream(target, st).await })
     };
     session.set_task(task.abort_handle());
     Ok(())

@@ -31,6 +31,15 @@ struct Tunnel {
     client: Arc<MuxClient>,
     draining: AtomicBool,
     track: Arc<TunnelTrack>,
+    /// The control session is open (it counts as one of the client's active sessions).
+    control_open: AtomicBool,
+}
+
+impl Tunnel {
+    /// True when the tunnel carries nothing but its control session.
+    fn idle(&self) -> bool {
+        self.client.active_sessions() <= usize::from(self.control_open.load(Ordering::Relaxed))
+    }
 }
 
 /// The portal outbound (registered under the portal's tag).
@@ -84,20 +93,23 @@ impl Portal {
     /// Closes every tunnel that carries nothing but its control session (used while shutting down, so
     /// idle tunnels do not hold the grace period open).
     pub fn close_idle_tunnels(&self) {
-        for t in self.lock().iter().filter(|t| t.client.active_sessions() <= 1) {
+        for t in self.lock().iter().filter(|t| t.idle()) {
             t.client.close();
         }
     }
 
     /// V2Ray's picker, minus its bug: closed tunnels are dropped at once instead of winning every pick
     /// (they have 0 sessions) until a 30 s cleanup. Least active sessions among non-draining tunnels;
-    /// if all drain, least among those not full.
+    /// if all drain, least among those not full. Ties go to the newest tunnel (V2Ray: the oldest): a
+    /// bridge that found its tunnel dead has dialled a new one, and the dead one, whose link the portal
+    /// cannot see die before TCP gives up, must not keep winning.
     fn pick(&self) -> Option<Arc<Tunnel>> {
         let mut tunnels = self.lock();
         tunnels.retain(|t| !t.client.is_closed());
         let least = |draining_ok: bool| {
             tunnels
                 .iter()
+                .rev()
                 .filter(|t| draining_ok || !t.draining.load(Ordering::Relaxed))
                 .filter(|t| !t.client.is_full())
                 .min_by_key(|t| t.client.active_sessions())
@@ -126,6 +138,11 @@ impl Portal {
 
     /// Registers a bridge connection as a tunnel and serves it until it ends.
     async fn serve_tunnel(&self, session: &Session, stream: BoxStream) {
+        // Keepalive and TCP_USER_TIMEOUT of a tunnel on the bridge's connection: heartbeats that stay
+        // unacknowledged end it, and the picker drops it, even with a bridge that never answers.
+        if !crate::transport::tune_carrier_as_tunnel() {
+            debug!(portal = %self.tag, "tunnel not on a TCP connection of its own: no tunnel socket options");
+        }
         let client = MuxClient::new(
             stream,
             MuxClientConfig {
@@ -138,7 +155,7 @@ impl Portal {
         );
         let id = self.next_tunnel.fetch_add(1, Ordering::Relaxed);
         let track = self.track.tunnel(id, session.source);
-        let tunnel = Arc::new(Tunnel { id, client, draining: false.into(), track });
+        let tunnel = Arc::new(Tunnel { id, client, draining: false.into(), control_open: true.into(), track });
         let from = session.source.map(|s| s.to_string()).unwrap_or_default();
         let control_target = Destination::udp(Address::Domain(self.internal_domain.clone()), 0);
         let control = match tunnel.client.open_packet(control_target) {
@@ -153,7 +170,10 @@ impl Portal {
         self.tunnel_added.notify_waiters();
         info!(portal = %self.tag, tunnel = tunnel.id, "bridge connected from {from}");
         tokio::select! {
-            _ = self.heartbeat(&tunnel, control) => tunnel.client.closed().await,
+            _ = self.heartbeat(&tunnel, control) => {
+                tunnel.control_open.store(false, Ordering::Relaxed);
+                tunnel.client.closed().await
+            }
             _ = tunnel.client.closed() => {}
         }
         self.lock().retain(|t| !Arc::ptr_eq(t, &tunnel));
@@ -183,8 +203,14 @@ impl Portal {
             let drain = worn || tunnel.client.total_sessions() > self.tuning.drain_after;
             let state = if drain { ControlState::Drain } else { ControlState::Active };
             buf.clear();
-            Control::heartbeat(state).encode(&mut buf);
-            if !buf.is_empty() && control.send(bytes::Bytes::copy_from_slice(&buf)).await.is_err() {
+            let mut beat = Control::heartbeat(state);
+            if beat.random.is_empty() {
+                // An empty ACTIVE message encodes to nothing and would not be sent (V2Ray skips 1 beat in
+                // 64 so): a bridge that times out silence must see every beat.
+                beat.random.push(0);
+            }
+            beat.encode(&mut buf);
+            if control.send(bytes::Bytes::copy_from_slice(&buf)).await.is_err() {
                 return;
             }
             tunnel.track.heartbeat_sent();

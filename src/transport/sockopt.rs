@@ -20,7 +20,9 @@ pub struct Keepalive {
 }
 
 /// Options applied to a TCP socket. `Default` is what every oxray socket gets unless told otherwise:
-/// no Nagle delay (Mux and VMess batch their own writes), nothing else.
+/// no Nagle delay (Mux and VMess batch their own writes) and [`KEEPALIVE`], so a peer that vanished
+/// without FIN or RST does not hold a socket for the kernel's two hours. Reverse tunnels add
+/// [`SocketOpts::tunnel`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SocketOpts {
     /// `TCP_NODELAY`.
@@ -37,9 +39,25 @@ pub struct SocketOpts {
     pub fast_open: Option<bool>,
 }
 
+/// Keepalive of every socket: Go's (and so V2Ray's) 15 s idle and 15 s interval, but 4 probes instead
+/// of the kernel's 9, so a dead idle peer is dropped after about 75 s.
+pub const KEEPALIVE: Keepalive =
+    Keepalive { idle: Duration::from_secs(15), interval: Duration::from_secs(15), retries: 4 };
+
+/// Keepalive of a reverse tunnel: a tunnel is idle only when the portal's 2 s heartbeats stop, so probing
+/// starts soon after and gives up after about 6 s.
+pub const TUNNEL_KEEPALIVE: Keepalive =
+    Keepalive { idle: Duration::from_secs(3), interval: Duration::from_secs(1), retries: 3 };
+
+/// `TCP_USER_TIMEOUT` of a reverse tunnel: data (a heartbeat, at the latest 2 s after the link died)
+/// left unacknowledged this long ends the tunnel. Long enough for several retransmissions on a lossy
+/// long-haul path (RTO backoff 0.2+0.4+0.8+1.6+3.2 s), short enough that a portal stops picking a dead
+/// tunnel within 10 s.
+pub const TUNNEL_USER_TIMEOUT: Duration = Duration::from_secs(8);
+
 impl Default for SocketOpts {
     fn default() -> Self {
-        SocketOpts { nodelay: true, keepalive: None, user_timeout: None, mark: None, fast_open: None }
+        SocketOpts { nodelay: true, keepalive: Some(KEEPALIVE), user_timeout: None, mark: None, fast_open: None }
     }
 }
 
@@ -48,6 +66,12 @@ impl Default for SocketOpts {
 const TCP_FASTOPEN_CONNECT: libc::c_int = 30;
 
 impl SocketOpts {
+    /// These options with a reverse tunnel's liveness timers: [`TUNNEL_KEEPALIVE`] and
+    /// [`TUNNEL_USER_TIMEOUT`] (so the kernel ends a tunnel whose peer stopped acknowledging).
+    pub fn tunnel(self) -> SocketOpts {
+        SocketOpts { keepalive: Some(TUNNEL_KEEPALIVE), user_timeout: Some(TUNNEL_USER_TIMEOUT), ..self }
+    }
+
     /// Options set before `connect` (they must be on the socket before the SYN goes out).
     pub fn before_connect(&self, socket: &TcpSocket) {
         let s = SockRef::from(socket);
@@ -75,15 +99,19 @@ impl SocketOpts {
 
     /// Options set on an established connection (accepted or dialed).
     pub fn established(&self, stream: &TcpStream) {
+        self.established_ref(&SockRef::from(stream));
+    }
+
+    /// [`SocketOpts::established`] on a borrowed socket.
+    pub(crate) fn established_ref(&self, s: &SockRef<'_>) {
         if self.nodelay
-            && let Err(e) = stream.set_nodelay(true)
+            && let Err(e) = s.set_tcp_nodelay(true)
         {
             debug!("set_nodelay failed: {e}");
         }
-        let s = SockRef::from(stream);
         // Accepted sockets do not inherit keepalive timers on every OS: set them again.
         if let Some(k) = self.keepalive {
-            set_keepalive(&s, k);
+            set_keepalive(s, k);
         }
         #[cfg(any(target_os = "linux", target_os = "android"))]
         if let Some(t) = self.user_timeout

@@ -22,11 +22,23 @@ pub enum Resolve {
     V6,
 }
 
-/// Resolves `addr:port` with the system resolver.
+/// Deadline of one name lookup. glibc's resolver waits 5 s per server and try; a lookup that takes
+/// longer is failing, and the caller's own retries (or the client) do better than waiting on.
+pub const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Resolves `addr:port` with the system resolver, within [`DNS_TIMEOUT`].
 pub async fn resolve(addr: &Address, port: u16, family: Resolve) -> io::Result<Vec<SocketAddr>> {
     let all: Vec<SocketAddr> = match addr {
         Address::Ip(ip) => vec![SocketAddr::new(*ip, port)],
-        Address::Domain(d) => lookup_host((d.as_ref(), port)).await?.collect(),
+        Address::Domain(d) => match tokio::time::timeout(DNS_TIMEOUT, lookup_host((d.as_ref(), port))).await {
+            Ok(found) => found?.collect(),
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("looking up {addr} timed out after {DNS_TIMEOUT:?}"),
+                ));
+            }
+        },
     };
     let picked: Vec<SocketAddr> = all
         .into_iter()

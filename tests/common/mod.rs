@@ -423,3 +423,132 @@ pub fn udp_outbound(
         None,
     )
 }
+
+/// Which way a [`FreezableRelay`] stops forwarding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freeze {
+    /// Bytes from the connecting side (the client, e.g. a bridge) to the target.
+    Up,
+    /// Bytes from the target (e.g. a portal) back to the client.
+    Down,
+    /// Both directions.
+    Both,
+}
+
+/// Per relayed connection: (up frozen, down frozen).
+type FreezeSwitch = tokio::sync::watch::Sender<(bool, bool)>;
+
+/// A TCP relay on 127.0.0.1 that can go silent the way a dead NAT box does: on command it stops
+/// forwarding the connections it carries, in one or both directions, and keeps both sockets open (no
+/// FIN, no RST). Connections made after a freeze are forwarded normally.
+pub struct FreezableRelay {
+    pub addr: SocketAddr,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<FreezeSwitch>>>,
+    task: JoinHandle<()>,
+}
+
+impl FreezableRelay {
+    /// Listens on a free port and forwards each connection to `target`.
+    pub async fn start(target: SocketAddr) -> FreezableRelay {
+        Self::start_with(target, None).await
+    }
+
+    /// Like [`FreezableRelay::start`]; with `target_rcvbuf` the relay's socket toward the target gets that
+    /// receive buffer, so once frozen the target's data soon stops being acknowledged (a zero window):
+    /// the nearest a relay on loopback comes to a link that drops packets.
+    pub async fn start_with(target: SocketAddr, target_rcvbuf: Option<u32>) -> FreezableRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let addr = listener.local_addr().expect("relay addr");
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let list = conns.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let Ok((client, _)) = listener.accept().await else { return };
+                let Ok(socket) = tokio::net::TcpSocket::new_v4() else { continue };
+                if let Some(size) = target_rcvbuf {
+                    socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+                }
+                let Ok(server) = socket.connect(target).await else { continue };
+                let (tx, rx) = tokio::sync::watch::channel((false, false));
+                list.lock().unwrap().push(tx);
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                held.push(tokio::spawn(pump(cr, sw, rx.clone(), true)));
+                held.push(tokio::spawn(pump(sr, cw, rx, false)));
+            }
+        });
+        FreezableRelay { addr, conns, task }
+    }
+
+    /// Stops forwarding on every connection carried so far; returns how many.
+    pub fn freeze(&self, which: Freeze) -> usize {
+        let conns = self.conns.lock().unwrap();
+        for c in conns.iter() {
+            c.send_modify(|(up, down)| {
+                *up |= which != Freeze::Down;
+                *down |= which != Freeze::Up;
+            });
+        }
+        conns.len()
+    }
+
+    /// Connections carried so far.
+    pub fn connections(&self) -> usize {
+        self.conns.lock().unwrap().len()
+    }
+}
+
+impl Drop for FreezableRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One direction of a relayed connection: copies until EOF, or stops reading for good once frozen (the
+/// sockets stay open until the relay's test ends).
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<(bool, bool)>,
+    up: bool,
+) {
+    let is_frozen = |s: &(bool, bool)| if up { s.0 } else { s.1 };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let r = tokio::select! {
+            biased;
+            _ = frozen.wait_for(|s| is_frozen(s)) => None,
+            r = from.read(&mut buf) => Some(r),
+        };
+        // Frozen: hold both halves open, forwarding nothing, until the test's runtime ends.
+        let Some(r) = r.filter(|_| !is_frozen(&frozen.borrow())) else {
+            return std::future::pending::<()>().await;
+        };
+        match r {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Polls single-shot round trips through `entry` (each bounded by `attempt`, without half-close) until
+/// one works; returns how long that took, or None at `deadline`. Each attempt is a fresh visitor.
+pub async fn until_served(entry: SocketAddr, attempt: Duration, deadline: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        let r = tokio::time::timeout(attempt, xor_exchange(entry, b"ping", false)).await;
+        if r.is_ok_and(|r| r.is_ok()) {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
