@@ -5,9 +5,13 @@
 //! handshake (TLS, WebSocket upgrade, http header) runs in [`Incoming::handshake`], in the connection's
 //! task under the caller's deadline, never in the accept loop.
 
+pub mod header;
+pub mod http_head;
 pub mod settings;
 pub mod sockopt;
 pub mod tcp;
+pub mod tls;
+pub mod ws;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -17,8 +21,11 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::debug;
 
-pub use settings::{Security, StreamSettings, TransportKind};
-pub use sockopt::{Keepalive, SocketOpts};
+pub use settings::{
+    CertUsage, HttpHeaderSettings, Security, StreamSettings, TcpSettings, TlsCertificate, TlsSettings, TransportKind,
+    WsSettings,
+};
+pub use sockopt::{Keepalive, SocketOpts, Tproxy};
 pub use tcp::Resolve;
 
 use crate::proxy::BoxStream;
@@ -43,7 +50,16 @@ pub struct Accepted {
 struct ServerStack {
     opts: SocketOpts,
     original_dst: bool,
+    tls: Option<tls::TlsServer>,
+    network: TransportKind,
+    http_header: Option<HttpHeaderSettings>,
 }
+
+/// Go's HTTP server bounds the TLS handshake and the upgrade request of a WebSocket listener by its
+/// `ReadHeaderTimeout`.
+const WS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(4);
+/// gorilla's client `HandshakeTimeout` (TLS and upgrade; the TCP connect has its own deadline).
+const WS_DIAL_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// A bound listener of one inbound port.
 pub struct Listener {
@@ -60,8 +76,20 @@ impl Listener {
         socket.set_reuseaddr(true)?;
         settings.sockopt.before_listen(&socket);
         socket.bind(addr)?;
+        let websocket = matches!(settings.network, TransportKind::Ws(_));
+        let tls = match &settings.security {
+            Security::None => None,
+            Security::Tls(t) => Some(tls::TlsServer::new(t, websocket)?),
+        };
         let tcp = socket.listen(1024)?;
-        Ok(Listener { tcp, stack: Arc::new(ServerStack { opts: settings.sockopt, original_dst }) })
+        let stack = ServerStack {
+            opts: settings.sockopt,
+            original_dst,
+            tls,
+            network: settings.network.clone(),
+            http_header: settings.tcp.http_header.clone(),
+        };
+        Ok(Listener { tcp, stack: Arc::new(stack) })
     }
 
     /// The bound address.
@@ -94,8 +122,43 @@ impl Incoming {
         let Incoming { tcp, peer, stack } = self;
         stack.opts.established(&tcp);
         let local = tcp.local_addr()?;
-        let original_dst = if stack.original_dst { tcp::original_dst(&tcp) } else { None };
-        Ok(Accepted { stream: Box::new(tcp), peer, local, original_dst })
+        let original_dst = match (stack.original_dst, stack.opts.tproxy) {
+            (false, _) => None,
+            // TPROXY keeps the original target as the accepted socket's own address.
+            (true, sockopt::Tproxy::Tproxy) => Some(local),
+            (true, _) => tcp::original_dst(&tcp),
+        };
+        let mut peer = peer;
+        let stream: BoxStream = match &stack.network {
+            TransportKind::Tcp => {
+                let s: BoxStream = match &stack.tls {
+                    Some(t) => Box::new(t.accept(tcp).await?),
+                    None => Box::new(tcp),
+                };
+                match &stack.http_header {
+                    Some(h) => Box::new(header::server_accept(s, h).await?),
+                    None => s,
+                }
+            }
+            TransportKind::Ws(w) => {
+                let upgrade = async {
+                    let s: BoxStream = match &stack.tls {
+                        Some(t) => Box::new(t.accept(tcp).await?),
+                        None => Box::new(tcp),
+                    };
+                    ws::server_handshake(s, &w.path).await
+                };
+                let (s, forwarded) = tokio::time::timeout(WS_HANDSHAKE_TIMEOUT, upgrade)
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "websocket handshake timed out"))??;
+                // 4.34 takes the first X-Forwarded-For entry as the source, with port 0.
+                if let Some(ip) = forwarded {
+                    peer = SocketAddr::new(ip, 0);
+                }
+                Box::new(s)
+            }
+        };
+        Ok(Accepted { stream, peer, local, original_dst })
     }
 }
 
@@ -106,6 +169,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(16);
 #[derive(Debug, Clone)]
 pub struct Dialer {
     opts: SocketOpts,
+    tls: Option<tls::TlsClient>,
+    network: TransportKind,
+    http_header: Option<Arc<HttpHeaderSettings>>,
     bind: Option<IpAddr>,
     family: Resolve,
     connect_timeout: Duration,
@@ -115,8 +181,15 @@ pub struct Dialer {
 impl Dialer {
     /// A dialer for `settings`, binding `bind` (`sendThrough`) when set; one attempt per dial.
     pub fn new(settings: &StreamSettings, bind: Option<IpAddr>) -> Self {
+        let websocket = matches!(settings.network, TransportKind::Ws(_));
         Dialer {
             opts: settings.sockopt,
+            tls: match &settings.security {
+                Security::None => None,
+                Security::Tls(t) => Some(tls::TlsClient::new(t, websocket)),
+            },
+            network: settings.network.clone(),
+            http_header: settings.tcp.http_header.clone().map(Arc::new),
             bind,
             family: Resolve::Any,
             connect_timeout: CONNECT_TIMEOUT,
@@ -150,7 +223,32 @@ impl Dialer {
     /// Connects to `addr:port` and runs the transport's client handshake.
     pub async fn dial(&self, addr: &Address, port: u16) -> io::Result<BoxStream> {
         let tcp = self.dial_tcp(addr, port).await?;
-        Ok(Box::new(tcp))
+        match &self.network {
+            TransportKind::Tcp => {
+                let s: BoxStream = match &self.tls {
+                    Some(t) => Box::new(t.connect(tcp, addr).await?),
+                    None => Box::new(tcp),
+                };
+                Ok(match &self.http_header {
+                    Some(h) => Box::new(header::client(s, h)),
+                    None => s,
+                })
+            }
+            TransportKind::Ws(w) => {
+                let upgrade = async {
+                    let s: BoxStream = match &self.tls {
+                        Some(t) => Box::new(t.connect(tcp, addr).await?),
+                        None => Box::new(tcp),
+                    };
+                    let host = ws_host(addr, port, self.tls.is_some());
+                    ws::client_handshake(s, &ws_request_uri(&w.path), &host, &w.headers).await
+                };
+                let s = tokio::time::timeout(WS_DIAL_TIMEOUT, upgrade)
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "websocket handshake timed out"))??;
+                Ok(Box::new(s))
+            }
+        }
     }
 
     /// The TCP connection under a dial, with the socket options set.
@@ -169,5 +267,44 @@ impl Dialer {
             }
         }
         Err(last_err.unwrap_or_else(|| io::Error::other("dial failed")))
+    }
+}
+
+/// The default `Host` of a WebSocket request: `addr:port`, without the port for ws:80 and wss:443.
+fn ws_host(addr: &Address, port: u16, tls: bool) -> String {
+    let host = match addr {
+        Address::Ip(IpAddr::V6(ip)) => format!("[{ip}]"),
+        other => other.to_string(),
+    };
+    if (port == 80 && !tls) || (port == 443 && tls) { host } else { format!("{host}:{port}") }
+}
+
+/// The request URI for a configured path: the path as Go's `URL.EscapedPath` gives it, the query as
+/// written, no fragment. The config loader has checked the escapes.
+fn ws_request_uri(path: &str) -> String {
+    let path = path.split('#').next().unwrap_or("");
+    let (p, q) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let mut uri = http_head::escaped_path(p).unwrap_or_else(|| p.to_string());
+    if let Some(q) = q {
+        uri.push('?');
+        uri.push_str(q);
+    }
+    uri
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ws_request_targets() {
+        assert_eq!(ws_request_uri("/a b/%41?ed=2048&x=1#frag"), "/a%20b/A?ed=2048&x=1");
+        assert_eq!(ws_host(&Address::parse("example.com"), 443, true), "example.com");
+        assert_eq!(ws_host(&Address::parse("example.com"), 443, false), "example.com:443");
+        assert_eq!(ws_host(&Address::parse("::1"), 80, false), "[::1]");
+        assert_eq!(ws_host(&Address::parse("127.0.0.1"), 8080, true), "127.0.0.1:8080");
     }
 }
