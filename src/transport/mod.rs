@@ -226,7 +226,7 @@ impl Dialer {
         match &self.network {
             TransportKind::Tcp => {
                 let s: BoxStream = match &self.tls {
-                    Some(t) => Box::new(t.connect(tcp, addr).await?),
+                    Some(t) => Box::new(NoHalfClose(t.connect(tcp, addr).await?)),
                     None => Box::new(tcp),
                 };
                 Ok(match &self.http_header {
@@ -246,7 +246,7 @@ impl Dialer {
                 let s = tokio::time::timeout(WS_DIAL_TIMEOUT, upgrade)
                     .await
                     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "websocket handshake timed out"))??;
-                Ok(Box::new(s))
+                Ok(Box::new(NoHalfClose(s)))
             }
         }
     }
@@ -267,6 +267,44 @@ impl Dialer {
             }
         }
         Err(last_err.unwrap_or_else(|| io::Error::other("dial failed")))
+    }
+}
+
+/// A dialed TLS or WebSocket stream whose half-close only flushes. V2Ray never half-closes these: a
+/// close frame or close_notify sent after the protocol's own end marker sits unread in a 4.34 server,
+/// whose close then resets the connection and destroys the response still in flight. The protocols
+/// on top (VMess, Mux) mark their own ends; the connection closes when it is dropped.
+struct NoHalfClose<S>(S);
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for NoHalfClose<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for NoHalfClose<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
     }
 }
 
@@ -306,5 +344,71 @@ mod tests {
         assert_eq!(ws_host(&Address::parse("example.com"), 443, false), "example.com:443");
         assert_eq!(ws_host(&Address::parse("::1"), 80, false), "[::1]");
         assert_eq!(ws_host(&Address::parse("127.0.0.1"), 8080, true), "127.0.0.1:8080");
+    }
+}
+
+#[cfg(test)]
+mod stack_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn tls_pair() -> (TlsSettings, TlsSettings) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["example.com".to_string()]).unwrap().self_signed(&key).unwrap();
+        let server = TlsSettings {
+            certificates: vec![TlsCertificate {
+                certificate: cert.pem().into_bytes(),
+                key: Some(key.serialize_pem().into_bytes()),
+                usage: CertUsage::Encipherment,
+            }],
+            ..Default::default()
+        };
+        let client = TlsSettings { allow_insecure: true, ..Default::default() };
+        (server, client)
+    }
+
+    /// Each stack carries bytes both ways; the server's half-close reaches the client.
+    #[tokio::test]
+    async fn stacks_half_close() {
+        let (st, ct) = tls_pair();
+        let ws = TransportKind::Ws(WsSettings { path: "/ray".into(), ..Default::default() });
+        let header = TcpSettings { http_header: Some(header::defaults()), accept_proxy_protocol: false };
+        let cases = [
+            (TransportKind::Tcp, false, TcpSettings::default()),
+            (TransportKind::Tcp, true, TcpSettings::default()),
+            (ws.clone(), false, TcpSettings::default()),
+            (ws.clone(), true, TcpSettings::default()),
+            (TransportKind::Tcp, false, header.clone()),
+            (TransportKind::Tcp, true, header),
+        ];
+        for (network, tls, tcp) in cases {
+            let what = format!("{network:?} tls={tls} header={}", tcp.http_header.is_some());
+            let mk = |t: &TlsSettings| StreamSettings {
+                network: network.clone(),
+                security: if tls { Security::Tls(t.clone()) } else { Security::None },
+                tcp: tcp.clone(),
+                sockopt: SocketOpts::default(),
+            };
+            let l = Listener::bind("127.0.0.1:0".parse().unwrap(), &mk(&st), false).unwrap();
+            let addr = l.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                let conn = l.accept().await.unwrap().handshake().await.unwrap();
+                let mut s = conn.stream;
+                let mut got = vec![0u8; 100_000];
+                s.read_exact(&mut got).await.unwrap();
+                s.write_all(&got).await.unwrap();
+                s.write_all(b"!").await.unwrap();
+                s.shutdown().await.unwrap();
+            });
+            let d = Dialer::new(&mk(&ct), None);
+            let mut c = d.dial(&Address::parse("127.0.0.1"), addr.port()).await.unwrap();
+            let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+            c.write_all(&data).await.unwrap();
+            c.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut back)).await.expect(&what).expect(&what);
+            assert_eq!(back.len(), data.len() + 1, "{what}");
+            server.await.unwrap();
+        }
     }
 }
