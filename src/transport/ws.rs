@@ -383,6 +383,9 @@ pub struct WsStream<S> {
     read_done: bool,
     /// Frames waiting to go out, and whether a close frame is among them (nothing may follow it).
     wbuf: Vec<u8>,
+    /// `wbuf` holds data frames: only the writer may then poll the socket for writing (a socket
+    /// keeps one write waker, and a reader taking it would leave the writer asleep forever).
+    wbuf_has_data: bool,
     close_sent: bool,
     peer_close_code: Option<Option<u16>>,
     /// A protocol error was found: every further read fails.
@@ -402,6 +405,7 @@ impl<S> WsStream<S> {
             in_message: false,
             read_done: false,
             wbuf: Vec::new(),
+            wbuf_has_data: false,
             close_sent: false,
             peer_close_code: None,
             failed: None,
@@ -442,6 +446,7 @@ impl<S: AsyncWrite + Unpin> WsStream<S> {
             }
             self.wbuf.drain(..n);
         }
+        self.wbuf_has_data = false;
         Poll::Ready(Ok(()))
     }
 
@@ -472,8 +477,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
         if let Some(why) = &this.failed {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, ProtocolError(why.clone()))));
         }
-        // Pongs queued by an earlier read go out whenever the socket takes them.
-        if !this.wbuf.is_empty() {
+        // Pongs queued by an earlier read go out whenever the socket takes them (behind data frames,
+        // the writer sends them).
+        if !this.wbuf.is_empty() && !this.wbuf_has_data {
             let _ = this.poll_drain(cx)?;
         }
         loop {
@@ -538,7 +544,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
                         9 => {
                             if !this.close_sent {
                                 this.queue_frame(10, &payload);
-                                let _ = this.poll_drain(cx)?;
+                                if !this.wbuf_has_data {
+                                    let _ = this.poll_drain(cx)?;
+                                }
                             }
                         }
                         10 => {}
@@ -584,6 +592,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
         }
         let n = data.len().min(MAX_WRITE_FRAME);
         this.queue_frame(2, &data[..n]);
+        this.wbuf_has_data = true;
         // Start sending now; whatever the socket does not take stays queued for the next call.
         if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
             return Poll::Ready(Err(e));
@@ -764,6 +773,43 @@ mod tests {
         let mut all = Vec::new();
         a.read_to_end(&mut all).await.unwrap();
         assert!(all.ends_with(b"\x88\x0a\x03\xeabad MASK"), "{all:?}");
+    }
+
+    /// A reader answering pings must not take the socket's write waker from a writer under
+    /// backpressure (that writer would never wake).
+    #[tokio::test]
+    async fn pings_during_a_blocked_write_do_not_stall_the_writer() {
+        let (a, mut raw) = duplex(1024);
+        let ws = WsStream::new(a, Role::Client, BytesMut::new());
+        let (mut cr, mut cw) = tokio::io::split(ws);
+        let writer = tokio::spawn(async move {
+            cw.write_all(&vec![7u8; 1_000_000]).await?;
+            cw.flush().await
+        });
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            cr.read(&mut buf).await
+        });
+        let peer = async {
+            let (mut total, mut since_ping) = (0usize, 0usize);
+            let mut buf = vec![0u8; 4096];
+            while total < 1_000_000 {
+                let n = match tokio::time::timeout(std::time::Duration::from_secs(2), raw.read(&mut buf)).await {
+                    Ok(r) => r.unwrap(),
+                    Err(_) => panic!("stalled after {total} bytes"),
+                };
+                assert!(n > 0);
+                total += n;
+                since_ping += n;
+                if since_ping > 32 * 1024 {
+                    since_ping = 0;
+                    raw.write_all(b"\x89\x00").await.unwrap();
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), peer).await.expect("the writer stalled");
+        writer.await.unwrap().unwrap();
+        reader.abort();
     }
 
     proptest::proptest! {
