@@ -242,14 +242,10 @@ fn check_unused(ctx: &mut Ctx<'_>, n: &Node, p: &str, key: &str) {
 
 fn build_tcp(ctx: &mut Ctx<'_>, n: &Node, p: &str) -> Option<TcpSettings> {
     let o = ctx.obj(n, p, &["header", "acceptProxyProtocol"])?;
-    let mut t = TcpSettings::default();
-    if o.bool(ctx, "acceptProxyProtocol") == Some(true) {
-        ctx.unsupported(
-            o.get("acceptProxyProtocol").unwrap_or(n),
-            &o.path_of("acceptProxyProtocol"),
-            "\"acceptProxyProtocol\" (PROXY protocol)",
-        );
-    }
+    let mut t = TcpSettings {
+        accept_proxy_protocol: o.bool(ctx, "acceptProxyProtocol").unwrap_or(false),
+        ..Default::default()
+    };
     let Some(h) = o.get("header") else { return Some(t) };
     let hp = o.path_of("header");
     let ho = ctx.obj(h, &hp, &["type", "request", "response"])?;
@@ -411,13 +407,7 @@ fn build_ws(ctx: &mut Ctx<'_>, n: &Node, p: &str, inbound: bool) -> Option<WsSet
             return None;
         }
     }
-    if o.bool(ctx, "acceptProxyProtocol") == Some(true) {
-        ctx.unsupported(
-            o.get("acceptProxyProtocol").unwrap_or(n),
-            &o.path_of("acceptProxyProtocol"),
-            "\"acceptProxyProtocol\" (PROXY protocol)",
-        );
-    }
+    w.accept_proxy_protocol = o.bool(ctx, "acceptProxyProtocol").unwrap_or(false);
     Some(w)
 }
 

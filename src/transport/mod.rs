@@ -7,6 +7,7 @@
 
 pub mod header;
 pub mod http_head;
+pub mod proxy_protocol;
 pub mod settings;
 pub mod sockopt;
 pub mod tcp;
@@ -53,6 +54,7 @@ struct ServerStack {
     tls: Option<tls::TlsServer>,
     network: TransportKind,
     http_header: Option<HttpHeaderSettings>,
+    proxy_protocol: bool,
 }
 
 /// Go's HTTP server bounds the TLS handshake and the upgrade request of a WebSocket listener by its
@@ -88,6 +90,7 @@ impl Listener {
             tls,
             network: settings.network.clone(),
             http_header: settings.tcp.http_header.clone(),
+            proxy_protocol: settings.accept_proxy_protocol(),
         };
         Ok(Listener { tcp, stack: Arc::new(stack) })
     }
@@ -129,11 +132,22 @@ impl Incoming {
             (true, _) => tcp::original_dst(&tcp),
         };
         let mut peer = peer;
+        // PROXY protocol comes before TLS (4.34's listener wraps the raw socket).
+        let tcp: BoxStream = if stack.proxy_protocol {
+            let mut tcp = tcp;
+            let (src, rest) = proxy_protocol::read(&mut tcp).await?;
+            if let Some(src) = src {
+                peer = src;
+            }
+            Box::new(http_head::Prefixed::new(rest, tcp))
+        } else {
+            Box::new(tcp)
+        };
         let stream: BoxStream = match &stack.network {
             TransportKind::Tcp => {
                 let s: BoxStream = match &stack.tls {
                     Some(t) => Box::new(t.accept(tcp).await?),
-                    None => Box::new(tcp),
+                    None => tcp,
                 };
                 match &stack.http_header {
                     Some(h) => Box::new(header::server_accept(s, h).await?),
@@ -144,7 +158,7 @@ impl Incoming {
                 let upgrade = async {
                     let s: BoxStream = match &stack.tls {
                         Some(t) => Box::new(t.accept(tcp).await?),
-                        None => Box::new(tcp),
+                        None => tcp,
                     };
                     ws::server_handshake(s, &w.path).await
                 };
