@@ -168,11 +168,11 @@ const BROKEN: &[Case] = &[
         "neither IP address nor proxied domain",
     ),
     (
-        "websocket transport",
-        "{\"outbounds\": [{\"protocol\": \"freedom\", \"streamSettings\": {\"network\": \"ws\"}}]}",
+        "kcp transport",
+        "{\"outbounds\": [{\"protocol\": \"freedom\", \"streamSettings\": {\"network\": \"kcp\"}}]}",
         "outbounds[0].streamSettings.network",
         (1, 70),
-        "transport \"ws\" is not supported yet",
+        "\"kcp\" (mKCP) is a V2Ray 4.34 transport that oxray does not support",
     ),
     (
         "mux concurrency too high",

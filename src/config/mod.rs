@@ -3,6 +3,7 @@
 mod ctx;
 mod dns;
 mod json;
+mod stream;
 mod strip;
 mod types;
 mod validate;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::ctx::{Ctx, Obj, index, is_noop, join};
 use super::json::{Node, Value};
+use super::stream;
 use super::types::*;
 use super::values::{parse_cidr, parse_port_list, parse_port_range, parse_uuid, split_host_port};
 use crate::session::Address;
@@ -48,7 +49,7 @@ pub(crate) struct Merged<'n> {
 
 /// Builds the typed config from the merged tree, collecting errors in `ctx`.
 pub(crate) fn build(ctx: &mut Ctx<'_>, m: &Merged<'_>) -> Config {
-    for key in ["api", "transport", "stats"] {
+    for key in ["api", "stats"] {
         if let Some(n) = m.singles.get(key)
             && !is_noop(n)
         {
@@ -60,18 +61,19 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, m: &Merged<'_>) -> Config {
     let policy = m.singles.get("policy").map(|n| build_policy(ctx, n)).unwrap_or_default();
     let ops = m.singles.get("ops").and_then(|n| build_ops(ctx, n));
 
+    let transport = stream::transport_defaults(ctx, m.singles.get("transport").copied());
     let legacy_port = m.port.and_then(|n| ctx.int::<u16>(n, "port", 0, u16::MAX));
     let mut inbounds = Vec::new();
     for (i, (node, path)) in m.inbounds.iter().enumerate() {
         let fallback = if i == 0 { legacy_port.filter(|p| *p > 0) } else { None };
-        if let Some(ib) = build_inbound(ctx, node, path, fallback) {
+        if let Some(ib) = build_inbound(ctx, node, path, fallback, transport) {
             inbounds.push(ib);
         }
     }
     check_emails(ctx, &m.inbounds);
     let mut outbounds = Vec::new();
     for (node, path) in &m.outbounds {
-        if let Some(ob) = build_outbound(ctx, node, path) {
+        if let Some(ob) = build_outbound(ctx, node, path, transport) {
             outbounds.push(ob);
         }
     }
@@ -212,19 +214,42 @@ fn tag(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<String> {
     o.str(ctx, "tag").filter(|t| !t.is_empty())
 }
 
+/// Keys that belong next to `settings`, not inside it: V2Ray's decoder drops them there silently
+/// (the usual cause of "reverse does not work over WebSocket": a bridge dialing plain TCP).
+const MISPLACED_IN_SETTINGS: &[&str] = &["streamSettings", "tag", "mux", "proxySettings", "sendThrough"];
+
 /// `settings` (missing → `{}`).
 fn settings<'n>(ctx: &mut Ctx<'_>, o: &Obj<'n>, known: &[&'static str]) -> Option<Obj<'n>> {
-    match o.get("settings") {
-        Some(n) => ctx.obj(n, &o.path_of("settings"), known),
-        None => Some(Obj::empty(o.node, o.path_of("settings"))),
+    let Some(n) = o.get("settings") else { return Some(Obj::empty(o.node, o.path_of("settings"))) };
+    let extra: Vec<&'static str> = MISPLACED_IN_SETTINGS.iter().filter(|k| !known.contains(k)).copied().collect();
+    let all: Vec<&'static str> = known.iter().chain(&extra).copied().collect();
+    let s = ctx.obj(n, &o.path_of("settings"), &all)?;
+    for k in extra {
+        if let Some(v) = s.get(k) {
+            ctx.warn(
+                v,
+                &s.path_of(k),
+                format!(
+                    "ignored: {k:?} belongs in {}, next to \"settings\", not inside it (V2Ray 4.34 ignores it here too)",
+                    o.path
+                ),
+            );
+        }
     }
+    Some(s)
 }
 
-fn build_inbound(ctx: &mut Ctx<'_>, node: &Node, path: &str, legacy_port: Option<u16>) -> Option<InboundConfig> {
+fn build_inbound(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    path: &str,
+    legacy_port: Option<u16>,
+    transport: stream::TransportDefaults<'_>,
+) -> Option<InboundConfig> {
     let o = ctx.obj(node, path, INBOUND_KEYS)?;
     let tag = tag(ctx, &o);
     let protocol = protocol_name(ctx, &o);
-    let stream = check_stream_settings(ctx, &o);
+    let stream = stream::build(ctx, &o, transport, true);
     if let Some(n) = o.get("allocate") {
         check_allocate(ctx, n, &o.path_of("allocate"));
     }
@@ -297,77 +322,6 @@ fn port_range(ctx: &mut Ctx<'_>, n: &Node, path: &str) -> Option<PortRange> {
         }
     }?;
     Some(PortRange { first: r.0, last: r.1 })
-}
-
-const STREAM_KEYS: &[&str] = &[
-    "network",
-    "security",
-    "tlsSettings",
-    "tcpSettings",
-    "kcpSettings",
-    "wsSettings",
-    "httpSettings",
-    "dsSettings",
-    "quicSettings",
-    "sockopt",
-];
-
-/// Builds `streamSettings`. Accepts only what plain TCP without TLS means; anything else is refused,
-/// naming the key.
-fn check_stream_settings(ctx: &mut Ctx<'_>, owner: &Obj<'_>) -> StreamSettings {
-    let stream = StreamSettings::default();
-    let Some(n) = owner.get("streamSettings") else { return stream };
-    let Some(o) = ctx.obj(n, &owner.path_of("streamSettings"), STREAM_KEYS) else { return stream };
-    if let Some(net) = o.str(ctx, "network")
-        && !net.eq_ignore_ascii_case("tcp")
-    {
-        let at = o.get("network").unwrap_or(n);
-        ctx.error(at, &o.path_of("network"), format!("transport {net:?} is not supported yet by oxray (only \"tcp\")"));
-    }
-    if let Some(sec) = o.str(ctx, "security")
-        && !(sec.is_empty() || sec.eq_ignore_ascii_case("none"))
-    {
-        let at = o.get("security").unwrap_or(n);
-        ctx.error(
-            at,
-            &o.path_of("security"),
-            format!("security {sec:?} is not supported yet by oxray (only \"none\")"),
-        );
-    }
-    if let Some(t) = o.get("tcpSettings") {
-        let p = o.path_of("tcpSettings");
-        if let Some(tcp) = ctx.obj(t, &p, &["header", "acceptProxyProtocol"]) {
-            if tcp.bool(ctx, "acceptProxyProtocol") == Some(true) {
-                ctx.unsupported(
-                    tcp.get("acceptProxyProtocol").unwrap_or(t),
-                    &tcp.path_of("acceptProxyProtocol"),
-                    "\"acceptProxyProtocol\"",
-                );
-            }
-            if let Some(h) = tcp.get("header") {
-                let hp = tcp.path_of("header");
-                if let Value::Object(members) = &h.value {
-                    let only_none = members.iter().all(|m| {
-                        m.key.eq_ignore_ascii_case("type")
-                            && matches!(&m.node.value, Value::String(s) if s.eq_ignore_ascii_case("none"))
-                    });
-                    if !only_none {
-                        ctx.unsupported(h, &hp, "a tcpSettings header other than {\"type\": \"none\"}");
-                    }
-                } else {
-                    ctx.error(h, &hp, format!("expected an object, got {}", h.value.kind()));
-                }
-            }
-        }
-    }
-    for key in ["tlsSettings", "kcpSettings", "wsSettings", "httpSettings", "dsSettings", "quicSettings", "sockopt"] {
-        if let Some(v) = o.get(key)
-            && !is_noop(v)
-        {
-            ctx.unsupported(v, &o.path_of(key), &format!("{key:?}"));
-        }
-    }
-    stream
 }
 
 fn check_allocate(ctx: &mut Ctx<'_>, n: &Node, path: &str) {
@@ -552,11 +506,16 @@ fn child<'n>(node: &'n Node, key: &str) -> Option<&'n Node> {
     (!matches!(m.node.value, Value::Null)).then_some(&m.node)
 }
 
-fn build_outbound(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<OutboundConfig> {
+fn build_outbound(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    path: &str,
+    transport: stream::TransportDefaults<'_>,
+) -> Option<OutboundConfig> {
     let o = ctx.obj(node, path, OUTBOUND_KEYS)?;
     let tag = tag(ctx, &o);
     let protocol = protocol_name(ctx, &o);
-    let stream = check_stream_settings(ctx, &o);
+    let stream = stream::build(ctx, &o, transport, false);
     if let Some(n) = o.get("proxySettings") {
         ctx.unsupported(n, &o.path_of("proxySettings"), "\"proxySettings\"");
     }

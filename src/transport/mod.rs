@@ -5,9 +5,14 @@
 //! handshake (TLS, WebSocket upgrade, http header) runs in [`Incoming::handshake`], in the connection's
 //! task under the caller's deadline, never in the accept loop.
 
+pub mod header;
+pub mod http_head;
+pub mod proxy_protocol;
 pub mod settings;
 pub mod sockopt;
 pub mod tcp;
+pub mod tls;
+pub mod ws;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -17,8 +22,11 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::debug;
 
-pub use settings::{Security, StreamSettings, TransportKind};
-pub use sockopt::{Keepalive, SocketOpts};
+pub use settings::{
+    CertUsage, HttpHeaderSettings, Security, StreamSettings, TcpSettings, TlsCertificate, TlsSettings, TransportKind,
+    WsSettings,
+};
+pub use sockopt::{Keepalive, SocketOpts, Tproxy};
 pub use tcp::Resolve;
 
 use crate::proxy::BoxStream;
@@ -43,7 +51,17 @@ pub struct Accepted {
 struct ServerStack {
     opts: SocketOpts,
     original_dst: bool,
+    tls: Option<tls::TlsServer>,
+    network: TransportKind,
+    http_header: Option<HttpHeaderSettings>,
+    proxy_protocol: bool,
 }
+
+/// Go's HTTP server bounds the TLS handshake and the upgrade request of a WebSocket listener by its
+/// `ReadHeaderTimeout`.
+const WS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(4);
+/// gorilla's client `HandshakeTimeout` (TLS and upgrade; the TCP connect has its own deadline).
+const WS_DIAL_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// A bound listener of one inbound port.
 pub struct Listener {
@@ -60,8 +78,21 @@ impl Listener {
         socket.set_reuseaddr(true)?;
         settings.sockopt.before_listen(&socket);
         socket.bind(addr)?;
+        let websocket = matches!(settings.network, TransportKind::Ws(_));
+        let tls = match &settings.security {
+            Security::None => None,
+            Security::Tls(t) => Some(tls::TlsServer::new(t, websocket)?),
+        };
         let tcp = socket.listen(1024)?;
-        Ok(Listener { tcp, stack: Arc::new(ServerStack { opts: settings.sockopt, original_dst }) })
+        let stack = ServerStack {
+            opts: settings.sockopt,
+            original_dst,
+            tls,
+            network: settings.network.clone(),
+            http_header: settings.tcp.http_header.clone(),
+            proxy_protocol: settings.accept_proxy_protocol(),
+        };
+        Ok(Listener { tcp, stack: Arc::new(stack) })
     }
 
     /// The bound address.
@@ -103,8 +134,54 @@ impl Incoming {
         let Incoming { tcp, peer, stack } = self;
         stack.opts.established(&tcp);
         let local = tcp.local_addr()?;
-        let original_dst = if stack.original_dst { tcp::original_dst(&tcp) } else { None };
-        Ok(Accepted { stream: Box::new(tcp), peer, local, original_dst })
+        let original_dst = match (stack.original_dst, stack.opts.tproxy) {
+            (false, _) => None,
+            // TPROXY keeps the original target as the accepted socket's own address.
+            (true, sockopt::Tproxy::Tproxy) => Some(local),
+            (true, _) => tcp::original_dst(&tcp),
+        };
+        let mut peer = peer;
+        // PROXY protocol comes before TLS (4.34's listener wraps the raw socket).
+        let tcp: BoxStream = if stack.proxy_protocol {
+            let mut tcp = tcp;
+            let (src, rest) = proxy_protocol::read(&mut tcp).await?;
+            if let Some(src) = src {
+                peer = src;
+            }
+            Box::new(http_head::Prefixed::new(rest, tcp))
+        } else {
+            Box::new(tcp)
+        };
+        let stream: BoxStream = match &stack.network {
+            TransportKind::Tcp => {
+                let s: BoxStream = match &stack.tls {
+                    Some(t) => Box::new(t.accept(tcp).await?),
+                    None => tcp,
+                };
+                match &stack.http_header {
+                    Some(h) => Box::new(header::server_accept(s, h).await?),
+                    None => s,
+                }
+            }
+            TransportKind::Ws(w) => {
+                let upgrade = async {
+                    let s: BoxStream = match &stack.tls {
+                        Some(t) => Box::new(t.accept(tcp).await?),
+                        None => tcp,
+                    };
+                    ws::server_handshake(s, &w.path).await
+                };
+                let (s, forwarded) = tokio::time::timeout(WS_HANDSHAKE_TIMEOUT, upgrade)
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "websocket handshake timed out"))??;
+                // 4.34 takes the first X-Forwarded-For entry as the source, with port 0.
+                if let Some(ip) = forwarded {
+                    peer = SocketAddr::new(ip, 0);
+                }
+                Box::new(s)
+            }
+        };
+        Ok(Accepted { stream, peer, local, original_dst })
     }
 }
 
@@ -178,6 +255,9 @@ pub fn tune_carrier_as_tunnel() -> bool {
 #[derive(Debug, Clone)]
 pub struct Dialer {
     opts: SocketOpts,
+    tls: Option<tls::TlsClient>,
+    network: TransportKind,
+    http_header: Option<Arc<HttpHeaderSettings>>,
     bind: Option<IpAddr>,
     family: Resolve,
     connect_timeout: Duration,
@@ -187,8 +267,15 @@ pub struct Dialer {
 impl Dialer {
     /// A dialer for `settings`, binding `bind` (`sendThrough`) when set; one attempt per dial.
     pub fn new(settings: &StreamSettings, bind: Option<IpAddr>) -> Self {
+        let websocket = matches!(settings.network, TransportKind::Ws(_));
         Dialer {
             opts: settings.sockopt,
+            tls: match &settings.security {
+                Security::None => None,
+                Security::Tls(t) => Some(tls::TlsClient::new(t, websocket)),
+            },
+            network: settings.network.clone(),
+            http_header: settings.tcp.http_header.clone().map(Arc::new),
             bind,
             family: Resolve::Any,
             connect_timeout: CONNECT_TIMEOUT,
@@ -222,7 +309,32 @@ impl Dialer {
     /// Connects to `addr:port` and runs the transport's client handshake.
     pub async fn dial(&self, addr: &Address, port: u16) -> io::Result<BoxStream> {
         let tcp = self.dial_tcp(addr, port).await?;
-        Ok(Box::new(tcp))
+        match &self.network {
+            TransportKind::Tcp => {
+                let s: BoxStream = match &self.tls {
+                    Some(t) => Box::new(NoHalfClose(t.connect(tcp, addr).await?)),
+                    None => Box::new(tcp),
+                };
+                Ok(match &self.http_header {
+                    Some(h) => Box::new(header::client(s, h)),
+                    None => s,
+                })
+            }
+            TransportKind::Ws(w) => {
+                let upgrade = async {
+                    let s: BoxStream = match &self.tls {
+                        Some(t) => Box::new(t.connect(tcp, addr).await?),
+                        None => Box::new(tcp),
+                    };
+                    let host = ws_host(addr, port, self.tls.is_some());
+                    ws::client_handshake(s, &ws_request_uri(&w.path), &host, &w.headers).await
+                };
+                let s = tokio::time::timeout(WS_DIAL_TIMEOUT, upgrade)
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "websocket handshake timed out"))??;
+                Ok(Box::new(NoHalfClose(s)))
+            }
+        }
     }
 
     /// The TCP connection under a dial, with the socket options set.
@@ -247,8 +359,151 @@ impl Dialer {
     }
 }
 
+/// A dialed TLS or WebSocket stream whose half-close only flushes. V2Ray never half-closes these: a
+/// close frame or close_notify sent after the protocol's own end marker sits unread in a 4.34 server,
+/// whose close then resets the connection and destroys the response still in flight. The protocols
+/// on top (VMess, Mux) mark their own ends; the connection closes when it is dropped.
+struct NoHalfClose<S>(S);
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for NoHalfClose<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for NoHalfClose<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+}
+
+/// The default `Host` of a WebSocket request: `addr:port`, without the port for ws:80 and wss:443.
+fn ws_host(addr: &Address, port: u16, tls: bool) -> String {
+    let host = match addr {
+        Address::Ip(IpAddr::V6(ip)) => format!("[{ip}]"),
+        other => other.to_string(),
+    };
+    if (port == 80 && !tls) || (port == 443 && tls) { host } else { format!("{host}:{port}") }
+}
+
+/// The request URI for a configured path: the path as Go's `URL.EscapedPath` gives it, the query as
+/// written, no fragment. The config loader has checked the escapes.
+fn ws_request_uri(path: &str) -> String {
+    let path = path.split('#').next().unwrap_or("");
+    let (p, q) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let mut uri = http_head::escaped_path(p).unwrap_or_else(|| p.to_string());
+    if let Some(q) = q {
+        uri.push('?');
+        uri.push_str(q);
+    }
+    uri
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn ws_request_targets() {
+        assert_eq!(ws_request_uri("/a b/%41?ed=2048&x=1#frag"), "/a%20b/A?ed=2048&x=1");
+        assert_eq!(ws_host(&Address::parse("example.com"), 443, true), "example.com");
+        assert_eq!(ws_host(&Address::parse("example.com"), 443, false), "example.com:443");
+        assert_eq!(ws_host(&Address::parse("::1"), 80, false), "[::1]");
+        assert_eq!(ws_host(&Address::parse("127.0.0.1"), 8080, true), "127.0.0.1:8080");
+    }
+}
+
+#[cfg(test)]
+mod stack_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn tls_pair() -> (TlsSettings, TlsSettings) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["example.com".to_string()]).unwrap().self_signed(&key).unwrap();
+        let server = TlsSettings {
+            certificates: vec![TlsCertificate {
+                certificate: cert.pem().into_bytes(),
+                key: Some(key.serialize_pem().into_bytes()),
+                usage: CertUsage::Encipherment,
+            }],
+            ..Default::default()
+        };
+        let client = TlsSettings { allow_insecure: true, ..Default::default() };
+        (server, client)
+    }
+
+    /// Each stack carries bytes both ways; the server's half-close reaches the client.
+    #[tokio::test]
+    async fn stacks_half_close() {
+        let (st, ct) = tls_pair();
+        let ws = TransportKind::Ws(WsSettings { path: "/ray".into(), ..Default::default() });
+        let header = TcpSettings { http_header: Some(header::defaults()), accept_proxy_protocol: false };
+        let cases = [
+            (TransportKind::Tcp, false, TcpSettings::default()),
+            (TransportKind::Tcp, true, TcpSettings::default()),
+            (ws.clone(), false, TcpSettings::default()),
+            (ws.clone(), true, TcpSettings::default()),
+            (TransportKind::Tcp, false, header.clone()),
+            (TransportKind::Tcp, true, header),
+        ];
+        for (network, tls, tcp) in cases {
+            let what = format!("{network:?} tls={tls} header={}", tcp.http_header.is_some());
+            let mk = |t: &TlsSettings| StreamSettings {
+                network: network.clone(),
+                security: if tls { Security::Tls(t.clone()) } else { Security::None },
+                tcp: tcp.clone(),
+                sockopt: SocketOpts::default(),
+            };
+            let l = Listener::bind("127.0.0.1:0".parse().unwrap(), &mk(&st), false).unwrap();
+            let addr = l.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                let conn = l.accept().await.unwrap().handshake().await.unwrap();
+                let mut s = conn.stream;
+                let mut got = vec![0u8; 100_000];
+                s.read_exact(&mut got).await.unwrap();
+                s.write_all(&got).await.unwrap();
+                s.write_all(b"!").await.unwrap();
+                s.shutdown().await.unwrap();
+            });
+            let d = Dialer::new(&mk(&ct), None);
+            let mut c = d.dial(&Address::parse("127.0.0.1"), addr.port()).await.unwrap();
+            let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+            c.write_all(&data).await.unwrap();
+            c.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut back)).await.expect(&what).expect(&what);
+            assert_eq!(back.len(), data.len() + 1, "{what}");
+            server.await.unwrap();
+        }
+    }
+}
+
+#[cfg(test)]
+mod liveness_tests {
     use super::*;
     use socket2::SockRef;
 

@@ -19,6 +19,19 @@ pub struct Keepalive {
     pub retries: u32,
 }
 
+/// `sockopt.tproxy`: transparent proxying. Any mode but `Off` sets `IP_TRANSPARENT` on listeners and
+/// outbound sockets; `Tproxy` also makes a redirected connection's original target its local address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tproxy {
+    /// Not transparent.
+    #[default]
+    Off,
+    /// iptables REDIRECT (original target from SO_ORIGINAL_DST).
+    Redirect,
+    /// iptables TPROXY (original target = the accepted socket's local address).
+    Tproxy,
+}
+
 /// Options applied to a TCP socket. `Default` is what every oxray socket gets unless told otherwise:
 /// no Nagle delay (Mux and VMess batch their own writes) and [`KEEPALIVE`], so a peer that vanished
 /// without FIN or RST does not hold a socket for the kernel's two hours. Reverse tunnels add
@@ -37,6 +50,8 @@ pub struct SocketOpts {
     /// `TCP_FASTOPEN` on listeners / `TCP_FASTOPEN_CONNECT` on dialers (`sockopt.tcpFastOpen`);
     /// None leaves the OS default.
     pub fast_open: Option<bool>,
+    /// `sockopt.tproxy`.
+    pub tproxy: Tproxy,
 }
 
 /// Keepalive of every socket: Go's (and so V2Ray's) 15 s idle and 15 s interval, but 4 probes instead
@@ -57,7 +72,14 @@ pub const TUNNEL_USER_TIMEOUT: Duration = Duration::from_secs(8);
 
 impl Default for SocketOpts {
     fn default() -> Self {
-        SocketOpts { nodelay: true, keepalive: Some(KEEPALIVE), user_timeout: None, mark: None, fast_open: None }
+        SocketOpts {
+            nodelay: true,
+            keepalive: Some(KEEPALIVE),
+            user_timeout: None,
+            mark: None,
+            fast_open: None,
+            tproxy: Tproxy::Off,
+        }
     }
 }
 
@@ -134,6 +156,12 @@ impl SocketOpts {
         }
         if let Some(k) = self.keepalive {
             set_keepalive(s, k);
+        }
+        #[cfg(target_os = "linux")]
+        if self.tproxy != Tproxy::Off
+            && let Err(e) = set_int(s, libc::SOL_IP, libc::IP_TRANSPARENT, 1)
+        {
+            tracing::warn!("sockopt.tproxy: cannot set IP_TRANSPARENT ({e}); it needs CAP_NET_ADMIN");
         }
     }
 }

@@ -12,6 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+pub mod pki;
+
 /// The byte every echo server XORs with, so a test can tell echoed bytes from reflected ones.
 pub const XOR: u8 = 0x5a;
 
