@@ -30,6 +30,15 @@ enum Command {
         /// Config file (repeatable).
         #[arg(short = 'c', long = "config", required = true)]
         config: Vec<PathBuf>,
+        /// Treat warnings (keys V2Ray ignores, dangling tags, reverse-proxy mistakes) as errors.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// `test --strict`, for CI: every warning is an error.
+    Lint {
+        /// Config file (repeatable).
+        #[arg(short = 'c', long = "config", required = true)]
+        config: Vec<PathBuf>,
     },
     /// Run a portal, a bridge and a small web service in one process and print the URL to open.
     Demo {
@@ -58,7 +67,7 @@ fn normalize_args(args: Vec<String>) -> Vec<String> {
             _ => a,
         })
         .collect();
-    let known = ["run", "test", "demo", "version", "uuid", "help", "-h", "--help", "-V", "--version"];
+    let known = ["run", "test", "lint", "route", "demo", "version", "uuid", "help", "-h", "--help", "-V", "--version"];
     let first = rest.first().map(String::as_str).unwrap_or("");
     if rest.iter().any(|a| a == "--test-flag") {
         out.push("test".into());
@@ -83,21 +92,8 @@ fn main() -> ExitCode {
             println!("{}", uuid::Uuid::new_v4());
             ExitCode::SUCCESS
         }
-        Command::Test { config } => match oxray::config::load_files(&config).map_err(|e| e.to_string()).and_then(|c| {
-            for w in &c.warnings {
-                eprintln!("warning: {w}");
-            }
-            oxray::instance::Instance::new(&c).map(|_| ()).map_err(|e| e.to_string())
-        }) {
-            Ok(()) => {
-                println!("Configuration OK.");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(23)
-            }
-        },
+        Command::Test { config, strict } => test(&config, strict),
+        Command::Lint { config } => test(&config, true),
         Command::Demo { check } => match demo(check) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -113,6 +109,31 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// `oxray test`: errors exit 23; warnings are printed and, under `--strict`, fail too.
+fn test(files: &[PathBuf], strict: bool) -> ExitCode {
+    let config = match oxray::config::load_files(files) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(23);
+        }
+    };
+    let label = if strict { "error" } else { "warning" };
+    for w in &config.warnings {
+        eprintln!("{label}: {w}");
+    }
+    if let Err(e) = oxray::instance::Instance::new(&config) {
+        eprintln!("{e}");
+        return ExitCode::from(23);
+    }
+    if strict && !config.warnings.is_empty() {
+        eprintln!("{} warning(s) treated as errors (--strict)", config.warnings.len());
+        return ExitCode::from(23);
+    }
+    println!("Configuration OK.");
+    ExitCode::SUCCESS
 }
 
 fn run(files: Vec<PathBuf>) -> anyhow::Result<()> {

@@ -55,27 +55,12 @@ const BROKEN: &[Case] = &[
         "unknown protocol \"teleport\"",
     ),
     (
-        "dangling outboundTag",
-        "{\n\"outbounds\": [{\"protocol\": \"freedom\", \"tag\": \"direct\"}],\n\"routing\": {\"rules\": [\n  {\"type\": \"field\", \"port\": 53, \"outboundTag\": \"direkt\"}\n]}}",
-        "routing.rules[0].outboundTag",
-        (4, 48),
-        "outboundTag \"direkt\" names no outbound and no portal",
-    ),
-    (
         "bad port range",
         "{\"inbounds\": [{\n  \"port\": \"2000-1000\",\n  \"protocol\": \"dokodemo-door\",\n  \"settings\": {\"address\": \"1.1.1.1\"}\n}]}",
         "inbounds[0].port",
         (2, 11),
         "invalid port range 2000 -> 1000",
     ),
-    (
-        "unknown key with suggestion",
-        "{\"outbounds\": [{\"protocol\": \"freedom\",\n   \"tga\": \"x\"}]}",
-        "outbounds[0].tga",
-        (2, 4),
-        "unknown key \"tga\"; did you mean \"tag\"?",
-    ),
-    ("unknown top-level key", "{\n  \"routeing\": {}\n}", "routeing", (2, 3), "did you mean \"routing\"?"),
     (
         "rule without type",
         "{\"outbounds\": [{\"protocol\": \"freedom\", \"tag\": \"a\"}],\n \"routing\": {\"rules\": [{\"port\": 1, \"outboundTag\": \"a\"}]}}",
@@ -212,6 +197,89 @@ const BROKEN: &[Case] = &[
     ),
 ];
 
+/// Keys and values V2Ray 4.34 ignores: the config loads, and a warning names the place.
+const WARNED: &[Case] = &[
+    (
+        "dangling outboundTag",
+        "{\n\"outbounds\": [{\"protocol\": \"freedom\", \"tag\": \"direct\"}],\n\"routing\": {\"rules\": [\n  {\"type\": \"field\", \"port\": 53, \"outboundTag\": \"direkt\"}\n]}}",
+        "routing.rules[0].outboundTag",
+        (4, 48),
+        "outboundTag \"direkt\" names no outbound and no portal",
+    ),
+    (
+        "unknown key with suggestion",
+        "{\"outbounds\": [{\"protocol\": \"freedom\",\n   \"tga\": \"x\"}]}",
+        "outbounds[0].tga",
+        (2, 4),
+        "unknown key \"tga\" is ignored (as V2Ray 4.34 does); did you mean \"tag\"?",
+    ),
+    ("unknown top-level key", "{\n  \"routeing\": {}\n}", "routeing", (2, 3), "did you mean \"routing\"?"),
+    (
+        "schema and comment keys",
+        "{\"$schema\": \"x\",\n \"//\": \"a comment\"}",
+        "//",
+        (2, 2),
+        "ignored (V2Ray 4.34 ignores it too)",
+    ),
+    (
+        "old routing strategy",
+        "{\"routing\": {\"strategy\": \"rules\", \"rules\": []}}",
+        "routing.strategy",
+        (1, 14),
+        "unknown key \"strategy\" is ignored",
+    ),
+    (
+        "misplaced ws path",
+        "{\"outbounds\": [{\"protocol\": \"freedom\", \"streamSettings\": {\"path\": \"/ws\"}}]}",
+        "outbounds[0].streamSettings.path",
+        (1, 59),
+        "belongs in wsSettings.path",
+    ),
+    (
+        "settings of a transport not in use",
+        "{\"outbounds\": [{\"protocol\": \"freedom\", \"streamSettings\": {\"network\": \"tcp\", \"kcpSettings\": {\"mtu\": 1350}}}]}",
+        "outbounds[0].streamSettings.kcpSettings",
+        (1, 92),
+        "\"kcpSettings\" is ignored because the network is \"tcp\"",
+    ),
+    (
+        "tls settings without tls",
+        "{\"outbounds\": [{\"protocol\": \"freedom\", \"streamSettings\": {\"tlsSettings\": {\"serverName\": \"a\"}}}]}",
+        "outbounds[0].streamSettings.tlsSettings",
+        (1, 74),
+        "\"tlsSettings\" is ignored because security is not \"tls\"",
+    ),
+];
+
+#[test]
+fn ignored_keys_load_with_warnings_that_name_the_place() {
+    let mut failures = Vec::new();
+    for (name, text, path, loc, fragment) in WARNED {
+        let cfg = match load_str("t.json", text) {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(format!("{name}: refused: {e}"));
+                continue;
+            }
+        };
+        let hit =
+            cfg.warnings.iter().find(|w| w.path == *path && w.location == Some(*loc) && w.message.contains(fragment));
+        if hit.is_none() {
+            failures.push(format!("{name}: want {path} at {loc:?} with {fragment:?}; got {:#?}", cfg.warnings));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn a_refused_outbound_gives_no_follow_on_warning() {
+    let text = r#"{"outbounds": [{"protocol": "freedom", "tag": "a"}, {"protocol": "socks", "tag": "s"}],
+      "routing": {"rules": [{"type": "field", "port": 1, "outboundTag": "s"}]}}"#;
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].path, "outbounds[1].protocol");
+}
+
 #[test]
 fn broken_configs_report_path_and_position() {
     let mut failures = Vec::new();
@@ -255,7 +323,6 @@ fn all_errors_are_reported_together() {
         "inbounds[0].port",
         "inbounds[0].protocol",
         "outbounds[0].settings.redirect",
-        "routing.rules[0].outboundTag",
         "routing.rules[0].ip",
         "reverse.bridges[0].tag",
         "reverse.bridges[0].domain",

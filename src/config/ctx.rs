@@ -69,13 +69,18 @@ impl<'s> Ctx<'s> {
         v.into_iter().map(|(_, e)| e).collect()
     }
 
-    /// Records a warning about a value: the config loads, but the user should know.
-    pub fn warn(&mut self, node: &Node, path: &str, message: impl Into<String>) {
-        let (name, location) = match self.sources.get(node.file) {
-            Some(s) => (s.name.clone(), Some(s.line_col(node.pos))),
+    /// Records a warning at a byte offset of a file.
+    pub fn warn_pos(&mut self, file: usize, pos: usize, path: &str, message: impl Into<String>) {
+        let (name, location) = match self.sources.get(file) {
+            Some(s) => (s.name.clone(), Some(s.line_col(pos))),
             None => (String::new(), None),
         };
         self.warnings.push(ConfigError { file: name, path: path.to_string(), location, message: message.into() });
+    }
+
+    /// Records a warning about a value: the config loads, but the user should know.
+    pub fn warn(&mut self, node: &Node, path: &str, message: impl Into<String>) {
+        self.warn_pos(node.file, node.pos, path, message);
     }
 
     /// Records an error about a value.
@@ -105,12 +110,10 @@ impl<'s> Ctx<'s> {
                 known.iter().find(|k| **k == m.key).or_else(|| known.iter().find(|k| k.eq_ignore_ascii_case(&m.key)));
             match field {
                 Some(f) => fields.push((*f, m)),
+                // V2Ray 4.34 ignores unknown keys: accepted, with a warning (errors under --strict).
                 None => {
-                    let mut msg = format!("unknown key {:?}", m.key);
-                    if let Some(s) = suggest(&m.key, known) {
-                        msg.push_str(&format!("; did you mean {s:?}?"));
-                    }
-                    self.error_pos(node.file, m.key_pos, &join(path, &m.key), msg);
+                    let msg = super::policy_keys::unknown_key_message(&m.key, path, known);
+                    self.warn_pos(node.file, m.key_pos, &join(path, &m.key), msg);
                 }
             }
         }
@@ -322,16 +325,18 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_errors_with_suggestions() {
+    fn unknown_keys_are_warnings_with_suggestions() {
         let src = [Source::new("t", "{\n \"protocl\": 1, \"zzzzzz\": 2}")];
         let mut ctx = Ctx { sources: &src, errors: vec![], order: vec![], warnings: vec![] };
         let n = parse("{\n \"protocl\": 1, \"zzzzzz\": 2}", 0).unwrap();
         ctx.obj(&n, "inbounds[0]", &["protocol", "port"]);
-        assert_eq!(ctx.errors.len(), 2);
-        assert_eq!(ctx.errors[0].path, "inbounds[0].protocl");
-        assert_eq!(ctx.errors[0].location, Some((2, 2)));
-        assert!(ctx.errors[0].message.contains("did you mean \"protocol\""), "{}", ctx.errors[0].message);
-        assert!(!ctx.errors[1].message.contains("did you mean"));
+        assert!(ctx.errors.is_empty());
+        let w = &ctx.warnings;
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[0].path, "inbounds[0].protocl");
+        assert_eq!(w[0].location, Some((2, 2)));
+        assert!(w[0].message.contains("did you mean \"protocol\""), "{}", w[0].message);
+        assert!(!w[1].message.contains("did you mean"));
     }
 
     #[test]

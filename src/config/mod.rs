@@ -2,6 +2,7 @@
 
 mod ctx;
 mod json;
+mod policy_keys;
 mod strip;
 mod types;
 mod validate;

@@ -83,7 +83,19 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, m: &Merged<'_>) -> Config {
     }
     let mut tags: Vec<&str> = outbounds.iter().filter_map(|o| o.tag.as_deref()).collect();
     tags.extend(reverse.portals.iter().map(|p| p.tag.as_str()));
-    let routing = m.singles.get("routing").map(|n| build_routing(ctx, n, &tags)).unwrap_or_default();
+    // Tags of outbounds that were refused: their error is enough, rules naming them add nothing.
+    let refused: Vec<String> = m
+        .outbounds
+        .iter()
+        .map(|(n, _)| super::tag_of(n))
+        .filter(|t| !t.is_empty() && !tags.contains(&t.as_str()))
+        .collect();
+    let default_tag = outbounds
+        .first()
+        .map(|o| o.tag.clone().unwrap_or_default())
+        .or_else(|| reverse.portals.first().map(|p| p.tag.clone()));
+    let known = KnownTags { tags: &tags, refused: &refused, default: default_tag.as_deref() };
+    let routing = m.singles.get("routing").map(|n| build_routing(ctx, n, &known)).unwrap_or_default();
     Config { log, inbounds, outbounds, routing, policy, reverse, warnings: Vec::new() }
 }
 
@@ -281,6 +293,12 @@ fn check_stream_settings(ctx: &mut Ctx<'_>, owner: &Obj<'_>) -> StreamSettings {
     let stream = StreamSettings::default();
     let Some(n) = owner.get("streamSettings") else { return stream };
     let Some(o) = ctx.obj(n, &owner.path_of("streamSettings"), STREAM_KEYS) else { return stream };
+    // Read without reporting: the checks below report bad types once.
+    let text = |k: &str| match o.get(k).map(|n| &n.value) {
+        Some(Value::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let (network, security) = (text("network"), text("security"));
     if let Some(net) = o.str(ctx, "network")
         && !net.eq_ignore_ascii_case("tcp")
     {
@@ -323,11 +341,35 @@ fn check_stream_settings(ctx: &mut Ctx<'_>, owner: &Obj<'_>) -> StreamSettings {
             }
         }
     }
+    let net = network.to_ascii_lowercase();
     for key in ["tlsSettings", "kcpSettings", "wsSettings", "httpSettings", "dsSettings", "quicSettings", "sockopt"] {
-        if let Some(v) = o.get(key)
-            && !is_noop(v)
-        {
-            ctx.unsupported(v, &o.path_of(key), &format!("{key:?}"));
+        let Some(v) = o.get(key) else { continue };
+        if is_noop(v) {
+            continue;
+        }
+        // Settings of a transport (or of TLS) that is not in use: 4.34 never uses them.
+        let unused = match key {
+            "tlsSettings" => (!security.eq_ignore_ascii_case("tls")).then(|| "security is not \"tls\"".to_string()),
+            "sockopt" => None,
+            _ => {
+                let wanted: &[&str] = match key {
+                    "kcpSettings" => &["kcp", "mkcp"],
+                    "wsSettings" => &["ws", "websocket"],
+                    "httpSettings" => &["h2", "http"],
+                    "dsSettings" => &["ds", "domainsocket"],
+                    _ => &["quic"],
+                };
+                let shown = if net.is_empty() { "tcp" } else { net.as_str() };
+                (!wanted.contains(&net.as_str())).then(|| format!("the network is {shown:?}"))
+            }
+        };
+        match unused {
+            Some(why) => ctx.warn(
+                v,
+                &o.path_of(key),
+                format!("{key:?} is ignored because {why} (V2Ray 4.34 does not use it either)"),
+            ),
+            None => ctx.unsupported(v, &o.path_of(key), &format!("{key:?}")),
         }
     }
     stream
@@ -702,6 +744,16 @@ fn vmess_outbound(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<VmessOutboundConfig>
 }
 
 const ROUTING_KEYS: &[&str] = &["settings", "rules", "domainStrategy", "balancers"];
+
+/// The outbound tags a rule may name.
+pub(crate) struct KnownTags<'a> {
+    /// Outbounds and portals that were built.
+    pub tags: &'a [&'a str],
+    /// Outbounds that were refused (already reported).
+    pub refused: &'a [String],
+    /// The default outbound's tag ("" when untagged; None when there is no outbound at all).
+    pub default: Option<&'a str>,
+}
 const RULE_KEYS: &[&str] = &[
     "type",
     "outboundTag",
@@ -719,7 +771,7 @@ const RULE_KEYS: &[&str] = &[
     "attrs",
 ];
 
-fn build_routing(ctx: &mut Ctx<'_>, node: &Node, tags: &[&str]) -> RoutingConfig {
+fn build_routing(ctx: &mut Ctx<'_>, node: &Node, tags: &KnownTags<'_>) -> RoutingConfig {
     let mut cfg = RoutingConfig::default();
     let Some(o) = ctx.obj(node, "routing", ROUTING_KEYS) else { return cfg };
     if let Some(b) = o.get("balancers")
@@ -760,7 +812,7 @@ fn build_routing(ctx: &mut Ctx<'_>, node: &Node, tags: &[&str]) -> RoutingConfig
     cfg
 }
 
-fn build_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, tags: &[&str]) -> Option<RuleConfig> {
+fn build_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, tags: &KnownTags<'_>) -> Option<RuleConfig> {
     let o = ctx.obj(node, path, RULE_KEYS)?;
     let ty = o.str(ctx, "type").unwrap_or_default();
     if !ty.eq_ignore_ascii_case("field") {
@@ -775,10 +827,21 @@ fn build_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, tags: &[&str]) -> Opti
     let mut rule = RuleConfig { path: path.to_string(), ..Default::default() };
     match o.str(ctx, "outboundTag").filter(|t| !t.is_empty()) {
         Some(t) => {
-            if !tags.contains(&t.as_str()) {
+            if !tags.tags.contains(&t.as_str()) && !tags.refused.contains(&t) {
+                // 4.34 loads this and, at run time, logs "non existing tag" and uses the default outbound.
                 let at = o.get("outboundTag").unwrap_or(node);
-                ctx.error(at, &o.path_of("outboundTag"), format!("outboundTag {t:?} names no outbound and no portal"));
-                ok = false;
+                let fallback = match tags.default {
+                    Some(d) if !d.is_empty() => format!("the default outbound {d:?}"),
+                    Some(_) => "the default (first) outbound".to_string(),
+                    None => "no outbound (there is none), so they fail".to_string(),
+                };
+                ctx.warn(
+                    at,
+                    &o.path_of("outboundTag"),
+                    format!(
+                        "outboundTag {t:?} names no outbound and no portal: this rule's connections go to {fallback}, as in V2Ray 4.34"
+                    ),
+                );
             }
             rule.outbound_tag = t;
         }

@@ -1,0 +1,234 @@
+//! The compatibility promise, case by case: each config is checked with `oxray test`, `oxray test
+//! --strict` and `v2ray -test`. What V2Ray accepts, oxray accepts (warnings allowed, or a clear "not
+//! supported yet"); what V2Ray rejects, oxray rejects; keys V2Ray ignores warn; `--strict` turns
+//! warnings into errors.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+/// What a case must give.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    /// V2Ray: OK. oxray: OK with no warning, also under --strict.
+    Clean,
+    /// V2Ray: OK. oxray: OK with a warning containing this; --strict fails with it.
+    Warn(&'static str),
+    /// V2Ray: refuses. oxray: refuses, naming this.
+    Refused(&'static str),
+    /// V2Ray: OK. oxray: refuses with "not supported yet" and this (a key oxray does not implement).
+    Unsupported(&'static str),
+}
+
+use Want::*;
+
+const IN: &str = r#"{"tag": "in", "listen": "127.0.0.1", "port": 46990, "protocol": "dokodemo-door", "settings": {"address": "1.1.1.1", "port": 53}}"#;
+const OUT: &str = r#"{"tag": "direct", "protocol": "freedom"}, {"tag": "block", "protocol": "blackhole"}"#;
+
+/// A config from its routing object and extra top-level members.
+fn cfg(routing: &str, extra: &str) -> String {
+    let extra = if extra.is_empty() { String::new() } else { format!(",\n {extra}") };
+    format!("{{\"inbounds\": [{IN}],\n \"outbounds\": [{OUT}],\n \"routing\": {routing}{extra}}}")
+}
+
+fn cases() -> Vec<(&'static str, String, Want)> {
+    let rule = |r: &str| cfg(&format!("{{\"rules\": [{r}]}}"), "");
+    vec![
+        ("plain rule", rule(r#"{"type": "field", "port": 53, "outboundTag": "block"}"#), Clean),
+        (
+            "typo in a rule key",
+            rule(r#"{"type": "field", "port": 53, "outboundTag": "block", "inboudTag": ["in"]}"#),
+            Warn("did you mean \"inboundTag\"?"),
+        ),
+        (
+            "typo in outboundTag key",
+            rule(r#"{"type": "field", "port": 53, "outbondTag": "block"}"#),
+            Refused("neither outboundTag nor balancerTag"),
+        ),
+        (
+            "$schema",
+            cfg("{}", r#""$schema": "https://example.invalid/v2ray.schema.json""#),
+            Warn("\"$schema\" is ignored"),
+        ),
+        ("comment as key", cfg("{}", r#""//": "portal on the VPS""#), Warn("\"//\" is ignored")),
+        (
+            "old routing strategy",
+            cfg(r#"{"strategy": "rules", "rules": [{"type": "field", "port": 53, "outboundTag": "block"}]}"#, ""),
+            Warn("\"strategy\" is ignored"),
+        ),
+        (
+            "dangling outboundTag",
+            rule(r#"{"type": "field", "port": 53, "outboundTag": "blokc"}"#),
+            Warn("go to the default outbound \"direct\""),
+        ),
+        ("rule without type", rule(r#"{"port": 53, "outboundTag": "block"}"#), Refused("unknown router rule type")),
+        (
+            "rule without condition",
+            rule(r#"{"type": "field", "outboundTag": "block"}"#),
+            Refused("no effective fields"),
+        ),
+        (
+            "bad regexp",
+            rule(r#"{"type": "field", "domain": ["regexp:("], "outboundTag": "block"}"#),
+            Refused("invalid regexp"),
+        ),
+        (
+            "inbound-level key of older docs",
+            format!(
+                "{{\"inbounds\": [{{\"tag\": \"in\", \"listen\": \"127.0.0.1\", \"port\": 46990, \"protocol\": \"dokodemo-door\", \"allowPassive\": false, \"settings\": {{\"address\": \"1.1.1.1\"}}}}], \"outbounds\": [{OUT}]}}"
+            ),
+            Warn("\"allowPassive\" is ignored"),
+        ),
+        (
+            "misplaced ws path",
+            format!(
+                "{{\"outbounds\": [{{\"protocol\": \"freedom\", \"streamSettings\": {{\"network\": \"tcp\", \"path\": \"/ws\"}}}}]}}"
+            ),
+            Warn("belongs in wsSettings.path"),
+        ),
+        (
+            "kcp settings with tcp",
+            format!(
+                "{{\"outbounds\": [{{\"protocol\": \"freedom\", \"streamSettings\": {{\"network\": \"tcp\", \"kcpSettings\": {{\"mtu\": 1350}}}}}}]}}"
+            ),
+            Warn("\"kcpSettings\" is ignored because the network is \"tcp\""),
+        ),
+        (
+            "tls settings without tls",
+            format!(
+                "{{\"outbounds\": [{{\"protocol\": \"freedom\", \"streamSettings\": {{\"tlsSettings\": {{\"serverName\": \"a.example\"}}}}}}]}}"
+            ),
+            Warn("\"tlsSettings\" is ignored because security is not \"tls\""),
+        ),
+        (
+            "typo in freedom settings",
+            format!(
+                "{{\"outbounds\": [{{\"protocol\": \"freedom\", \"settings\": {{\"redirct\": \"127.0.0.1:80\"}}}}]}}"
+            ),
+            Warn("did you mean \"redirect\"?"),
+        ),
+        (
+            "refused outbound, no follow-on",
+            format!(
+                "{{\"outbounds\": [{{\"tag\": \"direct\", \"protocol\": \"freedom\"}}, {{\"tag\": \"s\", \"protocol\": \"freedom\", \"settings\": {{\"redirect\": \"nope\"}}}}], \"routing\": {{\"rules\": [{{\"type\": \"field\", \"port\": 1, \"outboundTag\": \"s\"}}]}}}}"
+            ),
+            Refused("invalid redirect"),
+        ),
+        (
+            "unknown protocol",
+            format!("{{\"outbounds\": [{{\"protocol\": \"teleport\"}}]}}"),
+            Refused("unknown protocol"),
+        ),
+        (
+            "empty bridge tag",
+            format!("{{\"reverse\": {{\"bridges\": [{{\"tag\": \"\", \"domain\": \"a.example\"}}]}}}}"),
+            Refused("bridge tag is empty"),
+        ),
+        (
+            "sniffing enabled",
+            format!(
+                "{{\"inbounds\": [{{\"listen\": \"127.0.0.1\", \"port\": 46990, \"protocol\": \"dokodemo-door\", \"settings\": {{\"address\": \"1.1.1.1\"}}, \"sniffing\": {{\"enabled\": true}}}}]}}"
+            ),
+            Unsupported("sniffing"),
+        ),
+    ]
+}
+
+struct Run {
+    code: i32,
+    out: String,
+}
+
+fn run(cmd: &mut Command) -> Run {
+    let o = cmd.output().expect("run");
+    Run {
+        code: o.status.code().unwrap_or(-1),
+        out: format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+    }
+}
+
+fn oxray(file: &Path, strict: bool, assets: Option<&Path>) -> Run {
+    let mut c = Command::new(common::oxray_bin());
+    c.arg("test");
+    if strict {
+        c.arg("--strict");
+    }
+    c.arg("-c").arg(file);
+    if let Some(a) = assets {
+        c.env("V2RAY_LOCATION_ASSET", a);
+    }
+    run(&mut c)
+}
+
+/// Checks every case; returns the failures (empty = all good).
+pub(crate) fn check(cases: &[(&'static str, String, Want)], assets: Option<&Path>, dir: &Path) -> Vec<String> {
+    let v2ray = common::v2ray();
+    let mut failures = Vec::new();
+    for (i, (name, text, want)) in cases.iter().enumerate() {
+        let f = common::write_file(dir, &format!("case{i}.json"), text);
+        let ox = oxray(&f, false, assets);
+        let strict = oxray(&f, true, assets);
+        let mut fail = |what: String| failures.push(format!("{name}: {what}\n  config: {text}"));
+        let warned = ox.out.contains("warning:");
+        match want {
+            Clean => {
+                if ox.code != 0 || warned || strict.code != 0 {
+                    fail(format!("want clean; oxray {} {:?}; strict {}", ox.code, ox.out, strict.code));
+                }
+            }
+            Warn(frag) => {
+                if ox.code != 0 || !ox.out.contains(frag) || !warned {
+                    fail(format!("want a warning with {frag:?}; oxray {} {:?}", ox.code, ox.out));
+                }
+                if strict.code != 23 || !strict.out.contains(frag) || !strict.out.contains("error:") {
+                    fail(format!("want --strict to fail with {frag:?}; got {} {:?}", strict.code, strict.out));
+                }
+            }
+            Refused(frag) | Unsupported(frag) => {
+                if ox.code != 23 || !ox.out.contains(frag) {
+                    fail(format!("want refusal with {frag:?}; oxray {} {:?}", ox.code, ox.out));
+                }
+                if matches!(want, Unsupported(_)) && !ox.out.contains("not supported yet") {
+                    fail(format!("want \"not supported yet\"; oxray {:?}", ox.out));
+                }
+            }
+        }
+        if let Some(v2ray) = &v2ray {
+            let mut c = Command::new(v2ray);
+            c.arg("-test").arg("-config").arg(&f);
+            if let Some(a) = assets {
+                c.env("V2RAY_LOCATION_ASSET", a);
+            }
+            let v = run(&mut c);
+            let v2ray_ok = !matches!(want, Refused(_));
+            if (v.code == 0) != v2ray_ok {
+                failures.push(format!(
+                    "{name}: V2Ray 4.34 disagrees with the table (exit {}): {}",
+                    v.code,
+                    v.out.trim()
+                ));
+            }
+        }
+    }
+    failures
+}
+
+#[test]
+fn oxray_and_v2ray_agree_on_what_loads() {
+    let dir = common::temp_dir("compat");
+    let failures = check(&cases(), None, &dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn lint_is_test_strict() {
+    let dir = common::temp_dir("compat-lint");
+    let f = common::write_file(&dir, "c.json", &cfg("{}", r#""$schema": "x""#));
+    let r = run(Command::new(common::oxray_bin()).arg("lint").arg("-c").arg(&f));
+    assert_eq!(r.code, 23, "{}", r.out);
+    assert!(r.out.contains("1 warning(s) treated as errors"), "{}", r.out);
+    let clean = common::write_file(&dir, "ok.json", &cfg("{}", ""));
+    let r = run(Command::new(common::oxray_bin()).arg("lint").arg("-c").arg(&clean));
+    assert_eq!((r.code, r.out.trim()), (0, "Configuration OK."));
+}
