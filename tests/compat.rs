@@ -82,54 +82,42 @@ fn cases() -> Vec<(&'static str, String, Want)> {
         ),
         (
             "misplaced ws path",
-            format!(
-                "{{\"outbounds\": [{{\"protocol\": \"freedom\", \"streamSettings\": {{\"network\": \"tcp\", \"path\": \"/ws\"}}}}]}}"
-            ),
+            "{\"outbounds\": [{\"protocol\": \"freedom\", \"streamSettings\": {\"network\": \"tcp\", \"path\": \"/ws\"}}]}".to_string(),
             Warn("belongs in wsSettings.path"),
         ),
         (
             "kcp settings with tcp",
-            format!(
-                "{{\"outbounds\": [{{\"protocol\": \"freedom\", \"streamSettings\": {{\"network\": \"tcp\", \"kcpSettings\": {{\"mtu\": 1350}}}}}}]}}"
-            ),
+            "{\"outbounds\": [{\"protocol\": \"freedom\", \"streamSettings\": {\"network\": \"tcp\", \"kcpSettings\": {\"mtu\": 1350}}}]}".to_string(),
             Warn("\"kcpSettings\" is ignored because the network is \"tcp\""),
         ),
         (
             "tls settings without tls",
-            format!(
-                "{{\"outbounds\": [{{\"protocol\": \"freedom\", \"streamSettings\": {{\"tlsSettings\": {{\"serverName\": \"a.example\"}}}}}}]}}"
-            ),
+            "{\"outbounds\": [{\"protocol\": \"freedom\", \"streamSettings\": {\"tlsSettings\": {\"serverName\": \"a.example\"}}}]}".to_string(),
             Warn("\"tlsSettings\" is ignored because security is not \"tls\""),
         ),
         (
             "typo in freedom settings",
-            format!(
-                "{{\"outbounds\": [{{\"protocol\": \"freedom\", \"settings\": {{\"redirct\": \"127.0.0.1:80\"}}}}]}}"
-            ),
+            "{\"outbounds\": [{\"protocol\": \"freedom\", \"settings\": {\"redirct\": \"127.0.0.1:80\"}}]}".to_string(),
             Warn("did you mean \"redirect\"?"),
         ),
         (
             "refused outbound, no follow-on",
-            format!(
-                "{{\"outbounds\": [{{\"tag\": \"direct\", \"protocol\": \"freedom\"}}, {{\"tag\": \"s\", \"protocol\": \"freedom\", \"settings\": {{\"redirect\": \"nope\"}}}}], \"routing\": {{\"rules\": [{{\"type\": \"field\", \"port\": 1, \"outboundTag\": \"s\"}}]}}}}"
-            ),
+            "{\"outbounds\": [{\"tag\": \"direct\", \"protocol\": \"freedom\"}, {\"tag\": \"s\", \"protocol\": \"freedom\", \"settings\": {\"redirect\": \"nope\"}}], \"routing\": {\"rules\": [{\"type\": \"field\", \"port\": 1, \"outboundTag\": \"s\"}]}}".to_string(),
             Refused("invalid redirect"),
         ),
         (
             "unknown protocol",
-            format!("{{\"outbounds\": [{{\"protocol\": \"teleport\"}}]}}"),
+            "{\"outbounds\": [{\"protocol\": \"teleport\"}]}".to_string(),
             Refused("unknown protocol"),
         ),
         (
             "empty bridge tag",
-            format!("{{\"reverse\": {{\"bridges\": [{{\"tag\": \"\", \"domain\": \"a.example\"}}]}}}}"),
+            "{\"reverse\": {\"bridges\": [{\"tag\": \"\", \"domain\": \"a.example\"}]}}".to_string(),
             Refused("bridge tag is empty"),
         ),
         (
             "sniffing enabled",
-            format!(
-                "{{\"inbounds\": [{{\"listen\": \"127.0.0.1\", \"port\": 46990, \"protocol\": \"dokodemo-door\", \"settings\": {{\"address\": \"1.1.1.1\"}}, \"sniffing\": {{\"enabled\": true}}}}]}}"
-            ),
+            "{\"inbounds\": [{\"listen\": \"127.0.0.1\", \"port\": 46990, \"protocol\": \"dokodemo-door\", \"settings\": {\"address\": \"1.1.1.1\"}, \"sniffing\": {\"enabled\": true}}]}".to_string(),
             Unsupported("sniffing"),
         ),
     ]
