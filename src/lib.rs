@@ -4,6 +4,7 @@ pub mod config;
 pub mod demo;
 pub mod dispatch;
 pub mod instance;
+pub mod lint;
 pub mod log;
 pub mod mux;
 pub mod proxy;

@@ -40,6 +40,20 @@ enum Command {
         #[arg(short = 'c', long = "config", required = true)]
         config: Vec<PathBuf>,
     },
+    /// Show how one connection is routed: every rule tried, why it did not match, the outbound taken.
+    Route {
+        /// Config file (repeatable).
+        #[arg(short = 'c', long = "config", required = true)]
+        config: Vec<PathBuf>,
+        /// The inbound (or bridge) tag the connection comes from.
+        #[arg(long)]
+        inbound: Option<String>,
+        /// What a domain target resolves to, for IPOnDemand/IPIfNonMatch (repeatable; nothing is resolved).
+        #[arg(long = "ip")]
+        ip: Vec<std::net::IpAddr>,
+        /// The target, as V2Ray logs it: tcp:HOST:PORT (or udp:…).
+        target: String,
+    },
     /// Run a portal, a bridge and a small web service in one process and print the URL to open.
     Demo {
         /// Make one request through the tunnel and exit (0 on success).
@@ -94,6 +108,22 @@ fn main() -> ExitCode {
         }
         Command::Test { config, strict } => test(&config, strict),
         Command::Lint { config } => test(&config, true),
+        Command::Route { config, inbound, ip, target } => {
+            let report = oxray::lint::parse_destination(&target).and_then(|dest| {
+                let c = oxray::config::load_files(&config).map_err(|e| e.to_string())?;
+                oxray::lint::route_report(&c, inbound.as_deref(), dest, (!ip.is_empty()).then_some(&ip[..]))
+            });
+            match report {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(23)
+                }
+            }
+        }
         Command::Demo { check } => match demo(check) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

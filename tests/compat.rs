@@ -220,3 +220,133 @@ fn lint_is_test_strict() {
     let r = run(Command::new(common::oxray_bin()).arg("lint").arg("-c").arg(&clean));
     assert_eq!((r.code, r.out.trim()), (0, "Configuration OK."));
 }
+
+/// The docs' bridge, with `rules` and `interconn` extras substituted.
+fn bridge(rules: &str, interconn_extra: &str, top: &str) -> String {
+    format!(
+        r#"{{"reverse": {{"bridges": [{{"tag": "bridge", "domain": "test.v2fly.org"}}]}},
+ "outbounds": [
+   {{"tag": "out", "protocol": "freedom", "settings": {{"redirect": "127.0.0.1:8080"}}}},
+   {{"protocol": "vmess", "settings": {{"vnext": [{{"address": "127.0.0.1", "port": 46991, "users": [{{"id": "27848739-7e62-4138-9fd3-098a63964b6b"}}]}}]}}, "tag": "interconn"{interconn_extra}}}],
+ "routing": {{{top}"rules": [{rules}]}}}}"#
+    )
+}
+
+/// The docs' portal, with `rules` and extra outbounds.
+fn portal(rules: &str, outbounds: &str) -> String {
+    format!(
+        r#"{{"reverse": {{"portals": [{{"tag": "portal", "domain": "test.v2fly.org"}}]}},
+ "inbounds": [
+   {{"tag": "external", "listen": "127.0.0.1", "port": 46992, "protocol": "dokodemo-door", "settings": {{"address": "127.0.0.1", "port": 80, "network": "tcp"}}}},
+   {{"listen": "127.0.0.1", "port": 46993, "tag": "interconn", "protocol": "vmess", "settings": {{"clients": [{{"id": "27848739-7e62-4138-9fd3-098a63964b6b"}}]}}}}],
+ "outbounds": [{outbounds}],
+ "routing": {{"rules": [{rules}]}}}}"#
+    )
+}
+
+const TUNNEL_RULE: &str =
+    r#"{"type": "field", "inboundTag": ["bridge"], "domain": ["full:test.v2fly.org"], "outboundTag": "interconn"}"#;
+const BRIDGE_OUT: &str = r#"{"type": "field", "inboundTag": ["bridge"], "outboundTag": "out"}"#;
+const EXTERNAL: &str = r#"{"type": "field", "inboundTag": ["external"], "outboundTag": "portal"}"#;
+const INTERCONN: &str = r#"{"type": "field", "inboundTag": ["interconn"], "outboundTag": "portal"}"#;
+
+/// Each reverse-proxy mistake 4.34 runs silently broken gets its warning (and --strict fails); V2Ray
+/// accepts every one of these configs.
+#[test]
+fn broken_reverse_configs_get_the_named_warning() {
+    let ok_bridge = bridge(&format!("{TUNNEL_RULE}, {BRIDGE_OUT}"), "", "");
+    let ok_portal = portal(&format!("{EXTERNAL}, {INTERCONN}"), "");
+    let cases: Vec<(&'static str, String, Want)> = vec![
+        ("bridge as in the docs", ok_bridge, Clean),
+        ("portal as in the docs", ok_portal, Clean),
+        (
+            "bridge rules in the wrong order",
+            bridge(&format!("{BRIDGE_OUT}, {TUNNEL_RULE}"), "", ""),
+            Warn(
+                "its tunnel (tcp:test.v2fly.org:0, inbound \"bridge\") is routed by routing.rules[0] to \"out\" (freedom)",
+            ),
+        ),
+        (
+            "bridge without the full: rule",
+            bridge(BRIDGE_OUT, "", ""),
+            Warn("\"domain\": [\"full:test.v2fly.org\"], \"outboundTag\": \"interconn\"} before routing.rules[0]"),
+        ),
+        (
+            "bridge without rules",
+            bridge(r#"{"type": "field", "port": 1, "outboundTag": "out"}"#, "", ""),
+            Warn("is routed by no rule (so the default outbound) to \"out\" (freedom)"),
+        ),
+        (
+            "mux on the tunnel's outbound",
+            bridge(&format!("{TUNNEL_RULE}, {BRIDGE_OUT}"), r#", "mux": {"enabled": true}"#, ""),
+            Warn("mux is enabled on \"interconn\", the outbound that carries bridge \"bridge\"'s tunnel"),
+        ),
+        (
+            "bridge domain resolved through DNS",
+            bridge(
+                &format!(
+                    r#"{{"type": "field", "ip": ["10.0.0.0/8"], "outboundTag": "out"}}, {TUNNEL_RULE}, {BRIDGE_OUT}"#
+                ),
+                "",
+                r#""domainStrategy": "IPOnDemand", "#,
+            ),
+            Warn("tunnel target \"test.v2fly.org\" is looked up in DNS"),
+        ),
+        (
+            "portal no rule routes to",
+            portal(
+                r#"{"type": "field", "inboundTag": ["external"], "outboundTag": "direct"}"#,
+                r#"{"tag": "direct", "protocol": "freedom"}"#,
+            ),
+            Warn("portal \"portal\": no routing rule sends connections to it"),
+        ),
+        (
+            "portal no inbound reaches",
+            portal(
+                r#"{"type": "field", "inboundTag": ["externl", "interconect"], "outboundTag": "portal"}"#,
+                r#"{"tag": "direct", "protocol": "freedom"}"#,
+            ),
+            Warn("no inbound reaches it"),
+        ),
+        (
+            "portal interconn not routed to the portal",
+            portal(EXTERNAL, r#"{"tag": "direct", "protocol": "freedom"}"#),
+            Warn(
+                "arriving on the VMess inbound \"interconn\" is routed by no rule (so the default outbound) to \"direct\"",
+            ),
+        ),
+    ];
+    let dir = common::temp_dir("compat-reverse");
+    let failures = check(&cases, None, &dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn route_explains_each_rule() {
+    let dir = common::temp_dir("compat-route");
+    let f = common::write_file(&dir, "b.json", &bridge(&format!("{BRIDGE_OUT}, {TUNNEL_RULE}"), "", ""));
+    let r = run(Command::new(common::oxray_bin())
+        .args(["route", "--inbound", "bridge", "-c"])
+        .arg(&f)
+        .arg("tcp:test.v2fly.org:0"));
+    assert_eq!(r.code, 0, "{}", r.out);
+    assert_eq!(
+        r.out,
+        "tcp:test.v2fly.org:0 from inbound \"bridge\":\n  routing.rules[0] (→ \"out\"): matches\n→ outbound \"out\" (freedom, outbounds[0]), by routing.rules[0]\n"
+    );
+    let r =
+        run(Command::new(common::oxray_bin()).args(["route", "--inbound", "x", "-c"]).arg(&f).arg("tcp:1.2.3.4:80"));
+    assert!(r.out.contains("routing.rules[1] (→ \"interconn\"): no: domain: the target is not a domain"), "{}", r.out);
+    assert!(
+        r.out.contains("routing.rules[0] (→ \"out\"): no: inboundTag: inbound \"x\" is not in the list"),
+        "{}",
+        r.out
+    );
+    assert!(
+        r.out.ends_with("→ outbound \"out\" (freedom, outbounds[0]), no rule matches: the default outbound\n"),
+        "{}",
+        r.out
+    );
+    let r = run(Command::new(common::oxray_bin()).args(["route", "-c"]).arg(&f).arg("tcp:nope"));
+    assert_eq!(r.code, 23, "{}", r.out);
+}

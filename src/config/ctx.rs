@@ -39,6 +39,8 @@ pub(crate) struct Ctx<'s> {
     pub order: Vec<(usize, usize)>,
     /// Accepted but doubtful values (V2Ray falls back silently; oxray says so).
     pub warnings: Vec<ConfigError>,
+    /// geoip/geosite files, read once per load.
+    pub geo: crate::router::geo::GeoLoader,
 }
 
 /// `a.b` (or `b` at the top).
@@ -52,6 +54,17 @@ pub(crate) fn index(path: &str, i: usize) -> String {
 }
 
 impl<'s> Ctx<'s> {
+    /// A context for `sources`, reading geo files from `assets`.
+    pub fn new(sources: &'s [Source], assets: crate::router::geo::Assets) -> Ctx<'s> {
+        Ctx {
+            sources,
+            errors: Vec::new(),
+            order: Vec::new(),
+            warnings: Vec::new(),
+            geo: crate::router::geo::GeoLoader::new(assets),
+        }
+    }
+
     /// Records an error at a byte offset of a file.
     pub fn error_pos(&mut self, file: usize, pos: usize, path: &str, message: impl Into<String>) {
         let (name, location) = match self.sources.get(file) {
@@ -312,7 +325,7 @@ mod tests {
     #[test]
     fn keys_match_like_go() {
         let src = [Source::new("t", "")];
-        let mut ctx = Ctx { sources: &src, errors: vec![], order: vec![], warnings: vec![] };
+        let mut ctx = Ctx::new(&src, crate::router::geo::Assets::in_dir("/nonexistent"));
         let n = parse(r#"{"TAG": "a", "Protocol": "x", "tag": "b", "path": 1, "Path": 2}"#, 0).unwrap();
         let o = ctx.obj(&n, "", &["tag", "protocol", "path", "Path"]).unwrap();
         // Last duplicate wins; case-insensitive matches count as the same field.
@@ -327,7 +340,7 @@ mod tests {
     #[test]
     fn unknown_keys_are_warnings_with_suggestions() {
         let src = [Source::new("t", "{\n \"protocl\": 1, \"zzzzzz\": 2}")];
-        let mut ctx = Ctx { sources: &src, errors: vec![], order: vec![], warnings: vec![] };
+        let mut ctx = Ctx::new(&src, crate::router::geo::Assets::in_dir("/nonexistent"));
         let n = parse("{\n \"protocl\": 1, \"zzzzzz\": 2}", 0).unwrap();
         ctx.obj(&n, "inbounds[0]", &["protocol", "port"]);
         assert!(ctx.errors.is_empty());

@@ -333,6 +333,8 @@ pub enum DomainMatcher {
     Domain(String),
     /// `regexp:`: RE2-style search.
     Regexp(String),
+    /// `geosite:`/`ext:`: a list from a .dat file (shared between the rules that name it).
+    Geo(std::sync::Arc<crate::router::geo::GeoSiteList>),
 }
 
 /// An inclusive list of port ranges (`"53,443,1000-2000"`).
@@ -357,6 +359,8 @@ pub struct RuleConfig {
     pub domain: Vec<DomainMatcher>,
     /// `ip`.
     pub ip: Vec<IpNet>,
+    /// `ip` entries that name geoip lists (`geoip:cn`, `ext:file:code`).
+    pub geoip: Vec<std::sync::Arc<crate::router::geo::GeoIpList>>,
     /// `port`.
     pub port: Option<PortList>,
     /// `sourcePort`.
@@ -365,6 +369,8 @@ pub struct RuleConfig {
     pub network: Option<NetworkList>,
     /// `source`.
     pub source: Vec<IpNet>,
+    /// `source` entries that name geoip lists.
+    pub source_geoip: Vec<std::sync::Arc<crate::router::geo::GeoIpList>>,
     /// `user` (emails).
     pub user: Vec<String>,
     /// `protocol` (sniffed; oxray does not sniff yet, so such a rule never matches).

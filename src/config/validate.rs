@@ -9,6 +9,7 @@ use super::ctx::{Ctx, Obj, index, is_noop, join};
 use super::json::{Node, Value};
 use super::types::*;
 use super::values::{parse_cidr, parse_port_list, parse_port_range, parse_uuid, split_host_port};
+use crate::router::geo;
 use crate::session::Address;
 
 /// Keys of the top-level object (`infra/conf/v2ray.go Config`).
@@ -860,7 +861,7 @@ fn build_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, tags: &KnownTags<'_>) 
     for key in ["domain", "domains"] {
         if let Some(n) = o.get(key) {
             for (s, at, p) in ctx.string_list(n, &o.path_of(key)).unwrap_or_default() {
-                match domain_matcher(&s) {
+                match domain_entry(ctx, &s) {
                     Ok(m) => rule.domain.push(m),
                     Err(e) => {
                         ctx.error(at, &p, e);
@@ -870,15 +871,19 @@ fn build_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, tags: &KnownTags<'_>) 
             }
         }
     }
-    for (key, out) in [("ip", &mut rule.ip), ("source", &mut rule.source)] {
+    for (key, out, geo_out) in
+        [("ip", &mut rule.ip, &mut rule.geoip), ("source", &mut rule.source, &mut rule.source_geoip)]
+    {
         if let Some(n) = o.get(key) {
             for (s, at, p) in ctx.string_list(n, &o.path_of(key)).unwrap_or_default() {
-                match ip_matcher(&s) {
-                    Ok(net) => out.push(net),
-                    Err(e) => {
-                        ctx.error(at, &p, e);
-                        ok = false;
-                    }
+                let r = match geo::ip_ref(&s) {
+                    Some(Ok(g)) => ctx.geo.ip(&s, &g.file, &g.code).map(|l| geo_out.push(l)).map_err(|e| e.to_string()),
+                    Some(Err(e)) => Err(e),
+                    None => parse_cidr(&s).map(|net| out.push(net)),
+                };
+                if let Err(e) = r {
+                    ctx.error(at, &p, e);
+                    ok = false;
                 }
             }
         }
@@ -926,6 +931,8 @@ fn build_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, tags: &KnownTags<'_>) 
     }
     let has_condition = !rule.domain.is_empty()
         || !rule.ip.is_empty()
+        || !rule.geoip.is_empty()
+        || !rule.source_geoip.is_empty()
         || rule.port.is_some()
         || rule.source_port.is_some()
         || rule.network.is_some()
@@ -940,15 +947,34 @@ fn build_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, tags: &KnownTags<'_>) 
     ok.then_some(rule)
 }
 
-/// One `domain` entry (`router.go parseDomainRule`).
-pub(crate) fn domain_matcher(s: &str) -> Result<DomainMatcher, String> {
-    for prefix in ["geosite:", "ext:", "ext-domain:"] {
-        if s.starts_with(prefix) {
-            return Err(format!("domain rule {s:?} is not supported yet by oxray (needs geosite.dat)"));
-        }
+/// One `domain` entry, geo lists included (read through `ctx.geo`, once per file and list).
+pub(crate) fn domain_entry(ctx: &mut Ctx<'_>, s: &str) -> Result<DomainMatcher, String> {
+    match geo::site_ref(s) {
+        Some(Ok(g)) => ctx.geo.site(s, &g.file, &g.code, &g.attrs).map(DomainMatcher::Geo).map_err(|e| e.to_string()),
+        Some(Err(e)) => Err(e),
+        None => domain_matcher(s),
     }
-    if s.starts_with("dotless:") {
-        return Err(format!("domain rule {s:?} is not supported yet by oxray (dotless:)"));
+}
+
+/// One `domain` entry that is not a geo list (`router.go parseDomainRule`).
+pub(crate) fn domain_matcher(s: &str) -> Result<DomainMatcher, String> {
+    if geo::site_ref(s).is_some() {
+        return Err(format!("{s:?}: a geosite list is not allowed here"));
+    }
+    if let Some(sub) = s.strip_prefix("dotless:") {
+        // 4.34 turns it into a regexp: names without a dot (containing `sub`, itself a regexp there).
+        if sub.contains('.') {
+            return Err(format!("substr in dotless rule should not contain a dot: {sub:?}"));
+        }
+        let re = format!("^[^.]*{sub}[^.]*$");
+        return regex::Regex::new(&re)
+            .map(|_| DomainMatcher::Regexp(re))
+            .map_err(|e| format!("invalid dotless rule {s:?}: {e}"));
+    }
+    for (prefix, what) in [("domain:", "domain"), ("full:", "full"), ("keyword:", "keyword"), ("regexp:", "regexp")] {
+        if s == prefix {
+            return Err(format!("empty {what} type of rule: {s:?}"));
+        }
     }
     if let Some(re) = s.strip_prefix("regexp:") {
         return regex::Regex::new(re).map(|_| DomainMatcher::Regexp(re.to_string())).map_err(|e| {
@@ -964,16 +990,6 @@ pub(crate) fn domain_matcher(s: &str) -> Result<DomainMatcher, String> {
     } else {
         DomainMatcher::Keyword(s.to_string())
     })
-}
-
-/// One `ip`/`source` entry (`router.go toCidrList`).
-fn ip_matcher(s: &str) -> Result<ipnet::IpNet, String> {
-    for prefix in ["geoip:", "ext:", "ext-ip:"] {
-        if s.starts_with(prefix) {
-            return Err(format!("IP rule {s:?} is not supported yet by oxray (needs geoip.dat)"));
-        }
-    }
-    parse_cidr(s)
 }
 
 fn build_policy(ctx: &mut Ctx<'_>, node: &Node) -> PolicyConfig {

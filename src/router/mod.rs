@@ -6,6 +6,8 @@
 //! that have no `domain` condition, and the remaining conditions are checked on each candidate in turn.
 
 mod domain;
+pub mod explain;
+pub mod geo;
 mod ip;
 #[cfg(test)]
 mod tests;
@@ -17,7 +19,7 @@ use crate::config::{NetworkList, RoutingConfig, RoutingDomainStrategy, RuleConfi
 use crate::session::{Address, Network, Session, canonical_ip};
 
 use domain::{DomainIndex, IdBuf};
-use ip::{IpSet, PortSet, port_set};
+use ip::{IpCond, PortSet, port_set};
 
 /// Why routing rules could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -61,8 +63,12 @@ struct Rule {
     network: Option<NetworkList>,
     port: Option<PortSet>,
     source_port: Option<PortSet>,
-    source: Option<IpSet>,
-    ip: Option<IpSet>,
+    source: Option<IpCond>,
+    ip: Option<IpCond>,
+    /// Has a `domain` condition (kept in the index).
+    has_domain: bool,
+    /// Can never match (a `protocol` condition: oxray does not sniff).
+    dead: bool,
 }
 
 impl Rule {
@@ -139,6 +145,8 @@ fn invalid(rule: &RuleConfig, index: usize, message: impl Into<String>) -> Route
 fn only_domain(r: &RuleConfig) -> bool {
     r.inbound_tag.is_empty()
         && r.ip.is_empty()
+        && r.geoip.is_empty()
+        && r.source_geoip.is_empty()
         && r.port.is_none()
         && r.source_port.is_none()
         && r.network.is_none()
@@ -169,8 +177,10 @@ impl Router {
                 network: r.network,
                 port: r.port.as_ref().map(port_set),
                 source_port: r.source_port.as_ref().map(port_set),
-                source: (!r.source.is_empty()).then(|| IpSet::new(&r.source)),
-                ip: (!r.ip.is_empty()).then(|| IpSet::new(&r.ip)),
+                source: IpCond::new(&r.source, &r.source_geoip),
+                ip: IpCond::new(&r.ip, &r.geoip),
+                has_domain: !r.domain.is_empty(),
+                dead,
             });
             // A dead rule gets an empty domain list, so the index never names it.
             domain_lists.push(if dead { &[] } else { &r.domain });
@@ -178,7 +188,7 @@ impl Router {
             if !dead && r.domain.is_empty() {
                 no_domain.push(id);
             }
-            any_ip |= !dead && !r.ip.is_empty();
+            any_ip |= !dead && (!r.ip.is_empty() || !r.geoip.is_empty());
         }
         let domains = DomainIndex::new(&domain_lists, terminal).map_err(|e| {
             let rule = &config.rules[e.rule.min(config.rules.len().saturating_sub(1))];
