@@ -113,6 +113,10 @@ pub fn reverse(c: &Config) -> Vec<Lint> {
     for (bi, b) in c.reverse.bridges.iter().enumerate() {
         let who = format!("bridge {:?}", b.tag);
         let r = route(c, &router, &tunnel_session(&b.tag, &b.domain), None);
+        // A balancer's pick is random: nothing certain to say about the tunnel's outbound.
+        if r.ex.balancer.is_some() {
+            continue;
+        }
         let target = format!("tcp:{}:0", b.domain);
         let to_proxy = r.outbound.is_some_and(is_proxy) && !c.reverse.portals.iter().any(|p| p.tag == r.tag);
         if !to_proxy {
@@ -276,6 +280,18 @@ pub fn route_report(
         text.push_str(
             "  (the target domain would be resolved through DNS on the way; pass --ip to say what it resolves to)\n",
         );
+    }
+    if let Some((b, candidates)) = &r.ex.balancer {
+        let by = r.ex.rule.and_then(|i| c.routing.rules.get(i)).map(|x| x.path.clone()).unwrap_or_default();
+        if candidates.is_empty() {
+            text.push_str(&format!(
+                "→ balancer {b:?} selects no outbound, so the default outbound {:?}, by {by}\n",
+                default_tag(c)
+            ));
+        } else {
+            text.push_str(&format!("→ balancer {b:?}: one of {candidates:?} at random per connection, by {by}\n"));
+        }
+        return Ok(text);
     }
     let outbound = match r.outbound {
         Some(o) if o.tag.as_deref() == Some(r.tag.as_str()) => {

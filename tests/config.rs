@@ -168,18 +168,11 @@ const BROKEN: &[Case] = &[
         "unix domain socket",
     ),
     (
-        "alwaysip",
-        "{\"routing\": {\"domainStrategy\": \"AlwaysIP\"}}",
-        "routing.domainStrategy",
-        (1, 32),
-        "not supported yet",
-    ),
-    (
         "balancerTag",
         "{\"routing\": {\"rules\": [{\"type\": \"field\", \"port\": 1, \"balancerTag\": \"b\"}]}}",
         "routing.rules[0].balancerTag",
         (1, 68),
-        "\"balancerTag\" is not supported yet",
+        "balancer b not found",
     ),
     (
         "port out of range",
@@ -199,6 +192,13 @@ const BROKEN: &[Case] = &[
 
 /// Keys and values V2Ray 4.34 ignores: the config loads, and a warning names the place.
 const WARNED: &[Case] = &[
+    (
+        "alwaysip",
+        "{\"routing\": {\"domainStrategy\": \"AlwaysIP\"}}",
+        "routing.domainStrategy",
+        (1, 32),
+        "does nothing in V2Ray 4.34",
+    ),
     (
         "dangling outboundTag",
         "{\n\"outbounds\": [{\"protocol\": \"freedom\", \"tag\": \"direct\"}],\n\"routing\": {\"rules\": [\n  {\"type\": \"field\", \"port\": 53, \"outboundTag\": \"direkt\"}\n]}}",

@@ -376,6 +376,12 @@ fn check_stream_settings(ctx: &mut Ctx<'_>, owner: &Obj<'_>) -> StreamSettings {
     stream
 }
 
+/// Why oxray refuses VMess dynamic ports, and how to rewrite such a config (docs/CONFIG.md).
+const DYNAMIC_PORTS: &str = "VMess dynamic ports (\"detour\" + \"allocate\" random) are not supported by oxray: \
+     remove \"detour\" from the VMess inbound and \"allocate\" from the detour inbound, give that inbound one \
+     fixed port (or a \"from-to\" range, every port of which oxray listens on), and point the clients' \
+     vnext port at it; a V2Ray 4.34 client follows no detour command it is not sent";
+
 fn check_allocate(ctx: &mut Ctx<'_>, n: &Node, path: &str) {
     let Some(o) = ctx.obj(n, path, &["strategy", "concurrency", "refresh"]) else { return };
     // "always" is what oxray does anyway; concurrency and refresh only matter for "random".
@@ -384,10 +390,10 @@ fn check_allocate(ctx: &mut Ctx<'_>, n: &Node, path: &str) {
     match o.str(ctx, "strategy") {
         Some(s) if s.eq_ignore_ascii_case("always") => {}
         Some(s) if s.eq_ignore_ascii_case("random") || s.eq_ignore_ascii_case("external") => {
-            ctx.unsupported(
+            ctx.error(
                 o.get("strategy").unwrap_or(n),
                 &o.path_of("strategy"),
-                &format!("allocate strategy {s:?}"),
+                format!("{DYNAMIC_PORTS} (allocate strategy {s:?} here)"),
             );
         }
         Some(s) => ctx.error(
@@ -493,7 +499,7 @@ fn vmess_inbound(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<VmessInboundConfig> {
         if let Some(n) = o.get(key)
             && !is_noop(n)
         {
-            ctx.unsupported(n, &o.path_of(key), &format!("vmess {key:?} (dynamic ports)"));
+            ctx.error(n, &o.path_of(key), format!("{DYNAMIC_PORTS} (vmess {key:?} here)"));
         }
     }
     let mut cfg = VmessInboundConfig {
@@ -775,10 +781,14 @@ const RULE_KEYS: &[&str] = &[
 fn build_routing(ctx: &mut Ctx<'_>, node: &Node, tags: &KnownTags<'_>) -> RoutingConfig {
     let mut cfg = RoutingConfig::default();
     let Some(o) = ctx.obj(node, "routing", ROUTING_KEYS) else { return cfg };
-    if let Some(b) = o.get("balancers")
-        && !is_noop(b)
-    {
-        ctx.unsupported(b, &o.path_of("balancers"), "\"balancers\"");
+    if let Some(list) = o.array(ctx, "balancers") {
+        for (i, b) in list.iter().enumerate() {
+            if let Some(bc) = build_balancer(ctx, b, &index(&o.path_of("balancers"), i), tags) {
+                // A later balancer with the same tag wins (4.34 keeps them in a map).
+                cfg.balancers.retain(|x| x.tag != bc.tag);
+                cfg.balancers.push(bc);
+            }
+        }
     }
     // Deprecated nested form: its rules come after the top-level ones, its strategy is a fallback.
     let nested = o.get("settings").and_then(|n| ctx.obj(n, &o.path_of("settings"), &["rules", "domainStrategy"]));
@@ -793,7 +803,7 @@ fn build_routing(ctx: &mut Ctx<'_>, node: &Node, tags: &KnownTags<'_>) -> Routin
             "ipifnonmatch" | "ip_if_non_match" | "ip-if-non-match" => RoutingDomainStrategy::IpIfNonMatch,
             "ipondemand" | "ip_on_demand" | "ip-on-demand" => RoutingDomainStrategy::IpOnDemand,
             "alwaysip" | "always_ip" | "always-ip" => {
-                ctx.unsupported(n, &p, "domainStrategy \"AlwaysIP\"");
+                ctx.warn(n, &p, "domainStrategy \"AlwaysIP\" does nothing in V2Ray 4.34 (it routes as \"AsIs\"); oxray does the same");
                 RoutingDomainStrategy::AsIs
             }
             _ => RoutingDomainStrategy::AsIs,
@@ -803,9 +813,10 @@ fn build_routing(ctx: &mut Ctx<'_>, node: &Node, tags: &KnownTags<'_>) -> Routin
     if let Some(s) = &nested {
         lists.push((s.array(ctx, "rules").unwrap_or_default(), s.path_of("rules")));
     }
+    let balancer_tags: Vec<String> = cfg.balancers.iter().map(|b| b.tag.clone()).collect();
     for (rules, base) in lists {
         for (i, r) in rules.iter().enumerate() {
-            if let Some(rule) = build_rule(ctx, r, &index(&base, i), tags) {
+            if let Some(rule) = build_rule(ctx, r, &index(&base, i), tags, &balancer_tags) {
                 cfg.rules.push(rule);
             }
         }
@@ -813,7 +824,13 @@ fn build_routing(ctx: &mut Ctx<'_>, node: &Node, tags: &KnownTags<'_>) -> Routin
     cfg
 }
 
-fn build_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, tags: &KnownTags<'_>) -> Option<RuleConfig> {
+fn build_rule(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    path: &str,
+    tags: &KnownTags<'_>,
+    balancers: &[String],
+) -> Option<RuleConfig> {
     let o = ctx.obj(node, path, RULE_KEYS)?;
     let ty = o.str(ctx, "type").unwrap_or_default();
     if !ty.eq_ignore_ascii_case("field") {
@@ -846,17 +863,25 @@ fn build_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, tags: &KnownTags<'_>) 
             }
             rule.outbound_tag = t;
         }
-        None => {
-            ok = false;
-            match o.get("balancerTag") {
-                Some(b) if !is_noop(b) => ctx.unsupported(b, &o.path_of("balancerTag"), "\"balancerTag\""),
-                _ => ctx.error(
+        // With both, 4.34 takes outboundTag and ignores the balancer.
+        None => match o.str(ctx, "balancerTag").filter(|t| !t.is_empty()) {
+            Some(b) => {
+                if !balancers.contains(&b) {
+                    let at = o.get("balancerTag").unwrap_or(node);
+                    ctx.error(at, &o.path_of("balancerTag"), format!("balancer {b} not found"));
+                    ok = false;
+                }
+                rule.balancer_tag = b;
+            }
+            None => {
+                ok = false;
+                ctx.error(
                     node,
                     &o.path_of("outboundTag"),
                     "neither outboundTag nor balancerTag is specified in routing rule",
-                ),
+                );
             }
-        }
+        },
     }
     for key in ["domain", "domains"] {
         if let Some(n) = o.get(key) {
@@ -923,11 +948,13 @@ fn build_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, tags: &KnownTags<'_>) 
             out.extend(ctx.string_list(n, &o.path_of(key)).unwrap_or_default().into_iter().map(|(s, _, _)| s));
         }
     }
+    // 4.34 fills attributes only for plain-HTTP requests through the `http` inbound, which oxray does
+    // not have: accepted, and the rule never matches (as in 4.34 for every other inbound).
     if let Some(n) = o.get("attrs")
-        && !is_noop(n)
+        && let Some(a) = ctx.string(n, &o.path_of("attrs"))
+        && !a.is_empty()
     {
-        ctx.unsupported(n, &o.path_of("attrs"), "\"attrs\" (needs sniffed HTTP attributes)");
-        ok = false;
+        rule.attrs = Some(a);
     }
     let has_condition = !rule.domain.is_empty()
         || !rule.ip.is_empty()
@@ -939,12 +966,47 @@ fn build_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, tags: &KnownTags<'_>) 
         || !rule.source.is_empty()
         || !rule.user.is_empty()
         || !rule.inbound_tag.is_empty()
-        || !rule.protocol.is_empty();
+        || !rule.protocol.is_empty()
+        || rule.attrs.is_some();
     if ok && !has_condition {
         ctx.error(node, path, "this rule has no effective fields (it needs at least one condition)");
         ok = false;
     }
     ok.then_some(rule)
+}
+
+/// One `routing.balancers` entry (`router.go BalancingRule.Build`).
+fn build_balancer(ctx: &mut Ctx<'_>, node: &Node, path: &str, tags: &KnownTags<'_>) -> Option<BalancerConfig> {
+    let o = ctx.obj(node, path, &["tag", "selector"])?;
+    let tag = o.str(ctx, "tag").unwrap_or_default();
+    if tag.is_empty() {
+        ctx.error(o.get("tag").unwrap_or(node), &o.path_of("tag"), "empty balancer tag");
+        return None;
+    }
+    let selector: Vec<String> = match o.get("selector") {
+        Some(n) => ctx.string_list(n, &o.path_of("selector"))?.into_iter().map(|(s, _, _)| s).collect(),
+        None => Vec::new(),
+    };
+    if selector.is_empty() {
+        ctx.error(o.get("selector").unwrap_or(node), &o.path_of("selector"), "empty selector list");
+        return None;
+    }
+    // Prefixes, case-sensitive; "" selects every tagged handler (the default and portals included).
+    let candidates: Vec<String> = tags
+        .tags
+        .iter()
+        .filter(|t| selector.iter().any(|s| t.starts_with(s.as_str())))
+        .map(|t| t.to_string())
+        .collect();
+    if candidates.is_empty() {
+        let at = o.get("selector").unwrap_or(node);
+        ctx.warn(
+            at,
+            &o.path_of("selector"),
+            format!("balancer {tag:?} selects no outbound (selectors are case-sensitive tag prefixes): its rules' connections go to the default outbound, as in V2Ray 4.34"),
+        );
+    }
+    Some(BalancerConfig { tag, selector, candidates })
 }
 
 /// One `domain` entry, geo lists included (read through `ctx.geo`, once per file and list).

@@ -29,6 +29,8 @@ pub struct Explanation {
     pub outbound_tag: Option<String>,
     /// The target domain would be resolved through DNS on the way (IPOnDemand / IPIfNonMatch).
     pub resolves: bool,
+    /// When the winning rule uses a balancer: its tag and the outbound tags it picks from at random.
+    pub balancer: Option<(String, Vec<String>)>,
 }
 
 impl Router {
@@ -56,8 +58,7 @@ impl Router {
             let won = v == Verdict::Matched;
             ex.steps.push((i, v));
             if won {
-                ex.rule = Some(i);
-                ex.outbound_tag = Some(r.outbound_tag.to_string());
+                self.won(&mut ex, i, r);
                 return ex;
             }
         }
@@ -71,8 +72,7 @@ impl Router {
                 let dm = matched.contains(&(i as u32));
                 if verdict(r, s, domain, dm, resolved, None) == Verdict::Matched {
                     ex.steps.push((i, Verdict::Matched));
-                    ex.rule = Some(i);
-                    ex.outbound_tag = Some(r.outbound_tag.to_string());
+                    self.won(&mut ex, i, r);
                     return ex;
                 }
             }
@@ -81,9 +81,19 @@ impl Router {
     }
 }
 
+impl Router {
+    fn won(&self, ex: &mut Explanation, i: usize, r: &Rule) {
+        ex.rule = Some(i);
+        match r.balancer.and_then(|b| self.balancers.get(b as usize)) {
+            Some((tag, c)) => ex.balancer = Some((tag.to_string(), c.iter().map(|t| t.to_string()).collect())),
+            None => ex.outbound_tag = Some(r.outbound_tag.to_string()),
+        }
+    }
+}
+
 /// True when the verdict got as far as the `ip` condition (so IPOnDemand resolved for it).
 fn reaches_ip(v: &Verdict) -> bool {
-    matches!(v, Verdict::Matched | Verdict::Failed("ip" | "source" | "protocol", _))
+    matches!(v, Verdict::Matched | Verdict::Failed("ip" | "source" | "protocol/attrs", _))
 }
 
 fn verdict(
@@ -155,7 +165,10 @@ fn verdict(
         return fail("source", "the source IP is not in the list".into());
     }
     if r.dead {
-        return fail("protocol", "oxray does not sniff, so a protocol condition never holds".into());
+        return fail(
+            "protocol/attrs",
+            "oxray does not sniff and has no HTTP inbound, so a protocol or attrs condition never holds".into(),
+        );
     }
     Verdict::Matched
 }

@@ -23,7 +23,7 @@ fn nets(list: &[&str]) -> Vec<IpNet> {
 }
 
 fn router(strategy: RoutingDomainStrategy, rules: Vec<RuleConfig>) -> Router {
-    Router::new(&RoutingConfig { domain_strategy: strategy, rules }).unwrap()
+    Router::new(&RoutingConfig { domain_strategy: strategy, rules, ..Default::default() }).unwrap()
 }
 
 fn as_is(rules: Vec<RuleConfig>) -> Router {
