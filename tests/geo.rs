@@ -247,3 +247,29 @@ fn lists_are_read_once_and_shared() {
     assert!(std::sync::Arc::ptr_eq(a, b), "geosite:test and geosite:TEST are one list");
     assert!(std::sync::Arc::ptr_eq(&r0.geoip[0], &r1.source_geoip[0]), "one geoip list for ip and source");
 }
+
+/// 4.34 mis-matches nested CIDRs in one list (`10.0.0.0/8` + `10.1.0.0/16` misses `10.2.0.1`); oxray
+/// matches them (a documented deviation), and `0.0.0.0/0` from a file matches every IPv4.
+#[test]
+fn nested_cidrs_match_correctly() {
+    use oxray::session::{Address, Destination, Session};
+    let assets = asset_dir("geo-nested");
+    let text = r#"{"outbounds": [{"tag": "default", "protocol": "blackhole"}, {"tag": "nest", "protocol": "blackhole"}, {"tag": "all", "protocol": "blackhole"}],
+ "routing": {"rules": [{"type": "field", "ip": ["ext-ip:extip.dat:nest"], "outboundTag": "nest"},
+                       {"type": "field", "ip": ["ext:extip.dat:ALL"], "outboundTag": "all"}]}}"#;
+    let c = load_str_with("t.json", text, Assets::in_dir(&assets)).unwrap();
+    let router = oxray::router::Router::new(&c.routing).unwrap();
+    for (ip, want) in [
+        ("10.0.0.1", "nest"),
+        ("10.1.5.5", "nest"),
+        ("10.2.0.1", "nest"),
+        ("10.200.0.1", "nest"),
+        ("9.9.9.9", "all"),
+        ("::ffff:10.2.0.1", "nest"),
+    ] {
+        let s = Session::new(None, None, Destination::tcp(Address::parse(ip), 1));
+        assert_eq!(router.explain(&s, None).outbound_tag.as_deref(), Some(want), "{ip}");
+    }
+    let s = Session::new(None, None, Destination::tcp(Address::parse("::1"), 1));
+    assert_eq!(router.explain(&s, None).outbound_tag, None, "IPv6 is not in an IPv4 list");
+}
