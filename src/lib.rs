@@ -5,6 +5,7 @@ pub mod demo;
 pub mod dispatch;
 pub mod dns;
 pub mod instance;
+pub mod lint;
 pub mod log;
 pub mod mux;
 pub mod ops;

@@ -58,6 +58,29 @@ enum Command {
         /// Config file (repeatable).
         #[arg(short = 'c', long = "config", required = true)]
         config: Vec<PathBuf>,
+        /// Treat warnings (keys V2Ray ignores, dangling tags, reverse-proxy mistakes) as errors.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// `test --strict`, for CI: every warning is an error.
+    Lint {
+        /// Config file (repeatable).
+        #[arg(short = 'c', long = "config", required = true)]
+        config: Vec<PathBuf>,
+    },
+    /// Show how one connection is routed: every rule tried, why it did not match, the outbound taken.
+    Route {
+        /// Config file (repeatable).
+        #[arg(short = 'c', long = "config", required = true)]
+        config: Vec<PathBuf>,
+        /// The inbound (or bridge) tag the connection comes from.
+        #[arg(long)]
+        inbound: Option<String>,
+        /// What a domain target resolves to, for IPOnDemand/IPIfNonMatch (repeatable; nothing is resolved).
+        #[arg(long = "ip")]
+        ip: Vec<std::net::IpAddr>,
+        /// The target, as V2Ray logs it: tcp:HOST:PORT (or udp:…).
+        target: String,
     },
     /// Run a portal, a bridge and a small web service in one process and print the URL to open.
     Demo {
@@ -86,7 +109,21 @@ fn normalize_args(args: Vec<String>) -> Vec<String> {
             _ => a,
         })
         .collect();
-    let known = ["run", "test", "status", "demo", "version", "uuid", "help", "-h", "--help", "-V", "--version"];
+    let known = [
+        "run",
+        "test",
+        "lint",
+        "route",
+        "status",
+        "demo",
+        "version",
+        "uuid",
+        "help",
+        "-h",
+        "--help",
+        "-V",
+        "--version",
+    ];
     let first = rest.first().map(String::as_str).unwrap_or("");
     if rest.iter().any(|a| a == "--test-flag") {
         out.push("test".into());
@@ -111,21 +148,24 @@ fn main() -> ExitCode {
             println!("{}", uuid::Uuid::new_v4());
             ExitCode::SUCCESS
         }
-        Command::Test { config } => match oxray::config::load_files(&config).map_err(|e| e.to_string()).and_then(|c| {
-            for w in &c.warnings {
-                eprintln!("warning: {w}");
+        Command::Test { config, strict } => test(&config, strict),
+        Command::Lint { config } => test(&config, true),
+        Command::Route { config, inbound, ip, target } => {
+            let report = oxray::lint::parse_destination(&target).and_then(|dest| {
+                let c = oxray::config::load_files(&config).map_err(|e| e.to_string())?;
+                oxray::lint::route_report(&c, inbound.as_deref(), dest, (!ip.is_empty()).then_some(&ip[..]))
+            });
+            match report {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(23)
+                }
             }
-            oxray::instance::Instance::new(&c).map(|_| ()).map_err(|e| e.to_string())
-        }) {
-            Ok(()) => {
-                println!("Configuration OK.");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(23)
-            }
-        },
+        }
         Command::Demo { check } => match demo(check) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -142,6 +182,31 @@ fn main() -> ExitCode {
         },
         Command::Status { ops, config, json, watch, tunnels } => status::main(ops, &config, json, watch, tunnels),
     }
+}
+
+/// `oxray test`: errors exit 23; warnings are printed and, under `--strict`, fail too.
+fn test(files: &[PathBuf], strict: bool) -> ExitCode {
+    let config = match oxray::config::load_files(files) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(23);
+        }
+    };
+    let label = if strict { "error" } else { "warning" };
+    for w in &config.warnings {
+        eprintln!("{label}: {w}");
+    }
+    if let Err(e) = oxray::instance::Instance::new(&config) {
+        eprintln!("{e}");
+        return ExitCode::from(23);
+    }
+    if strict && !config.warnings.is_empty() {
+        eprintln!("{} warning(s) treated as errors (--strict)", config.warnings.len());
+        return ExitCode::from(23);
+    }
+    println!("Configuration OK.");
+    ExitCode::SUCCESS
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]

@@ -39,6 +39,8 @@ pub(crate) struct Ctx<'s> {
     pub order: Vec<(usize, usize)>,
     /// Accepted but doubtful values (V2Ray falls back silently; oxray says so).
     pub warnings: Vec<ConfigError>,
+    /// geoip/geosite files, read once per load.
+    pub geo: crate::router::geo::GeoLoader,
 }
 
 /// `a.b` (or `b` at the top).
@@ -52,6 +54,17 @@ pub(crate) fn index(path: &str, i: usize) -> String {
 }
 
 impl<'s> Ctx<'s> {
+    /// A context for `sources`, reading geo files from `assets`.
+    pub fn new(sources: &'s [Source], assets: crate::router::geo::Assets) -> Ctx<'s> {
+        Ctx {
+            sources,
+            errors: Vec::new(),
+            order: Vec::new(),
+            warnings: Vec::new(),
+            geo: crate::router::geo::GeoLoader::new(assets),
+        }
+    }
+
     /// Records an error at a byte offset of a file.
     pub fn error_pos(&mut self, file: usize, pos: usize, path: &str, message: impl Into<String>) {
         let (name, location) = match self.sources.get(file) {
@@ -69,13 +82,18 @@ impl<'s> Ctx<'s> {
         v.into_iter().map(|(_, e)| e).collect()
     }
 
-    /// Records a warning about a value: the config loads, but the user should know.
-    pub fn warn(&mut self, node: &Node, path: &str, message: impl Into<String>) {
-        let (name, location) = match self.sources.get(node.file) {
-            Some(s) => (s.name.clone(), Some(s.line_col(node.pos))),
+    /// Records a warning at a byte offset of a file.
+    pub fn warn_pos(&mut self, file: usize, pos: usize, path: &str, message: impl Into<String>) {
+        let (name, location) = match self.sources.get(file) {
+            Some(s) => (s.name.clone(), Some(s.line_col(pos))),
             None => (String::new(), None),
         };
         self.warnings.push(ConfigError { file: name, path: path.to_string(), location, message: message.into() });
+    }
+
+    /// Records a warning about a value: the config loads, but the user should know.
+    pub fn warn(&mut self, node: &Node, path: &str, message: impl Into<String>) {
+        self.warn_pos(node.file, node.pos, path, message);
     }
 
     /// Records an error about a value.
@@ -105,12 +123,10 @@ impl<'s> Ctx<'s> {
                 known.iter().find(|k| **k == m.key).or_else(|| known.iter().find(|k| k.eq_ignore_ascii_case(&m.key)));
             match field {
                 Some(f) => fields.push((*f, m)),
+                // V2Ray 4.34 ignores unknown keys: accepted, with a warning (errors under --strict).
                 None => {
-                    let mut msg = format!("unknown key {:?}", m.key);
-                    if let Some(s) = suggest(&m.key, known) {
-                        msg.push_str(&format!("; did you mean {s:?}?"));
-                    }
-                    self.error_pos(node.file, m.key_pos, &join(path, &m.key), msg);
+                    let msg = super::policy_keys::unknown_key_message(&m.key, path, known);
+                    self.warn_pos(node.file, m.key_pos, &join(path, &m.key), msg);
                 }
             }
         }
@@ -309,7 +325,7 @@ mod tests {
     #[test]
     fn keys_match_like_go() {
         let src = [Source::new("t", "")];
-        let mut ctx = Ctx { sources: &src, errors: vec![], order: vec![], warnings: vec![] };
+        let mut ctx = Ctx::new(&src, crate::router::geo::Assets::in_dir("/nonexistent"));
         let n = parse(r#"{"TAG": "a", "Protocol": "x", "tag": "b", "path": 1, "Path": 2}"#, 0).unwrap();
         let o = ctx.obj(&n, "", &["tag", "protocol", "path", "Path"]).unwrap();
         // Last duplicate wins; case-insensitive matches count as the same field.
@@ -322,16 +338,18 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_errors_with_suggestions() {
+    fn unknown_keys_are_warnings_with_suggestions() {
         let src = [Source::new("t", "{\n \"protocl\": 1, \"zzzzzz\": 2}")];
-        let mut ctx = Ctx { sources: &src, errors: vec![], order: vec![], warnings: vec![] };
+        let mut ctx = Ctx::new(&src, crate::router::geo::Assets::in_dir("/nonexistent"));
         let n = parse("{\n \"protocl\": 1, \"zzzzzz\": 2}", 0).unwrap();
         ctx.obj(&n, "inbounds[0]", &["protocol", "port"]);
-        assert_eq!(ctx.errors.len(), 2);
-        assert_eq!(ctx.errors[0].path, "inbounds[0].protocl");
-        assert_eq!(ctx.errors[0].location, Some((2, 2)));
-        assert!(ctx.errors[0].message.contains("did you mean \"protocol\""), "{}", ctx.errors[0].message);
-        assert!(!ctx.errors[1].message.contains("did you mean"));
+        assert!(ctx.errors.is_empty());
+        let w = &ctx.warnings;
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[0].path, "inbounds[0].protocl");
+        assert_eq!(w[0].location, Some((2, 2)));
+        assert!(w[0].message.contains("did you mean \"protocol\""), "{}", w[0].message);
+        assert!(!w[1].message.contains("did you mean"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod ctx;
 mod dns;
 mod json;
+mod policy_keys;
 mod stream;
 mod strip;
 mod types;
@@ -16,6 +17,7 @@ use ctx::{Ctx, Source, index};
 use json::{Node, Value};
 use validate::{Merged, TOP_KEYS};
 
+pub use crate::router::geo::Assets;
 #[cfg(test)]
 pub(crate) use dns::host_matcher;
 pub use dns::{DnsConfig, DnsOutboundConfig, DnsServerConfig, DnsServerKind, HostEntry, HostMatcher, HostValue};
@@ -64,7 +66,13 @@ impl fmt::Display for ConfigErrors {
 }
 
 /// Loads and merges config files (later files override earlier ones, as V2Ray does), then validates.
+/// geoip/geosite files are looked for where V2Ray 4.34 looks ([`Assets::from_env`]).
 pub fn load_files<P: AsRef<Path>>(paths: &[P]) -> Result<Config, ConfigErrors> {
+    load_files_with(paths, Assets::from_env())
+}
+
+/// [`load_files`] with the asset directory given.
+pub fn load_files_with<P: AsRef<Path>>(paths: &[P], assets: Assets) -> Result<Config, ConfigErrors> {
     let mut texts = Vec::with_capacity(paths.len());
     let mut errors = Vec::new();
     for p in paths {
@@ -90,18 +98,23 @@ pub fn load_files<P: AsRef<Path>>(paths: &[P]) -> Result<Config, ConfigErrors> {
             message: "no config file given".into(),
         }]));
     }
-    load_texts(&texts)
+    load_texts(&texts, assets)
 }
 
 /// Loads one config from text; `origin` names it in errors.
 pub fn load_str(origin: &str, text: &str) -> Result<Config, ConfigErrors> {
-    load_texts(&[(origin.to_string(), text.to_string())])
+    load_str_with(origin, text, Assets::from_env())
+}
+
+/// [`load_str`] with the asset directory given.
+pub fn load_str_with(origin: &str, text: &str, assets: Assets) -> Result<Config, ConfigErrors> {
+    load_texts(&[(origin.to_string(), text.to_string())], assets)
 }
 
 /// Parses every text (collecting syntax errors from all of them), merges, validates.
-fn load_texts(texts: &[(String, String)]) -> Result<Config, ConfigErrors> {
+fn load_texts(texts: &[(String, String)], assets: Assets) -> Result<Config, ConfigErrors> {
     let sources: Vec<Source> = texts.iter().map(|(name, text)| Source::new(name, text)).collect();
-    let mut ctx = Ctx { sources: &sources, errors: Vec::new(), order: Vec::new(), warnings: Vec::new() };
+    let mut ctx = Ctx::new(&sources, assets);
     let mut trees = Vec::with_capacity(texts.len());
     for (file, (_, text)) in texts.iter().enumerate() {
         let parsed = strip::strip_comments(text)
@@ -118,6 +131,13 @@ fn load_texts(texts: &[(String, String)]) -> Result<Config, ConfigErrors> {
     let merged = merge(&mut ctx, &trees, texts);
     let mut config = validate::build(&mut ctx, &merged);
     config.warnings = std::mem::take(&mut ctx.warnings);
+    if ctx.errors.is_empty() {
+        // Reverse-proxy mistakes 4.34 runs silently broken (names the JSON path; no position).
+        let file = sources.first().map(|s| s.name.clone()).unwrap_or_default();
+        for l in crate::lint::reverse(&config) {
+            config.warnings.push(ConfigError { file: file.clone(), path: l.path, location: None, message: l.message });
+        }
+    }
     if ctx.errors.is_empty() { Ok(config) } else { Err(ConfigErrors(ctx.into_errors())) }
 }
 

@@ -326,6 +326,20 @@ pub struct RoutingConfig {
     pub domain_strategy: RoutingDomainStrategy,
     /// `rules`, in order; first match wins.
     pub rules: Vec<RuleConfig>,
+    /// `balancers` (a later one with the same tag wins, as in 4.34).
+    pub balancers: Vec<BalancerConfig>,
+}
+
+/// One `routing.balancers` entry.
+#[derive(Debug, Clone, Default)]
+pub struct BalancerConfig {
+    /// `tag`, named by rules' `balancerTag`.
+    pub tag: String,
+    /// `selector`: tag prefixes.
+    pub selector: Vec<String>,
+    /// The outbound and portal tags that start with a selector (the first outbound included), in
+    /// outbound order: one is picked at random per connection. Empty → the default outbound.
+    pub candidates: Vec<String>,
 }
 
 /// One domain condition of a rule.
@@ -339,6 +353,8 @@ pub enum DomainMatcher {
     Domain(String),
     /// `regexp:`: RE2-style search.
     Regexp(String),
+    /// `geosite:`/`ext:`: a list from a .dat file (shared between the rules that name it).
+    Geo(std::sync::Arc<crate::router::geo::GeoSiteList>),
 }
 
 /// An inclusive list of port ranges (`"53,443,1000-2000"`).
@@ -355,14 +371,18 @@ impl PortList {
 /// One `type: "field"` rule. Empty lists / None mean "no condition". At least one condition is set.
 #[derive(Debug, Clone, Default)]
 pub struct RuleConfig {
-    /// `outboundTag` (checked to exist, or to be a portal tag).
+    /// `outboundTag` (empty when the rule uses a balancer).
     pub outbound_tag: String,
+    /// `balancerTag` (used only when `outboundTag` is empty; checked to name a balancer).
+    pub balancer_tag: String,
     /// `inboundTag`.
     pub inbound_tag: Vec<String>,
     /// `domain` / `domains`.
     pub domain: Vec<DomainMatcher>,
     /// `ip`.
     pub ip: Vec<IpNet>,
+    /// `ip` entries that name geoip lists (`geoip:cn`, `ext:file:code`).
+    pub geoip: Vec<std::sync::Arc<crate::router::geo::GeoIpList>>,
     /// `port`.
     pub port: Option<PortList>,
     /// `sourcePort`.
@@ -371,10 +391,15 @@ pub struct RuleConfig {
     pub network: Option<NetworkList>,
     /// `source`.
     pub source: Vec<IpNet>,
+    /// `source` entries that name geoip lists.
+    pub source_geoip: Vec<std::sync::Arc<crate::router::geo::GeoIpList>>,
     /// `user` (emails).
     pub user: Vec<String>,
     /// `protocol` (sniffed; oxray does not sniff yet, so such a rule never matches).
     pub protocol: Vec<String>,
+    /// `attrs` (a Starlark expression over HTTP-inbound attributes; oxray has no HTTP inbound, so such a
+    /// rule never matches, as in 4.34 for every other inbound).
+    pub attrs: Option<String>,
     /// JSON path, e.g. `routing.rules[2]`.
     pub path: String,
 }

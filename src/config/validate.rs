@@ -10,6 +10,7 @@ use super::json::{Node, Value};
 use super::stream;
 use super::types::*;
 use super::values::{parse_cidr, parse_port_list, parse_port_range, parse_uuid, split_host_port};
+use crate::router::geo;
 use crate::session::Address;
 
 /// Keys of the top-level object (`infra/conf/v2ray.go Config`).
@@ -88,7 +89,19 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, m: &Merged<'_>) -> Config {
     }
     let mut tags: Vec<&str> = outbounds.iter().filter_map(|o| o.tag.as_deref()).collect();
     tags.extend(reverse.portals.iter().map(|p| p.tag.as_str()));
-    let routing = m.singles.get("routing").map(|n| build_routing(ctx, n, &tags)).unwrap_or_default();
+    // Tags of outbounds that were refused: their error is enough, rules naming them add nothing.
+    let refused: Vec<String> = m
+        .outbounds
+        .iter()
+        .map(|(n, _)| super::tag_of(n))
+        .filter(|t| !t.is_empty() && !tags.contains(&t.as_str()))
+        .collect();
+    let default_tag = outbounds
+        .first()
+        .map(|o| o.tag.clone().unwrap_or_default())
+        .or_else(|| reverse.portals.first().map(|p| p.tag.clone()));
+    let known = KnownTags { tags: &tags, refused: &refused, default: default_tag.as_deref() };
+    let routing = m.singles.get("routing").map(|n| build_routing(ctx, n, &known)).unwrap_or_default();
     let dns = m.singles.get("dns").and_then(|n| super::dns::build_dns(ctx, n));
     if let (Some(o), Some(n)) = (&ops, m.singles.get("ops"))
         && let Some(ib) = inbounds.iter().find(|ib| {
@@ -324,6 +337,12 @@ fn port_range(ctx: &mut Ctx<'_>, n: &Node, path: &str) -> Option<PortRange> {
     Some(PortRange { first: r.0, last: r.1 })
 }
 
+/// Why oxray refuses VMess dynamic ports, and how to rewrite such a config (docs/CONFIG.md).
+const DYNAMIC_PORTS: &str = "VMess dynamic ports (\"detour\" + \"allocate\" random) are not supported by oxray: \
+     remove \"detour\" from the VMess inbound and \"allocate\" from the detour inbound, give that inbound one \
+     fixed port (or a \"from-to\" range, every port of which oxray listens on), and point the clients' \
+     vnext port at it; a V2Ray 4.34 client follows no detour command it is not sent";
+
 fn check_allocate(ctx: &mut Ctx<'_>, n: &Node, path: &str) {
     let Some(o) = ctx.obj(n, path, &["strategy", "concurrency", "refresh"]) else { return };
     // "always" is what oxray does anyway; concurrency and refresh only matter for "random".
@@ -332,10 +351,10 @@ fn check_allocate(ctx: &mut Ctx<'_>, n: &Node, path: &str) {
     match o.str(ctx, "strategy") {
         Some(s) if s.eq_ignore_ascii_case("always") => {}
         Some(s) if s.eq_ignore_ascii_case("random") || s.eq_ignore_ascii_case("external") => {
-            ctx.unsupported(
+            ctx.error(
                 o.get("strategy").unwrap_or(n),
                 &o.path_of("strategy"),
-                &format!("allocate strategy {s:?}"),
+                format!("{DYNAMIC_PORTS} (allocate strategy {s:?} here)"),
             );
         }
         Some(s) => ctx.error(
@@ -441,7 +460,7 @@ fn vmess_inbound(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<VmessInboundConfig> {
         if let Some(n) = o.get(key)
             && !is_noop(n)
         {
-            ctx.unsupported(n, &o.path_of(key), &format!("vmess {key:?} (dynamic ports)"));
+            ctx.error(n, &o.path_of(key), format!("{DYNAMIC_PORTS} (vmess {key:?} here)"));
         }
     }
     let mut cfg = VmessInboundConfig {
@@ -701,6 +720,16 @@ fn vmess_outbound(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<VmessOutboundConfig>
 }
 
 const ROUTING_KEYS: &[&str] = &["settings", "rules", "domainStrategy", "balancers"];
+
+/// The outbound tags a rule may name.
+pub(crate) struct KnownTags<'a> {
+    /// Outbounds and portals that were built.
+    pub tags: &'a [&'a str],
+    /// Outbounds that were refused (already reported).
+    pub refused: &'a [String],
+    /// The default outbound's tag ("" when untagged; None when there is no outbound at all).
+    pub default: Option<&'a str>,
+}
 const RULE_KEYS: &[&str] = &[
     "type",
     "outboundTag",
@@ -718,13 +747,17 @@ const RULE_KEYS: &[&str] = &[
     "attrs",
 ];
 
-fn build_routing(ctx: &mut Ctx<'_>, node: &Node, tags: &[&str]) -> RoutingConfig {
+fn build_routing(ctx: &mut Ctx<'_>, node: &Node, tags: &KnownTags<'_>) -> RoutingConfig {
     let mut cfg = RoutingConfig::default();
     let Some(o) = ctx.obj(node, "routing", ROUTING_KEYS) else { return cfg };
-    if let Some(b) = o.get("balancers")
-        && !is_noop(b)
-    {
-        ctx.unsupported(b, &o.path_of("balancers"), "\"balancers\"");
+    if let Some(list) = o.array(ctx, "balancers") {
+        for (i, b) in list.iter().enumerate() {
+            if let Some(bc) = build_balancer(ctx, b, &index(&o.path_of("balancers"), i), tags) {
+                // A later balancer with the same tag wins (4.34 keeps them in a map).
+                cfg.balancers.retain(|x| x.tag != bc.tag);
+                cfg.balancers.push(bc);
+            }
+        }
     }
     // Deprecated nested form: its rules come after the top-level ones, its strategy is a fallback.
     let nested = o.get("settings").and_then(|n| ctx.obj(n, &o.path_of("settings"), &["rules", "domainStrategy"]));
@@ -739,7 +772,7 @@ fn build_routing(ctx: &mut Ctx<'_>, node: &Node, tags: &[&str]) -> RoutingConfig
             "ipifnonmatch" | "ip_if_non_match" | "ip-if-non-match" => RoutingDomainStrategy::IpIfNonMatch,
             "ipondemand" | "ip_on_demand" | "ip-on-demand" => RoutingDomainStrategy::IpOnDemand,
             "alwaysip" | "always_ip" | "always-ip" => {
-                ctx.unsupported(n, &p, "domainStrategy \"AlwaysIP\"");
+                ctx.warn(n, &p, "domainStrategy \"AlwaysIP\" does nothing in V2Ray 4.34 (it routes as \"AsIs\"); oxray does the same");
                 RoutingDomainStrategy::AsIs
             }
             _ => RoutingDomainStrategy::AsIs,
@@ -749,9 +782,10 @@ fn build_routing(ctx: &mut Ctx<'_>, node: &Node, tags: &[&str]) -> RoutingConfig
     if let Some(s) = &nested {
         lists.push((s.array(ctx, "rules").unwrap_or_default(), s.path_of("rules")));
     }
+    let balancer_tags: Vec<String> = cfg.balancers.iter().map(|b| b.tag.clone()).collect();
     for (rules, base) in lists {
         for (i, r) in rules.iter().enumerate() {
-            if let Some(rule) = build_rule(ctx, r, &index(&base, i), tags) {
+            if let Some(rule) = build_rule(ctx, r, &index(&base, i), tags, &balancer_tags) {
                 cfg.rules.push(rule);
             }
         }
@@ -759,7 +793,13 @@ fn build_routing(ctx: &mut Ctx<'_>, node: &Node, tags: &[&str]) -> RoutingConfig
     cfg
 }
 
-fn build_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, tags: &[&str]) -> Option<RuleConfig> {
+fn build_rule(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    path: &str,
+    tags: &KnownTags<'_>,
+    balancers: &[String],
+) -> Option<RuleConfig> {
     let o = ctx.obj(node, path, RULE_KEYS)?;
     let ty = o.str(ctx, "type").unwrap_or_default();
     if !ty.eq_ignore_ascii_case("field") {
@@ -774,29 +814,48 @@ fn build_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, tags: &[&str]) -> Opti
     let mut rule = RuleConfig { path: path.to_string(), ..Default::default() };
     match o.str(ctx, "outboundTag").filter(|t| !t.is_empty()) {
         Some(t) => {
-            if !tags.contains(&t.as_str()) {
+            if !tags.tags.contains(&t.as_str()) && !tags.refused.contains(&t) {
+                // 4.34 loads this and, at run time, logs "non existing tag" and uses the default outbound.
                 let at = o.get("outboundTag").unwrap_or(node);
-                ctx.error(at, &o.path_of("outboundTag"), format!("outboundTag {t:?} names no outbound and no portal"));
-                ok = false;
+                let fallback = match tags.default {
+                    Some(d) if !d.is_empty() => format!("the default outbound {d:?}"),
+                    Some(_) => "the default (first) outbound".to_string(),
+                    None => "no outbound (there is none), so they fail".to_string(),
+                };
+                ctx.warn(
+                    at,
+                    &o.path_of("outboundTag"),
+                    format!(
+                        "outboundTag {t:?} names no outbound and no portal: this rule's connections go to {fallback}, as in V2Ray 4.34"
+                    ),
+                );
             }
             rule.outbound_tag = t;
         }
-        None => {
-            ok = false;
-            match o.get("balancerTag") {
-                Some(b) if !is_noop(b) => ctx.unsupported(b, &o.path_of("balancerTag"), "\"balancerTag\""),
-                _ => ctx.error(
+        // With both, 4.34 takes outboundTag and ignores the balancer.
+        None => match o.str(ctx, "balancerTag").filter(|t| !t.is_empty()) {
+            Some(b) => {
+                if !balancers.contains(&b) {
+                    let at = o.get("balancerTag").unwrap_or(node);
+                    ctx.error(at, &o.path_of("balancerTag"), format!("balancer {b} not found"));
+                    ok = false;
+                }
+                rule.balancer_tag = b;
+            }
+            None => {
+                ok = false;
+                ctx.error(
                     node,
                     &o.path_of("outboundTag"),
                     "neither outboundTag nor balancerTag is specified in routing rule",
-                ),
+                );
             }
-        }
+        },
     }
     for key in ["domain", "domains"] {
         if let Some(n) = o.get(key) {
             for (s, at, p) in ctx.string_list(n, &o.path_of(key)).unwrap_or_default() {
-                match domain_matcher(&s) {
+                match domain_entry(ctx, &s) {
                     Ok(m) => rule.domain.push(m),
                     Err(e) => {
                         ctx.error(at, &p, e);
@@ -806,15 +865,19 @@ fn build_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, tags: &[&str]) -> Opti
             }
         }
     }
-    for (key, out) in [("ip", &mut rule.ip), ("source", &mut rule.source)] {
+    for (key, out, geo_out) in
+        [("ip", &mut rule.ip, &mut rule.geoip), ("source", &mut rule.source, &mut rule.source_geoip)]
+    {
         if let Some(n) = o.get(key) {
             for (s, at, p) in ctx.string_list(n, &o.path_of(key)).unwrap_or_default() {
-                match ip_matcher(&s) {
-                    Ok(net) => out.push(net),
-                    Err(e) => {
-                        ctx.error(at, &p, e);
-                        ok = false;
-                    }
+                let r = match geo::ip_ref(&s) {
+                    Some(Ok(g)) => ctx.geo.ip(&s, &g.file, &g.code).map(|l| geo_out.push(l)).map_err(|e| e.to_string()),
+                    Some(Err(e)) => Err(e),
+                    None => parse_cidr(&s).map(|net| out.push(net)),
+                };
+                if let Err(e) = r {
+                    ctx.error(at, &p, e);
+                    ok = false;
                 }
             }
         }
@@ -854,21 +917,26 @@ fn build_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, tags: &[&str]) -> Opti
             out.extend(ctx.string_list(n, &o.path_of(key)).unwrap_or_default().into_iter().map(|(s, _, _)| s));
         }
     }
+    // 4.34 fills attributes only for plain-HTTP requests through the `http` inbound, which oxray does
+    // not have: accepted, and the rule never matches (as in 4.34 for every other inbound).
     if let Some(n) = o.get("attrs")
-        && !is_noop(n)
+        && let Some(a) = ctx.string(n, &o.path_of("attrs"))
+        && !a.is_empty()
     {
-        ctx.unsupported(n, &o.path_of("attrs"), "\"attrs\" (needs sniffed HTTP attributes)");
-        ok = false;
+        rule.attrs = Some(a);
     }
     let has_condition = !rule.domain.is_empty()
         || !rule.ip.is_empty()
+        || !rule.geoip.is_empty()
+        || !rule.source_geoip.is_empty()
         || rule.port.is_some()
         || rule.source_port.is_some()
         || rule.network.is_some()
         || !rule.source.is_empty()
         || !rule.user.is_empty()
         || !rule.inbound_tag.is_empty()
-        || !rule.protocol.is_empty();
+        || !rule.protocol.is_empty()
+        || rule.attrs.is_some();
     if ok && !has_condition {
         ctx.error(node, path, "this rule has no effective fields (it needs at least one condition)");
         ok = false;
@@ -876,15 +944,68 @@ fn build_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, tags: &[&str]) -> Opti
     ok.then_some(rule)
 }
 
-/// One `domain` entry (`router.go parseDomainRule`).
-pub(crate) fn domain_matcher(s: &str) -> Result<DomainMatcher, String> {
-    for prefix in ["geosite:", "ext:", "ext-domain:"] {
-        if s.starts_with(prefix) {
-            return Err(format!("domain rule {s:?} is not supported yet by oxray (needs geosite.dat)"));
-        }
+/// One `routing.balancers` entry (`router.go BalancingRule.Build`).
+fn build_balancer(ctx: &mut Ctx<'_>, node: &Node, path: &str, tags: &KnownTags<'_>) -> Option<BalancerConfig> {
+    let o = ctx.obj(node, path, &["tag", "selector"])?;
+    let tag = o.str(ctx, "tag").unwrap_or_default();
+    if tag.is_empty() {
+        ctx.error(o.get("tag").unwrap_or(node), &o.path_of("tag"), "empty balancer tag");
+        return None;
     }
-    if s.starts_with("dotless:") {
-        return Err(format!("domain rule {s:?} is not supported yet by oxray (dotless:)"));
+    let selector: Vec<String> = match o.get("selector") {
+        Some(n) => ctx.string_list(n, &o.path_of("selector"))?.into_iter().map(|(s, _, _)| s).collect(),
+        None => Vec::new(),
+    };
+    if selector.is_empty() {
+        ctx.error(o.get("selector").unwrap_or(node), &o.path_of("selector"), "empty selector list");
+        return None;
+    }
+    // Prefixes, case-sensitive; "" selects every tagged handler (the default and portals included).
+    let candidates: Vec<String> = tags
+        .tags
+        .iter()
+        .filter(|t| selector.iter().any(|s| t.starts_with(s.as_str())))
+        .map(|t| t.to_string())
+        .collect();
+    if candidates.is_empty() {
+        let at = o.get("selector").unwrap_or(node);
+        ctx.warn(
+            at,
+            &o.path_of("selector"),
+            format!("balancer {tag:?} selects no outbound (selectors are case-sensitive tag prefixes): its rules' connections go to the default outbound, as in V2Ray 4.34"),
+        );
+    }
+    Some(BalancerConfig { tag, selector, candidates })
+}
+
+/// One `domain` entry, geo lists included (read through `ctx.geo`, once per file and list).
+pub(crate) fn domain_entry(ctx: &mut Ctx<'_>, s: &str) -> Result<DomainMatcher, String> {
+    match geo::site_ref(s) {
+        Some(Ok(g)) => ctx.geo.site(s, &g.file, &g.code, &g.attrs).map(DomainMatcher::Geo).map_err(|e| e.to_string()),
+        Some(Err(e)) => Err(e),
+        None => domain_matcher(s),
+    }
+}
+
+/// One `domain` entry that is not a geo list (`router.go parseDomainRule`).
+pub(crate) fn domain_matcher(s: &str) -> Result<DomainMatcher, String> {
+    if geo::site_ref(s).is_some() {
+        return Err(format!("{s:?}: a geosite list is not allowed here"));
+    }
+    if let Some(sub) = s.strip_prefix("dotless:") {
+        // 4.34 turns it into a regexp: names without a dot (containing `sub`, itself a regexp there).
+        if sub.contains('.') {
+            return Err(format!("substr in dotless rule should not contain a dot: {sub:?}"));
+        }
+        let re = format!("^[^.]*{sub}[^.]*$");
+        return regex::Regex::new(&re)
+            .map(|_| DomainMatcher::Regexp(re))
+            .map_err(|e| format!("invalid dotless rule {s:?}: {e}"));
+    }
+    for (prefix, what) in [("domain:", "domain"), ("full:", "full"), ("keyword:", "keyword"), ("regexp:", "regexp")] {
+        if s == prefix {
+            return Err(format!("empty {what} type of rule: {s:?}"));
+        }
     }
     if let Some(re) = s.strip_prefix("regexp:") {
         return regex::Regex::new(re).map(|_| DomainMatcher::Regexp(re.to_string())).map_err(|e| {
@@ -900,16 +1021,6 @@ pub(crate) fn domain_matcher(s: &str) -> Result<DomainMatcher, String> {
     } else {
         DomainMatcher::Keyword(s.to_string())
     })
-}
-
-/// One `ip`/`source` entry (`router.go toCidrList`).
-pub(crate) fn ip_matcher(s: &str) -> Result<ipnet::IpNet, String> {
-    for prefix in ["geoip:", "ext:", "ext-ip:"] {
-        if s.starts_with(prefix) {
-            return Err(format!("IP rule {s:?} is not supported yet by oxray (needs geoip.dat)"));
-        }
-    }
-    parse_cidr(s)
 }
 
 fn build_policy(ctx: &mut Ctx<'_>, node: &Node) -> PolicyConfig {
@@ -1055,4 +1166,14 @@ fn tuning(ctx: &mut Ctx<'_>, e: &Obj<'_>) -> ReverseTuning {
         t.connect_timeout = Duration::from_secs(v.into());
     }
     t
+}
+
+/// One plain CIDR/IP entry where geo lists are not wired in (the `dns` object's `expectIPs`).
+pub(crate) fn ip_matcher(s: &str) -> Result<ipnet::IpNet, String> {
+    for prefix in ["geoip:", "ext:", "ext-ip:"] {
+        if s.starts_with(prefix) {
+            return Err(format!("{s:?}: geoip lists in the dns object are not supported yet by oxray (use CIDRs)"));
+        }
+    }
+    parse_cidr(s)
 }

@@ -138,6 +138,13 @@ impl Resolver {
                     DomainMatcher::Regexp(x) => Priority::Regexp(
                         regex::Regex::new(x).map_err(|e| DnsError { path: s.path.clone(), message: e.to_string() })?,
                     ),
+                    // The dns loader refuses geosite entries (domain_matcher), so none reach here.
+                    DomainMatcher::Geo(_) => {
+                        return Err(DnsError {
+                            path: s.path.clone(),
+                            message: "geosite lists in dns domains are not supported yet by oxray".into(),
+                        });
+                    }
                 };
                 priority.push((i, p));
             }

@@ -197,8 +197,14 @@ impl DomainIndex {
         for (rule, list) in rules.iter().enumerate() {
             let id =
                 u32::try_from(rule).map_err(|_| BuildError { rule, entry: None, message: "too many rules".into() })?;
-            for (entry, m) in list.iter().enumerate() {
+            // A geosite list's entries count as the rule's own (its index names the list entry).
+            let flat = list.iter().enumerate().flat_map(|(entry, m)| match m {
+                DomainMatcher::Geo(g) => g.entries.iter().map(|e| (entry, e)).collect::<Vec<_>>(),
+                m => vec![(entry, m)],
+            });
+            for (entry, m) in flat {
                 match m {
+                    DomainMatcher::Geo(_) => {}
                     DomainMatcher::Full(s) => full.add(&Box::from(s.as_str()), id),
                     DomainMatcher::Domain(s) => suffix.add(&Box::from(s.as_str()), id),
                     DomainMatcher::Keyword(s) if s.is_empty() => {

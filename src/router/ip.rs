@@ -116,6 +116,26 @@ impl IpSet {
             IpAddr::V6(v6) => self.v6.contains(u128::from(v6)),
         }
     }
+}
+
+/// An `ip`/`source` condition: the rule's own CIDRs plus shared geoip lists.
+#[derive(Debug)]
+pub(crate) struct IpCond {
+    own: IpSet,
+    geo: Box<[std::sync::Arc<super::geo::GeoIpList>]>,
+}
+
+impl IpCond {
+    /// None when the rule has no such condition.
+    pub(crate) fn new(nets: &[IpNet], geo: &[std::sync::Arc<super::geo::GeoIpList>]) -> Option<IpCond> {
+        (!nets.is_empty() || !geo.is_empty()).then(|| IpCond { own: IpSet::new(nets), geo: geo.into() })
+    }
+
+    /// True if `ip` is in the CIDRs or in one of the lists.
+    #[inline]
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
+        self.own.contains(ip) || self.geo.iter().any(|g| g.contains(ip))
+    }
 
     /// True if any of `ips` is in the set.
     #[inline]

@@ -6,6 +6,8 @@
 //! that have no `domain` condition, and the remaining conditions are checked on each candidate in turn.
 
 mod domain;
+pub mod explain;
+pub mod geo;
 mod ip;
 #[cfg(test)]
 mod tests;
@@ -19,7 +21,7 @@ use crate::dns::{Family, Resolver};
 use crate::session::{Address, Network, Session, canonical_ip};
 
 use domain::{DomainIndex, IdBuf};
-use ip::{IpSet, PortSet, port_set};
+use ip::{IpCond, PortSet, port_set};
 
 /// Why routing rules could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +65,14 @@ struct Rule {
     network: Option<NetworkList>,
     port: Option<PortSet>,
     source_port: Option<PortSet>,
-    source: Option<IpSet>,
-    ip: Option<IpSet>,
+    source: Option<IpCond>,
+    ip: Option<IpCond>,
+    /// Has a `domain` condition (kept in the index).
+    has_domain: bool,
+    /// Can never match (a `protocol` condition: oxray does not sniff).
+    dead: bool,
+    /// `balancerTag` (index into `Router::balancers`) when the rule has no `outboundTag`.
+    balancer: Option<u32>,
 }
 
 impl Rule {
@@ -109,6 +117,9 @@ impl Rule {
     }
 }
 
+/// A balancer: its tag and the outbound tags it picks from.
+type Balancer = (Box<str>, Box<[Box<str>]>);
+
 /// Compiled routing rules.
 pub struct Router {
     strategy: RoutingDomainStrategy,
@@ -121,6 +132,10 @@ pub struct Router {
     any_ip: bool,
     /// The `dns` object's resolver (None: the system resolver).
     resolver: Option<Arc<Resolver>>,
+    /// `routing.balancers`: tag and the outbound tags it picks from.
+    balancers: Vec<Balancer>,
+    /// State of the balancers' random picks.
+    rng: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Router {
@@ -143,12 +158,15 @@ fn invalid(rule: &RuleConfig, index: usize, message: impl Into<String>) -> Route
 fn only_domain(r: &RuleConfig) -> bool {
     r.inbound_tag.is_empty()
         && r.ip.is_empty()
+        && r.geoip.is_empty()
+        && r.source_geoip.is_empty()
         && r.port.is_none()
         && r.source_port.is_none()
         && r.network.is_none()
         && r.source.is_empty()
         && r.user.is_empty()
         && r.protocol.is_empty()
+        && r.attrs.is_none()
 }
 
 impl Router {
@@ -165,7 +183,7 @@ impl Router {
                 return Err(invalid(r, i, "this rule has no effective fields"));
             }
             // oxray does not sniff: a `protocol` condition can never hold, so the rule is dead.
-            let dead = !r.protocol.is_empty();
+            let dead = !r.protocol.is_empty() || r.attrs.is_some();
             rules.push(Rule {
                 outbound_tag: Box::from(r.outbound_tag.as_str()),
                 inbound_tag: StringSet::new(&r.inbound_tag),
@@ -173,8 +191,15 @@ impl Router {
                 network: r.network,
                 port: r.port.as_ref().map(port_set),
                 source_port: r.source_port.as_ref().map(port_set),
-                source: (!r.source.is_empty()).then(|| IpSet::new(&r.source)),
-                ip: (!r.ip.is_empty()).then(|| IpSet::new(&r.ip)),
+                source: IpCond::new(&r.source, &r.source_geoip),
+                ip: IpCond::new(&r.ip, &r.geoip),
+                has_domain: !r.domain.is_empty(),
+                dead,
+                balancer: if r.outbound_tag.is_empty() {
+                    config.balancers.iter().rposition(|b| b.tag == r.balancer_tag).map(|i| i as u32)
+                } else {
+                    None
+                },
             });
             // A dead rule gets an empty domain list, so the index never names it.
             domain_lists.push(if dead { &[] } else { &r.domain });
@@ -182,7 +207,7 @@ impl Router {
             if !dead && r.domain.is_empty() {
                 no_domain.push(id);
             }
-            any_ip |= !dead && !r.ip.is_empty();
+            any_ip |= !dead && (!r.ip.is_empty() || !r.geoip.is_empty());
         }
         let domains = DomainIndex::new(&domain_lists, terminal).map_err(|e| {
             let rule = &config.rules[e.rule.min(config.rules.len().saturating_sub(1))];
@@ -192,7 +217,24 @@ impl Router {
             }
             err
         })?;
-        Ok(Router { strategy: config.domain_strategy, rules, no_domain, domains, any_ip, resolver: None })
+        let balancers = config
+            .balancers
+            .iter()
+            .map(|b| (Box::from(b.tag.as_str()), b.candidates.iter().map(|c| Box::from(c.as_str())).collect()))
+            .collect();
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let rng = std::sync::atomic::AtomicU64::new(seed ^ (std::process::id() as u64) << 32);
+        Ok(Router {
+            strategy: config.domain_strategy,
+            rules,
+            no_domain,
+            domains,
+            any_ip,
+            resolver: None,
+            balancers,
+            rng,
+        })
     }
 
     /// Resolves for `IPIfNonMatch`/`IPOnDemand` through the `dns` object's resolver.
@@ -227,9 +269,13 @@ impl Router {
 
     /// An IP target: no resolution, no `domain` rule can match.
     fn pick_ip(&self, s: &Session, ip: IpAddr) -> Option<&str> {
-        self.no_domain.iter().map(|&id| &self.rules[id as usize]).find_map(|r| {
-            (r.check_static(s) && r.ip.as_ref().is_none_or(|set| set.contains(ip))).then_some(&*r.outbound_tag)
-        })
+        self.no_domain
+            .iter()
+            .map(|&id| &self.rules[id as usize])
+            .find_map(|r| {
+                (r.check_static(s) && r.ip.as_ref().is_none_or(|set| set.contains(ip))).then(|| self.target(r))
+            })
+            .flatten()
     }
 
     async fn pick_domain(&self, s: &Session, domain: &str) -> Option<&str> {
@@ -242,14 +288,14 @@ impl Router {
             if !r.check_static(s) {
                 continue;
             }
-            let Some(set) = &r.ip else { return Some(&r.outbound_tag) };
+            let Some(set) = &r.ip else { return self.target(r) };
             // A domain target has no IP unless the strategy resolves it on demand.
             if self.strategy == RoutingDomainStrategy::IpOnDemand && !domain.is_empty() {
                 if resolved.is_none() {
                     resolved = Some(self.resolve(s, domain).await);
                 }
                 if resolved.as_deref().is_some_and(|ips| set.contains_any(ips)) {
-                    return Some(&r.outbound_tag);
+                    return self.target(r);
                 }
             }
         }
@@ -262,10 +308,39 @@ impl Router {
         if ips.is_empty() {
             return None;
         }
-        merge(matched, &self.no_domain).map(|id| &self.rules[id as usize]).find_map(|r| {
-            let set = r.ip.as_ref()?;
-            (r.check_static(s) && set.contains_any(&ips)).then_some(&*r.outbound_tag)
-        })
+        merge(matched, &self.no_domain)
+            .map(|id| &self.rules[id as usize])
+            .find_map(|r| {
+                let set = r.ip.as_ref()?;
+                (r.check_static(s) && set.contains_any(&ips)).then(|| self.target(r))
+            })
+            .flatten()
+    }
+
+    /// Where a matching rule sends the connection: its outbound, or a balancer's random pick (None when
+    /// the balancer selects nothing: the default outbound, as in 4.34).
+    fn target<'a>(&'a self, r: &'a Rule) -> Option<&'a str> {
+        let Some(b) = r.balancer else { return Some(&r.outbound_tag) };
+        let candidates = &self.balancers.get(b as usize)?.1;
+        if candidates.is_empty() {
+            return None;
+        }
+        Some(&candidates[self.next_random(candidates.len())])
+    }
+
+    /// Uniform in 0..n (4.34 picks with Go's math/rand). splitmix64 over a per-router counter: no lock,
+    /// no global state, and unpredictability does not matter here.
+    fn next_random(&self, n: usize) -> usize {
+        let mut z = self.rng.fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((u128::from(z) * n as u128) >> 64) as usize
+    }
+
+    /// The balancers (tag, candidate outbound tags), in config order.
+    pub fn balancers(&self) -> impl Iterator<Item = (&str, &[Box<str>])> {
+        self.balancers.iter().map(|(t, c)| (&**t, &**c))
     }
 }
 

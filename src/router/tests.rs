@@ -23,7 +23,7 @@ fn nets(list: &[&str]) -> Vec<IpNet> {
 }
 
 fn router(strategy: RoutingDomainStrategy, rules: Vec<RuleConfig>) -> Router {
-    Router::new(&RoutingConfig { domain_strategy: strategy, rules }).unwrap()
+    Router::new(&RoutingConfig { domain_strategy: strategy, rules, ..Default::default() }).unwrap()
 }
 
 fn as_is(rules: Vec<RuleConfig>) -> Router {
@@ -367,6 +367,7 @@ fn naive_domain(m: &DomainMatcher, d: &str) -> bool {
         Full(f) => d == f,
         Domain(p) => d.ends_with(p.as_str()) && (d.len() == p.len() || d.as_bytes()[d.len() - p.len() - 1] == b'.'),
         Regexp(re) => regex::Regex::new(re).unwrap().is_match(d),
+        DomainMatcher::Geo(g) => g.entries.iter().any(|e| naive_domain(e, d)),
     }
 }
 
