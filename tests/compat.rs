@@ -88,12 +88,12 @@ fn cases() -> Vec<(&'static str, String, Want)> {
         (
             "kcp settings with tcp",
             "{\"outbounds\": [{\"protocol\": \"freedom\", \"streamSettings\": {\"network\": \"tcp\", \"kcpSettings\": {\"mtu\": 1350}}}]}".to_string(),
-            Warn("\"kcpSettings\" is ignored because the network is \"tcp\""),
+            Warn("\"kcpSettings\" is ignored: oxray runs only tcp and ws"),
         ),
         (
             "tls settings without tls",
             "{\"outbounds\": [{\"protocol\": \"freedom\", \"streamSettings\": {\"tlsSettings\": {\"serverName\": \"a.example\"}}}]}".to_string(),
-            Warn("\"tlsSettings\" is ignored because security is not \"tls\""),
+            Warn("ignored: \"security\" is not \"tls\""),
         ),
         (
             "typo in freedom settings",
