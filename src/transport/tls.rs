@@ -174,47 +174,15 @@ impl TlsServer {
     }
 }
 
-/// Accepts any certificate (`allowInsecure`), still checking handshake signatures.
+/// A verifier whose verdict on the certificate is fixed: `allowInsecure` accepts any certificate;
+/// `disableSystemRoot` with no certificate listed trusts nothing. Handshake signatures are still checked.
 #[derive(Debug)]
-struct NoVerify(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
+struct FixedVerdict {
+    algs: WebPkiSupportedAlgorithms,
+    accept: bool,
 }
 
-/// Refuses every certificate: `disableSystemRoot` with no certificate listed (nothing to trust).
-#[derive(Debug)]
-struct TrustNothing(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for TrustNothing {
+impl ServerCertVerifier for FixedVerdict {
     fn verify_server_cert(
         &self,
         _end_entity: &CertificateDer<'_>,
@@ -223,26 +191,30 @@ impl ServerCertVerifier for TrustNothing {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Err(rustls::Error::General("no trusted root: disableSystemRoot is set and no certificate is listed".into()))
+        if self.accept {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("no trusted root: disableSystemRoot is set and no certificate is listed".into()))
+        }
     }
     fn verify_tls12_signature(
         &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
     }
     fn verify_tls13_signature(
         &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
+        self.algs.supported_schemes()
     }
 }
 
@@ -265,7 +237,7 @@ impl TlsClient {
         let provider = provider();
         let algs = provider.signature_verification_algorithms;
         let verifier: Arc<dyn ServerCertVerifier> = if s.allow_insecure {
-            Arc::new(NoVerify(algs))
+            Arc::new(FixedVerdict { algs, accept: true })
         } else {
             let mut roots = RootCertStore::empty();
             if !s.disable_system_root {
@@ -282,7 +254,7 @@ impl TlsClient {
                 roots.add_parsable_certificates(ders);
             }
             if roots.is_empty() {
-                Arc::new(TrustNothing(algs))
+                Arc::new(FixedVerdict { algs, accept: false })
             } else {
                 match rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .build()
@@ -290,7 +262,7 @@ impl TlsClient {
                     Ok(v) => v,
                     Err(e) => {
                         warn!("tlsSettings: cannot build the certificate verifier: {e}");
-                        Arc::new(TrustNothing(algs))
+                        Arc::new(FixedVerdict { algs, accept: false })
                     }
                 }
             }
