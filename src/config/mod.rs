@@ -3,6 +3,7 @@
 mod ctx;
 mod dns;
 mod json;
+mod proxies;
 mod strip;
 mod types;
 mod validate;
@@ -18,6 +19,7 @@ use validate::{Merged, TOP_KEYS};
 #[cfg(test)]
 pub(crate) use dns::host_matcher;
 pub use dns::{DnsConfig, DnsOutboundConfig, DnsServerConfig, DnsServerKind, HostEntry, HostMatcher, HostValue};
+pub use proxies::{Account, HttpInboundConfig, ProxyClientConfig, ProxyServer, ProxyUser, SocksInboundConfig};
 pub use types::*;
 
 /// One problem found in a configuration, with where it is.

@@ -132,6 +132,10 @@ pub enum InboundProtocol {
     Dokodemo(DokodemoConfig),
     /// `vmess`.
     Vmess(VmessInboundConfig),
+    /// `socks`.
+    Socks(super::SocksInboundConfig),
+    /// `http`.
+    Http(super::HttpInboundConfig),
 }
 
 /// `dokodemo-door` settings.
@@ -205,6 +209,10 @@ pub enum OutboundProtocol {
     Vmess(VmessOutboundConfig),
     /// `dns`.
     Dns(super::DnsOutboundConfig),
+    /// `socks`.
+    Socks(super::ProxyClientConfig),
+    /// `http`.
+    Http(super::ProxyClientConfig),
 }
 
 /// `freedom.domainStrategy`.

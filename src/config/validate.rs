@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::ctx::{Ctx, Obj, index, is_noop, join};
 use super::json::{Node, Value};
+use super::proxies;
 use super::types::*;
 use super::values::{parse_cidr, parse_port_list, parse_port_range, parse_uuid, split_host_port};
 use crate::session::Address;
@@ -272,6 +273,12 @@ fn build_inbound(ctx: &mut Ctx<'_>, node: &Node, path: &str, legacy_port: Option
         Some("vmess") => {
             settings(ctx, &o, VMESS_IN_KEYS).and_then(|s| vmess_inbound(ctx, &s)).map(InboundProtocol::Vmess)
         }
+        Some("socks") => settings(ctx, &o, proxies::SOCKS_IN_KEYS)
+            .and_then(|s| proxies::socks_inbound(ctx, &s))
+            .map(InboundProtocol::Socks),
+        Some("http") => settings(ctx, &o, proxies::HTTP_IN_KEYS)
+            .and_then(|s| proxies::http_inbound(ctx, &s))
+            .map(InboundProtocol::Http),
         Some(other) => {
             unknown_protocol(ctx, &o, other, KNOWN_INBOUND_PROTOCOLS);
             None
@@ -584,6 +591,12 @@ fn build_outbound(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Outbound
         Some("dns") => settings(ctx, &o, super::dns::DNS_OUT_KEYS)
             .and_then(|s| super::dns::dns_outbound(ctx, &s))
             .map(OutboundProtocol::Dns),
+        Some("socks") => settings(ctx, &o, proxies::PROXY_OUT_KEYS)
+            .and_then(|s| proxies::proxy_client(ctx, &s, "socks"))
+            .map(OutboundProtocol::Socks),
+        Some("http") => settings(ctx, &o, proxies::PROXY_OUT_KEYS)
+            .and_then(|s| proxies::proxy_client(ctx, &s, "http"))
+            .map(OutboundProtocol::Http),
         Some(other) => {
             unknown_protocol(ctx, &o, other, KNOWN_OUTBOUND_PROTOCOLS);
             None
