@@ -19,6 +19,7 @@ use crate::proxy::blackhole::Blackhole;
 use crate::proxy::dns::DnsOutbound;
 use crate::proxy::dokodemo::Dokodemo;
 use crate::proxy::freedom::Freedom;
+use crate::proxy::http::{HttpInbound, HttpOutbound};
 use crate::proxy::muxed::Muxed;
 use crate::proxy::socks::{SocksInbound, SocksOutbound};
 use crate::proxy::vmess::{VmessInbound, VmessOutbound};
@@ -112,9 +113,7 @@ impl Instance {
                 OutboundProtocol::Blackhole(b) => Arc::new(Blackhole::new(b.clone())),
                 OutboundProtocol::Vmess(v) => Arc::new(VmessOutbound::new(v.clone(), &ob.stream, ob.send_through)),
                 OutboundProtocol::Socks(c) => Arc::new(SocksOutbound::new(c.clone(), &ob.stream, ob.send_through)),
-                OutboundProtocol::Http(_) => {
-                    return Err(InstanceError::Handler { path: ob.path.clone(), message: "http: TODO".into() });
-                }
+                OutboundProtocol::Http(c) => Arc::new(HttpOutbound::new(c.clone(), &ob.stream, ob.send_through)),
             };
             let handler: Arc<dyn Outbound> = match ob.mux {
                 Some(mux) => Arc::new(Muxed::new(handler, mux)),
@@ -151,9 +150,7 @@ impl Instance {
             let handler: Arc<dyn Inbound> = match &ib.protocol {
                 InboundProtocol::Dokodemo(d) => Arc::new(Dokodemo::new(ib.tag.clone(), d.clone())),
                 InboundProtocol::Socks(s) => Arc::new(SocksInbound::new(ib.tag.clone(), ib.listen, s.clone())),
-                InboundProtocol::Http(_) => {
-                    return Err(InstanceError::Handler { path: ib.path.clone(), message: "http: TODO".into() });
-                }
+                InboundProtocol::Http(h) => Arc::new(HttpInbound::new(ib.tag.clone(), h.clone())),
                 InboundProtocol::Vmess(v) => Arc::new(
                     VmessInbound::new(ib.tag.clone(), v.clone())
                         .map_err(|e| InstanceError::Handler { path: ib.path.clone(), message: e.to_string() })?,

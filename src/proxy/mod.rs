@@ -5,6 +5,7 @@ pub mod blackhole;
 pub mod dns;
 pub mod dokodemo;
 pub mod freedom;
+pub mod http;
 pub mod muxed;
 pub mod prefixed;
 pub mod socks;
