@@ -42,10 +42,24 @@ const BROKEN: &[Case] = &[
     ),
     (
         "unknown protocol",
-        "{\"outbounds\": [\n  {\"protocol\": \"socks\"}\n]}",
+        "{\"outbounds\": [\n  {\"protocol\": \"mtproto\"}\n]}",
         "outbounds[0].protocol",
         (2, 16),
-        "protocol \"socks\" is not supported yet",
+        "protocol \"mtproto\" is not supported yet",
+    ),
+    (
+        "socks outbound without servers",
+        "{\"outbounds\": [\n  {\"protocol\": \"socks\", \"settings\": {}}\n]}",
+        "outbounds[0].settings.servers",
+        (2, 37),
+        "0 target server",
+    ),
+    (
+        "unknown socks auth",
+        "{\"inbounds\": [{\"port\": 1, \"protocol\": \"socks\", \"settings\": {\"auth\": \"gssapi\"}}]}",
+        "inbounds[0].settings.auth",
+        (1, 69),
+        "unknown socks auth \"gssapi\"",
     ),
     (
         "made-up protocol",
@@ -264,7 +278,7 @@ fn bad_uuid_is_never_echoed() {
 #[test]
 fn all_errors_are_reported_together() {
     let text = r#"{
-  "inbounds": [{"port": "x", "protocol": "socks"}],
+  "inbounds": [{"port": "x", "protocol": "mtproto"}],
   "outbounds": [{"protocol": "freedom", "tag": "out", "settings": {"redirect": "nope"}}],
   "routing": {"rules": [{"type": "field", "outboundTag": "gone", "ip": "geoip:cn"}]},
   "reverse": {"bridges": [{"tag": "", "domain": ""}]}
@@ -416,7 +430,7 @@ fn files_merge_like_v2ray() {
     assert_eq!(c.routing.rules.len(), 1, "routing kept from the first file");
 
     // Errors name the file they are in.
-    let bad = common::write_file(&dir, "bad.json", "{\n  \"outbounds\": [{\"protocol\": \"http\"}]\n}");
+    let bad = common::write_file(&dir, "bad.json", "{\n  \"outbounds\": [{\"protocol\": \"mtproto\"}]\n}");
     let errs = load_files(&[&base, &bad]).unwrap_err().0;
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert!(errs[0].file.ends_with("bad.json"));
