@@ -21,6 +21,7 @@ use crate::proxy::dokodemo::Dokodemo;
 use crate::proxy::freedom::Freedom;
 use crate::proxy::http::{HttpInbound, HttpOutbound};
 use crate::proxy::muxed::Muxed;
+use crate::proxy::shadowsocks::{ShadowsocksInbound, ShadowsocksOutbound};
 use crate::proxy::socks::{SocksInbound, SocksOutbound};
 use crate::proxy::vmess::{VmessInbound, VmessOutbound};
 use crate::proxy::{Inbound, Outbound};
@@ -114,6 +115,7 @@ impl Instance {
                 OutboundProtocol::Vmess(v) => Arc::new(VmessOutbound::new(v.clone(), &ob.stream, ob.send_through)),
                 OutboundProtocol::Socks(c) => Arc::new(SocksOutbound::new(c.clone(), &ob.stream, ob.send_through)),
                 OutboundProtocol::Http(c) => Arc::new(HttpOutbound::new(c.clone(), &ob.stream, ob.send_through)),
+                OutboundProtocol::Shadowsocks(c) => Arc::new(ShadowsocksOutbound::new(c, &ob.stream, ob.send_through)),
             };
             let handler: Arc<dyn Outbound> = match ob.mux {
                 Some(mux) => Arc::new(Muxed::new(handler, mux)),
@@ -151,6 +153,7 @@ impl Instance {
                 InboundProtocol::Dokodemo(d) => Arc::new(Dokodemo::new(ib.tag.clone(), d.clone())),
                 InboundProtocol::Socks(s) => Arc::new(SocksInbound::new(ib.tag.clone(), ib.listen, s.clone())),
                 InboundProtocol::Http(h) => Arc::new(HttpInbound::new(ib.tag.clone(), h.clone())),
+                InboundProtocol::Shadowsocks(c) => Arc::new(ShadowsocksInbound::new(ib.tag.clone(), c)),
                 InboundProtocol::Vmess(v) => Arc::new(
                     VmessInbound::new(ib.tag.clone(), v.clone())
                         .map_err(|e| InstanceError::Handler { path: ib.path.clone(), message: e.to_string() })?,

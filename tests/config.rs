@@ -55,6 +55,20 @@ const BROKEN: &[Case] = &[
         "0 target server",
     ),
     (
+        "shadowsocks stream cipher",
+        "{\"inbounds\": [{\"port\": 1, \"protocol\": \"shadowsocks\",\n  \"settings\": {\"method\": \"aes-256-cfb\", \"password\": \"p\"}}]}",
+        "inbounds[0].settings.method",
+        (2, 26),
+        "unknown cipher method: \"aes-256-cfb\" (stream ciphers",
+    ),
+    (
+        "shadowsocks multi-user",
+        "{\"inbounds\": [{\"port\": 1, \"protocol\": \"shadowsocks\",\n  \"settings\": {\"method\": \"aes-128-gcm\", \"password\": \"p\", \"clients\": []}}]}",
+        "inbounds[0].settings.clients",
+        (2, 69),
+        "multi-user \"clients\"",
+    ),
+    (
         "unknown socks auth",
         "{\"inbounds\": [{\"port\": 1, \"protocol\": \"socks\", \"settings\": {\"auth\": \"gssapi\"}}]}",
         "inbounds[0].settings.auth",

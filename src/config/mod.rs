@@ -20,6 +20,10 @@ use validate::{Merged, TOP_KEYS};
 pub(crate) use dns::host_matcher;
 pub use dns::{DnsConfig, DnsOutboundConfig, DnsServerConfig, DnsServerKind, HostEntry, HostMatcher, HostValue};
 pub use proxies::{Account, HttpInboundConfig, ProxyClientConfig, ProxyServer, ProxyUser, SocksInboundConfig};
+pub use proxies::{
+    Account, HttpInboundConfig, ProxyClientConfig, ProxyServer, ProxyUser, ShadowsocksClientConfig,
+    ShadowsocksInboundConfig, ShadowsocksMethod, ShadowsocksServer, SocksInboundConfig,
+};
 pub use types::*;
 
 /// One problem found in a configuration, with where it is.

@@ -193,3 +193,142 @@ pub(crate) fn proxy_client(ctx: &mut Ctx<'_>, o: &Obj<'_>, what: &str) -> Option
     }
     ok.then_some(ProxyClientConfig { servers })
 }
+
+pub use crate::proxy::shadowsocks::codec::Method as ShadowsocksMethod;
+
+/// `shadowsocks` inbound settings (one user per inbound, as 4.34).
+#[derive(Debug, Clone)]
+pub struct ShadowsocksInboundConfig {
+    /// `method`.
+    pub method: ShadowsocksMethod,
+    /// `password`.
+    pub password: String,
+    /// `level` (0–255).
+    pub level: u32,
+    /// `email`.
+    pub email: Option<String>,
+}
+
+/// One `servers` entry of a shadowsocks outbound.
+#[derive(Debug, Clone)]
+pub struct ShadowsocksServer {
+    /// `address`.
+    pub address: Address,
+    /// `port`.
+    pub port: u16,
+    /// `method`.
+    pub method: ShadowsocksMethod,
+    /// `password`.
+    pub password: String,
+    /// `level`.
+    pub level: u32,
+}
+
+/// `shadowsocks` outbound settings.
+#[derive(Debug, Clone)]
+pub struct ShadowsocksClientConfig {
+    /// `servers`, used round-robin.
+    pub servers: Vec<ShadowsocksServer>,
+}
+
+pub(crate) const SS_IN_KEYS: &[&str] = &["method", "password", "network", "udp", "level", "email", "ota", "clients"];
+const SS_SERVER_KEYS: &[&str] = &["address", "port", "method", "password", "level", "email", "ota"];
+
+fn ss_method(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<ShadowsocksMethod> {
+    let name = o.str(ctx, "method").unwrap_or_default();
+    let at = o.get("method").unwrap_or(o.node);
+    match ShadowsocksMethod::parse(&name) {
+        Some(m) => Some(m),
+        None => {
+            let legacy =
+                ["cfb", "ctr", "rc4", "chacha20", "chacha20-ietf", "xchacha20", "2022-", "salsa", "camellia", "bf-"];
+            let lower = name.to_ascii_lowercase();
+            let hint = if !lower.is_empty() && legacy.iter().any(|l| lower.contains(l)) {
+                " (stream ciphers, xchacha20 and SIP022 2022-* methods are not supported by V2Ray 4.34)"
+            } else {
+                ""
+            };
+            ctx.error(
+                at,
+                &o.path_of("method"),
+                format!("unknown cipher method: {name:?}{hint}; use aes-128-gcm, aes-256-gcm, chacha20-poly1305 (chacha20-ietf-poly1305) or none"),
+            );
+            None
+        }
+    }
+}
+
+fn ss_password(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<String> {
+    match o.str(ctx, "password").filter(|p| !p.is_empty()) {
+        Some(p) => Some(p),
+        None => {
+            ctx.error(
+                o.get("password").unwrap_or(o.node),
+                &o.path_of("password"),
+                "Shadowsocks password is not specified.",
+            );
+            None
+        }
+    }
+}
+
+/// `shadowsocks` inbound `settings`.
+pub(crate) fn shadowsocks_inbound(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<ShadowsocksInboundConfig> {
+    if let Some(n) = o.get("clients") {
+        ctx.error(n, &o.path_of("clients"), "a multi-user \"clients\" list is not supported by V2Ray 4.34's shadowsocks (one password per inbound: use several inbounds)");
+    }
+    if let Some(n) = o.get("ota") {
+        ctx.warn(n, &o.path_of("ota"), "\"ota\" is ignored (AEAD methods only)");
+    }
+    let mut udp = o.bool(ctx, "udp").unwrap_or(false);
+    if let Some(n) = o.get("network") {
+        for (s, _, _) in ctx.string_list(n, &o.path_of("network")).unwrap_or_default() {
+            udp |= s.eq_ignore_ascii_case("udp");
+        }
+    }
+    if udp {
+        let at = o.get("network").or(o.get("udp")).unwrap_or(o.node);
+        ctx.unsupported(at, &o.path_of("network"), "shadowsocks UDP");
+    }
+    let method = ss_method(ctx, o);
+    let password = ss_password(ctx, o);
+    let level = o.int::<u8>(ctx, "level", 0, u8::MAX).unwrap_or(0).into();
+    let email = o.str(ctx, "email").filter(|e| !e.is_empty());
+    Some(ShadowsocksInboundConfig { method: method?, password: password?, level, email })
+}
+
+/// `shadowsocks` outbound `settings`.
+pub(crate) fn shadowsocks_outbound(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<ShadowsocksClientConfig> {
+    let list = o.array(ctx, "servers").unwrap_or_default();
+    if list.is_empty() {
+        ctx.error(o.get("servers").unwrap_or(o.node), &o.path_of("servers"), "0 Shadowsocks server configured.");
+        return None;
+    }
+    let mut servers = Vec::new();
+    let mut ok = true;
+    for (i, s) in list.iter().enumerate() {
+        let Some(so) = ctx.obj(s, &index(&o.path_of("servers"), i), SS_SERVER_KEYS) else {
+            ok = false;
+            continue;
+        };
+        let address = so.str(ctx, "address").filter(|a| !a.is_empty()).map(|a| Address::parse(&a));
+        if address.is_none() {
+            ctx.error(so.get("address").unwrap_or(s), &so.path_of("address"), "Shadowsocks server address is not set.");
+        }
+        let port = so.int::<u16>(ctx, "port", 0, u16::MAX).unwrap_or(0);
+        if port == 0 {
+            ctx.error(so.get("port").unwrap_or(s), &so.path_of("port"), "Invalid Shadowsocks port.");
+        }
+        let method = ss_method(ctx, &so);
+        let password = ss_password(ctx, &so);
+        let level = so.int::<u8>(ctx, "level", 0, u8::MAX).unwrap_or(0).into();
+        let _ = so.str(ctx, "email");
+        match (address, method, password) {
+            (Some(address), Some(method), Some(password)) if port != 0 => {
+                servers.push(ShadowsocksServer { address, port, method, password, level })
+            }
+            _ => ok = false,
+        }
+    }
+    ok.then_some(ShadowsocksClientConfig { servers })
+}

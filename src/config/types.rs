@@ -136,6 +136,8 @@ pub enum InboundProtocol {
     Socks(super::SocksInboundConfig),
     /// `http`.
     Http(super::HttpInboundConfig),
+    /// `shadowsocks`.
+    Shadowsocks(super::ShadowsocksInboundConfig),
 }
 
 /// `dokodemo-door` settings.
@@ -213,6 +215,8 @@ pub enum OutboundProtocol {
     Socks(super::ProxyClientConfig),
     /// `http`.
     Http(super::ProxyClientConfig),
+    /// `shadowsocks`.
+    Shadowsocks(super::ShadowsocksClientConfig),
 }
 
 /// `freedom.domainStrategy`.

@@ -279,6 +279,9 @@ fn build_inbound(ctx: &mut Ctx<'_>, node: &Node, path: &str, legacy_port: Option
         Some("http") => settings(ctx, &o, proxies::HTTP_IN_KEYS)
             .and_then(|s| proxies::http_inbound(ctx, &s))
             .map(InboundProtocol::Http),
+        Some("shadowsocks") => settings(ctx, &o, proxies::SS_IN_KEYS)
+            .and_then(|s| proxies::shadowsocks_inbound(ctx, &s))
+            .map(InboundProtocol::Shadowsocks),
         Some(other) => {
             unknown_protocol(ctx, &o, other, KNOWN_INBOUND_PROTOCOLS);
             None
@@ -597,6 +600,9 @@ fn build_outbound(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Outbound
         Some("http") => settings(ctx, &o, proxies::PROXY_OUT_KEYS)
             .and_then(|s| proxies::proxy_client(ctx, &s, "http"))
             .map(OutboundProtocol::Http),
+        Some("shadowsocks") => settings(ctx, &o, proxies::PROXY_OUT_KEYS)
+            .and_then(|s| proxies::shadowsocks_outbound(ctx, &s))
+            .map(OutboundProtocol::Shadowsocks),
         Some(other) => {
             unknown_protocol(ctx, &o, other, KNOWN_OUTBOUND_PROTOCOLS);
             None

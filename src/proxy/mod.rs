@@ -8,6 +8,7 @@ pub mod freedom;
 pub mod http;
 pub mod muxed;
 pub mod prefixed;
+pub mod shadowsocks;
 pub mod socks;
 pub mod vmess;
 
