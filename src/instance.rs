@@ -23,6 +23,7 @@ use crate::proxy::http::{HttpInbound, HttpOutbound};
 use crate::proxy::muxed::Muxed;
 use crate::proxy::shadowsocks::{ShadowsocksInbound, ShadowsocksOutbound};
 use crate::proxy::socks::{SocksInbound, SocksOutbound};
+use crate::proxy::vless::{VlessInbound, VlessOutbound};
 use crate::proxy::vmess::{VmessInbound, VmessOutbound};
 use crate::proxy::{Inbound, Outbound};
 use crate::reverse::bridge::{Bridge, BridgeStatusHandle};
@@ -116,6 +117,7 @@ impl Instance {
                 OutboundProtocol::Socks(c) => Arc::new(SocksOutbound::new(c.clone(), &ob.stream, ob.send_through)),
                 OutboundProtocol::Http(c) => Arc::new(HttpOutbound::new(c.clone(), &ob.stream, ob.send_through)),
                 OutboundProtocol::Shadowsocks(c) => Arc::new(ShadowsocksOutbound::new(c, &ob.stream, ob.send_through)),
+                OutboundProtocol::Vless(c) => Arc::new(VlessOutbound::new(c, &ob.stream, ob.send_through)),
             };
             let handler: Arc<dyn Outbound> = match ob.mux {
                 Some(mux) => Arc::new(Muxed::new(handler, mux)),
@@ -154,6 +156,7 @@ impl Instance {
                 InboundProtocol::Socks(s) => Arc::new(SocksInbound::new(ib.tag.clone(), ib.listen, s.clone())),
                 InboundProtocol::Http(h) => Arc::new(HttpInbound::new(ib.tag.clone(), h.clone())),
                 InboundProtocol::Shadowsocks(c) => Arc::new(ShadowsocksInbound::new(ib.tag.clone(), c)),
+                InboundProtocol::Vless(c) => Arc::new(VlessInbound::new(ib.tag.clone(), c)),
                 InboundProtocol::Vmess(v) => Arc::new(
                     VmessInbound::new(ib.tag.clone(), v.clone())
                         .map_err(|e| InstanceError::Handler { path: ib.path.clone(), message: e.to_string() })?,

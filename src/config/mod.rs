@@ -21,8 +21,9 @@ pub(crate) use dns::host_matcher;
 pub use dns::{DnsConfig, DnsOutboundConfig, DnsServerConfig, DnsServerKind, HostEntry, HostMatcher, HostValue};
 pub use proxies::{Account, HttpInboundConfig, ProxyClientConfig, ProxyServer, ProxyUser, SocksInboundConfig};
 pub use proxies::{
-    Account, HttpInboundConfig, ProxyClientConfig, ProxyServer, ProxyUser, ShadowsocksClientConfig,
-    ShadowsocksInboundConfig, ShadowsocksMethod, ShadowsocksServer, SocksInboundConfig,
+    Account, FallbackConfig, FallbackDest, HttpInboundConfig, ProxyClientConfig, ProxyServer, ProxyUser,
+    ShadowsocksClientConfig, ShadowsocksInboundConfig, ShadowsocksMethod, ShadowsocksServer, SocksInboundConfig,
+    VlessClient, VlessInboundConfig, VlessOutboundConfig, VlessServer,
 };
 pub use types::*;
 

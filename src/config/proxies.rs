@@ -332,3 +332,249 @@ pub(crate) fn shadowsocks_outbound(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<Sha
     }
     ok.then_some(ShadowsocksClientConfig { servers })
 }
+
+/// Where a fallback goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FallbackDest {
+    /// A TCP address (`80` means 127.0.0.1:80).
+    Tcp(Address, u16),
+    /// A unix socket path.
+    Unix(std::path::PathBuf),
+}
+
+/// One `fallbacks` entry (VLESS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FallbackConfig {
+    /// `alpn` (`""` = any).
+    pub alpn: String,
+    /// `path` (`""` = default; otherwise starts with `/`).
+    pub path: String,
+    /// `dest`.
+    pub dest: FallbackDest,
+    /// `xver`: PROXY protocol version 0, 1 or 2.
+    pub xver: u8,
+}
+
+/// One VLESS user on a server.
+#[derive(Debug, Clone)]
+pub struct VlessClient {
+    /// `id`.
+    pub id: super::SecretId,
+    /// `level`.
+    pub level: u32,
+    /// `email`.
+    pub email: Option<String>,
+}
+
+/// `vless` inbound settings.
+#[derive(Debug, Clone, Default)]
+pub struct VlessInboundConfig {
+    /// `clients`.
+    pub clients: Vec<VlessClient>,
+    /// `fallbacks`.
+    pub fallbacks: Vec<FallbackConfig>,
+}
+
+/// One `vnext` entry of a VLESS outbound.
+#[derive(Debug, Clone)]
+pub struct VlessServer {
+    /// `address`.
+    pub address: Address,
+    /// `port`.
+    pub port: u16,
+    /// The users' ids (one picked per connection).
+    pub users: Vec<super::SecretId>,
+}
+
+/// `vless` outbound settings.
+#[derive(Debug, Clone)]
+pub struct VlessOutboundConfig {
+    /// `vnext`.
+    pub servers: Vec<VlessServer>,
+}
+
+pub(crate) const VLESS_IN_KEYS: &[&str] = &["clients", "decryption", "fallbacks", "fallback"];
+const VLESS_CLIENT_KEYS: &[&str] = &["id", "level", "email", "flow", "encryption"];
+
+fn flow_warning(ctx: &mut Ctx<'_>, u: &Obj<'_>) {
+    if let Some(f) = u.str(ctx, "flow").filter(|f| !f.is_empty())
+        && let Some(n) = u.get("flow")
+    {
+        ctx.warn(n, &u.path_of("flow"), format!("flow {f:?} is ignored (V2Ray 4.34 has no XTLS; plain VLESS is used)"));
+    }
+}
+
+fn fallbacks(ctx: &mut Ctx<'_>, o: &Obj<'_>, what: &str) -> Option<Vec<FallbackConfig>> {
+    if let Some(n) = o.get("fallback") {
+        ctx.error(
+            n,
+            &o.path_of("fallback"),
+            format!("{what} settings: please use \"fallbacks\":[{{}}] instead of \"fallback\":{{}}"),
+        );
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, f) in o.array(ctx, "fallbacks").unwrap_or_default().iter().enumerate() {
+        let Some(fo) = ctx.obj(f, &index(&o.path_of("fallbacks"), i), &["alpn", "path", "dest", "xver", "type"]) else {
+            ok = false;
+            continue;
+        };
+        let alpn = fo.str(ctx, "alpn").unwrap_or_default();
+        let path = fo.str(ctx, "path").unwrap_or_default();
+        if !path.is_empty() && !path.starts_with('/') {
+            ctx.error(
+                fo.get("path").unwrap_or(f),
+                &fo.path_of("path"),
+                format!("{what} fallbacks: \"path\" must be empty or start with \"/\""),
+            );
+            ok = false;
+        }
+        let xver = fo.int::<u8>(ctx, "xver", 0, 2).unwrap_or(0);
+        let _ = fo.str(ctx, "type");
+        let dest_text = match fo.get("dest").map(|n| &n.value) {
+            Some(Value::Number(_)) => fo.int::<u16>(ctx, "dest", 0, u16::MAX).map(|p| p.to_string()),
+            Some(_) => fo.str(ctx, "dest"),
+            None => None,
+        };
+        let at = fo.get("dest").unwrap_or(f);
+        let dest = match dest_text.as_deref() {
+            Some(d) if d.starts_with('@') => {
+                ctx.unsupported(at, &fo.path_of("dest"), "an abstract unix socket fallback (\"@...\")");
+                None
+            }
+            Some(d) if d.starts_with('/') => Some(FallbackDest::Unix(d.into())),
+            Some(d) if !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit()) => {
+                d.parse::<u16>().ok().map(|p| FallbackDest::Tcp(Address::parse("127.0.0.1"), p))
+            }
+            Some("serve-ws-none") => {
+                ctx.error(
+                    at,
+                    &fo.path_of("dest"),
+                    "dest \"serve-ws-none\" fails every connection in V2Ray 4.34; refused",
+                );
+                None
+            }
+            Some(d) => match d.rsplit_once(':').and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?))) {
+                Some((h, p)) if !h.is_empty() => Some(FallbackDest::Tcp(Address::parse(h), p)),
+                _ => None,
+            },
+            None => None,
+        };
+        match dest {
+            Some(dest) => out.push(FallbackConfig { alpn, path, dest, xver }),
+            None => {
+                ctx.error(
+                    at,
+                    &fo.path_of("dest"),
+                    format!("{what} fallbacks: please fill in a valid value for every \"dest\""),
+                );
+                ok = false;
+            }
+        }
+    }
+    if out.iter().any(|f| !f.alpn.is_empty())
+        && let Some(n) = o.get("fallbacks")
+    {
+        ctx.warn(
+            n,
+            &o.path_of("fallbacks"),
+            "ALPN-keyed fallbacks never match yet: oxray inbounds have no TLS, so the ALPN is always \"\"",
+        );
+    }
+    ok.then_some(out)
+}
+
+/// `vless` inbound `settings`.
+pub(crate) fn vless_inbound(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<VlessInboundConfig> {
+    if o.str(ctx, "decryption").as_deref() != Some("none") {
+        ctx.error(
+            o.get("decryption").unwrap_or(o.node),
+            &o.path_of("decryption"),
+            "VLESS settings: please add/set \"decryption\":\"none\" to every settings",
+        );
+        return None;
+    }
+    let mut cfg = VlessInboundConfig::default();
+    let mut ok = true;
+    for (i, c) in o.array(ctx, "clients").unwrap_or_default().iter().enumerate() {
+        let Some(u) = ctx.obj(c, &index(&o.path_of("clients"), i), VLESS_CLIENT_KEYS) else {
+            ok = false;
+            continue;
+        };
+        if let Some(n) = u.get("encryption") {
+            ctx.error(n, &u.path_of("encryption"), "VLESS clients: \"encryption\" should not in inbound settings");
+            ok = false;
+        }
+        flow_warning(ctx, &u);
+        let level = u.int::<u32>(ctx, "level", 0, u32::MAX).unwrap_or(0);
+        let email = u.str(ctx, "email").filter(|e| !e.is_empty());
+        match super::validate::secret_id(ctx, &u) {
+            Some(id) => {
+                cfg.clients.retain(|c| c.id != id);
+                cfg.clients.push(VlessClient { id, level, email })
+            }
+            None => ok = false,
+        }
+    }
+    cfg.fallbacks = fallbacks(ctx, o, "VLESS")?;
+    ok.then_some(cfg)
+}
+
+/// `vless` outbound `settings`.
+pub(crate) fn vless_outbound(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<VlessOutboundConfig> {
+    let list = o.array(ctx, "vnext").unwrap_or_default();
+    if list.is_empty() {
+        ctx.error(
+            o.get("vnext").unwrap_or(o.node),
+            &o.path_of("vnext"),
+            "0 VLESS receiver configured (vnext is empty)",
+        );
+        return None;
+    }
+    let mut servers = Vec::new();
+    let mut ok = true;
+    for (i, s) in list.iter().enumerate() {
+        let Some(so) = ctx.obj(s, &index(&o.path_of("vnext"), i), &["address", "port", "users"]) else {
+            ok = false;
+            continue;
+        };
+        let address = so.str(ctx, "address").filter(|a| !a.is_empty()).map(|a| Address::parse(&a));
+        if address.is_none() {
+            ctx.error(so.get("address").unwrap_or(s), &so.path_of("address"), "VLESS: address is not set");
+        }
+        let port = so.int::<u16>(ctx, "port", 0, u16::MAX).unwrap_or(0);
+        let mut users = Vec::new();
+        let nodes = so.array(ctx, "users").unwrap_or_default();
+        if nodes.is_empty() {
+            ctx.error(so.get("users").unwrap_or(s), &so.path_of("users"), "VLESS: 0 user configured");
+            ok = false;
+        }
+        for (j, u) in nodes.iter().enumerate() {
+            let Some(uo) = ctx.obj(u, &index(&so.path_of("users"), j), VLESS_CLIENT_KEYS) else {
+                ok = false;
+                continue;
+            };
+            if uo.str(ctx, "encryption").as_deref() != Some("none") {
+                ctx.error(
+                    uo.get("encryption").unwrap_or(u),
+                    &uo.path_of("encryption"),
+                    "VLESS users: please add/set \"encryption\":\"none\" for every user",
+                );
+                ok = false;
+            }
+            flow_warning(ctx, &uo);
+            let _ = uo.int::<u32>(ctx, "level", 0, u32::MAX);
+            let _ = uo.str(ctx, "email");
+            match super::validate::secret_id(ctx, &uo) {
+                Some(id) => users.push(id),
+                None => ok = false,
+            }
+        }
+        match address {
+            Some(address) => servers.push(VlessServer { address, port, users }),
+            None => ok = false,
+        }
+    }
+    ok.then_some(VlessOutboundConfig { servers })
+}

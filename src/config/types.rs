@@ -138,6 +138,8 @@ pub enum InboundProtocol {
     Http(super::HttpInboundConfig),
     /// `shadowsocks`.
     Shadowsocks(super::ShadowsocksInboundConfig),
+    /// `vless`.
+    Vless(super::VlessInboundConfig),
 }
 
 /// `dokodemo-door` settings.
@@ -217,6 +219,8 @@ pub enum OutboundProtocol {
     Http(super::ProxyClientConfig),
     /// `shadowsocks`.
     Shadowsocks(super::ShadowsocksClientConfig),
+    /// `vless`.
+    Vless(super::VlessOutboundConfig),
 }
 
 /// `freedom.domainStrategy`.

@@ -282,6 +282,9 @@ fn build_inbound(ctx: &mut Ctx<'_>, node: &Node, path: &str, legacy_port: Option
         Some("shadowsocks") => settings(ctx, &o, proxies::SS_IN_KEYS)
             .and_then(|s| proxies::shadowsocks_inbound(ctx, &s))
             .map(InboundProtocol::Shadowsocks),
+        Some("vless") => settings(ctx, &o, proxies::VLESS_IN_KEYS)
+            .and_then(|s| proxies::vless_inbound(ctx, &s))
+            .map(InboundProtocol::Vless),
         Some(other) => {
             unknown_protocol(ctx, &o, other, KNOWN_INBOUND_PROTOCOLS);
             None
@@ -472,7 +475,7 @@ fn network_list(ctx: &mut Ctx<'_>, n: &Node, path: &str) -> Option<NetworkList> 
 const VMESS_IN_KEYS: &[&str] = &["clients", "features", "default", "detour", "disableInsecureEncryption"];
 const VMESS_USER_KEYS: &[&str] = &["id", "alterId", "security", "email", "level"];
 
-fn secret_id(ctx: &mut Ctx<'_>, u: &Obj<'_>) -> Option<SecretId> {
+pub(crate) fn secret_id(ctx: &mut Ctx<'_>, u: &Obj<'_>) -> Option<SecretId> {
     let p = u.path_of("id");
     let Some(n) = u.get("id") else {
         ctx.error(u.node, &p, "\"id\" is missing");
@@ -603,6 +606,9 @@ fn build_outbound(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Outbound
         Some("shadowsocks") => settings(ctx, &o, proxies::PROXY_OUT_KEYS)
             .and_then(|s| proxies::shadowsocks_outbound(ctx, &s))
             .map(OutboundProtocol::Shadowsocks),
+        Some("vless") => {
+            settings(ctx, &o, &["vnext"]).and_then(|s| proxies::vless_outbound(ctx, &s)).map(OutboundProtocol::Vless)
+        }
         Some(other) => {
             unknown_protocol(ctx, &o, other, KNOWN_OUTBOUND_PROTOCOLS);
             None

@@ -4,12 +4,14 @@ pub mod addr;
 pub mod blackhole;
 pub mod dns;
 pub mod dokodemo;
+pub mod fallback;
 pub mod freedom;
 pub mod http;
 pub mod muxed;
 pub mod prefixed;
 pub mod shadowsocks;
 pub mod socks;
+pub mod vless;
 pub mod vmess;
 
 mod relay;
