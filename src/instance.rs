@@ -23,6 +23,7 @@ use crate::proxy::http::{HttpInbound, HttpOutbound};
 use crate::proxy::muxed::Muxed;
 use crate::proxy::shadowsocks::{ShadowsocksInbound, ShadowsocksOutbound};
 use crate::proxy::socks::{SocksInbound, SocksOutbound};
+use crate::proxy::trojan::{TrojanInbound, TrojanOutbound};
 use crate::proxy::vless::{VlessInbound, VlessOutbound};
 use crate::proxy::vmess::{VmessInbound, VmessOutbound};
 use crate::proxy::{Inbound, Outbound};
@@ -118,6 +119,7 @@ impl Instance {
                 OutboundProtocol::Http(c) => Arc::new(HttpOutbound::new(c.clone(), &ob.stream, ob.send_through)),
                 OutboundProtocol::Shadowsocks(c) => Arc::new(ShadowsocksOutbound::new(c, &ob.stream, ob.send_through)),
                 OutboundProtocol::Vless(c) => Arc::new(VlessOutbound::new(c, &ob.stream, ob.send_through)),
+                OutboundProtocol::Trojan(c) => Arc::new(TrojanOutbound::new(c, &ob.stream, ob.send_through)),
             };
             let handler: Arc<dyn Outbound> = match ob.mux {
                 Some(mux) => Arc::new(Muxed::new(handler, mux)),
@@ -157,6 +159,7 @@ impl Instance {
                 InboundProtocol::Http(h) => Arc::new(HttpInbound::new(ib.tag.clone(), h.clone())),
                 InboundProtocol::Shadowsocks(c) => Arc::new(ShadowsocksInbound::new(ib.tag.clone(), c)),
                 InboundProtocol::Vless(c) => Arc::new(VlessInbound::new(ib.tag.clone(), c)),
+                InboundProtocol::Trojan(c) => Arc::new(TrojanInbound::new(ib.tag.clone(), c)),
                 InboundProtocol::Vmess(v) => Arc::new(
                     VmessInbound::new(ib.tag.clone(), v.clone())
                         .map_err(|e| InstanceError::Handler { path: ib.path.clone(), message: e.to_string() })?,

@@ -69,6 +69,20 @@ const BROKEN: &[Case] = &[
         "multi-user \"clients\"",
     ),
     (
+        "trojan client without password",
+        "{\"inbounds\": [{\"port\": 1, \"protocol\": \"trojan\",\n  \"settings\": {\"clients\": [{\"email\": \"a@b\"}]}}]}",
+        "inbounds[0].settings.clients[0].password",
+        (2, 28),
+        "password is empty",
+    ),
+    (
+        "vless without decryption none",
+        "{\"inbounds\": [{\"port\": 1, \"protocol\": \"vless\",\n  \"settings\": {\"clients\": []}}]}",
+        "inbounds[0].settings.decryption",
+        (2, 15),
+        "please add/set \"decryption\":\"none\"",
+    ),
+    (
         "unknown socks auth",
         "{\"inbounds\": [{\"port\": 1, \"protocol\": \"socks\", \"settings\": {\"auth\": \"gssapi\"}}]}",
         "inbounds[0].settings.auth",

@@ -23,7 +23,8 @@ pub use proxies::{Account, HttpInboundConfig, ProxyClientConfig, ProxyServer, Pr
 pub use proxies::{
     Account, FallbackConfig, FallbackDest, HttpInboundConfig, ProxyClientConfig, ProxyServer, ProxyUser,
     ShadowsocksClientConfig, ShadowsocksInboundConfig, ShadowsocksMethod, ShadowsocksServer, SocksInboundConfig,
-    VlessClient, VlessInboundConfig, VlessOutboundConfig, VlessServer,
+    TrojanClient, TrojanInboundConfig, TrojanOutboundConfig, TrojanServer, VlessClient, VlessInboundConfig,
+    VlessOutboundConfig, VlessServer,
 };
 pub use types::*;
 

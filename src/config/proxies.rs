@@ -578,3 +578,111 @@ pub(crate) fn vless_outbound(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<VlessOutb
     }
     ok.then_some(VlessOutboundConfig { servers })
 }
+
+/// One Trojan user on a server.
+#[derive(Debug, Clone)]
+pub struct TrojanClient {
+    /// `password`.
+    pub password: String,
+    /// `level` (0–255).
+    pub level: u32,
+    /// `email`.
+    pub email: Option<String>,
+}
+
+/// `trojan` inbound settings.
+#[derive(Debug, Clone, Default)]
+pub struct TrojanInboundConfig {
+    /// `clients`.
+    pub clients: Vec<TrojanClient>,
+    /// `fallbacks`.
+    pub fallbacks: Vec<FallbackConfig>,
+}
+
+/// One `servers` entry of a Trojan outbound.
+#[derive(Debug, Clone)]
+pub struct TrojanServer {
+    /// `address`.
+    pub address: Address,
+    /// `port`.
+    pub port: u16,
+    /// `password`.
+    pub password: String,
+}
+
+/// `trojan` outbound settings.
+#[derive(Debug, Clone)]
+pub struct TrojanOutboundConfig {
+    /// `servers`, used round-robin.
+    pub servers: Vec<TrojanServer>,
+}
+
+pub(crate) const TROJAN_IN_KEYS: &[&str] = &["clients", "fallbacks", "fallback"];
+
+/// `trojan` inbound `settings`.
+pub(crate) fn trojan_inbound(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<TrojanInboundConfig> {
+    let mut cfg = TrojanInboundConfig::default();
+    let mut ok = true;
+    for (i, c) in o.array(ctx, "clients").unwrap_or_default().iter().enumerate() {
+        let Some(u) = ctx.obj(c, &index(&o.path_of("clients"), i), &["password", "level", "email", "flow"]) else {
+            ok = false;
+            continue;
+        };
+        let Some(password) = u.str(ctx, "password").filter(|p| !p.is_empty()) else {
+            // 4.34 silently makes the empty password valid for such a client.
+            ctx.error(
+                u.get("password").unwrap_or(c),
+                &u.path_of("password"),
+                format!("{} is empty (V2Ray 4.34 would let anyone in with the empty password)", u.path_of("password")),
+            );
+            ok = false;
+            continue;
+        };
+        let level = u.int::<u8>(ctx, "level", 0, u8::MAX).unwrap_or(0).into();
+        let email = u.str(ctx, "email").filter(|e| !e.is_empty());
+        let _ = u.str(ctx, "flow");
+        cfg.clients.retain(|x| x.password != password);
+        cfg.clients.push(TrojanClient { password, level, email });
+    }
+    cfg.fallbacks = fallbacks(ctx, o, "Trojan")?;
+    ok.then_some(cfg)
+}
+
+/// `trojan` outbound `settings`.
+pub(crate) fn trojan_outbound(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<TrojanOutboundConfig> {
+    let list = o.array(ctx, "servers").unwrap_or_default();
+    if list.is_empty() {
+        ctx.error(o.get("servers").unwrap_or(o.node), &o.path_of("servers"), "0 Trojan server configured.");
+        return None;
+    }
+    let mut servers = Vec::new();
+    let mut ok = true;
+    for (i, s) in list.iter().enumerate() {
+        let Some(so) =
+            ctx.obj(s, &index(&o.path_of("servers"), i), &["address", "port", "password", "level", "email", "flow"])
+        else {
+            ok = false;
+            continue;
+        };
+        let address = so.str(ctx, "address").filter(|a| !a.is_empty()).map(|a| Address::parse(&a));
+        if address.is_none() {
+            ctx.error(so.get("address").unwrap_or(s), &so.path_of("address"), "Trojan server address is not set.");
+        }
+        let port = so.int::<u16>(ctx, "port", 0, u16::MAX).unwrap_or(0);
+        if port == 0 {
+            ctx.error(so.get("port").unwrap_or(s), &so.path_of("port"), "Invalid Trojan port.");
+        }
+        let password = so.str(ctx, "password").filter(|p| !p.is_empty());
+        if password.is_none() {
+            ctx.error(so.get("password").unwrap_or(s), &so.path_of("password"), "Trojan password is not specified.");
+        }
+        let _ = so.int::<u8>(ctx, "level", 0, u8::MAX);
+        let _ = so.str(ctx, "email");
+        let _ = so.str(ctx, "flow");
+        match (address, password) {
+            (Some(address), Some(password)) if port != 0 => servers.push(TrojanServer { address, port, password }),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(TrojanOutboundConfig { servers })
+}

@@ -140,6 +140,8 @@ pub enum InboundProtocol {
     Shadowsocks(super::ShadowsocksInboundConfig),
     /// `vless`.
     Vless(super::VlessInboundConfig),
+    /// `trojan`.
+    Trojan(super::TrojanInboundConfig),
 }
 
 /// `dokodemo-door` settings.
@@ -221,6 +223,8 @@ pub enum OutboundProtocol {
     Shadowsocks(super::ShadowsocksClientConfig),
     /// `vless`.
     Vless(super::VlessOutboundConfig),
+    /// `trojan`.
+    Trojan(super::TrojanOutboundConfig),
 }
 
 /// `freedom.domainStrategy`.

@@ -285,6 +285,9 @@ fn build_inbound(ctx: &mut Ctx<'_>, node: &Node, path: &str, legacy_port: Option
         Some("vless") => settings(ctx, &o, proxies::VLESS_IN_KEYS)
             .and_then(|s| proxies::vless_inbound(ctx, &s))
             .map(InboundProtocol::Vless),
+        Some("trojan") => settings(ctx, &o, proxies::TROJAN_IN_KEYS)
+            .and_then(|s| proxies::trojan_inbound(ctx, &s))
+            .map(InboundProtocol::Trojan),
         Some(other) => {
             unknown_protocol(ctx, &o, other, KNOWN_INBOUND_PROTOCOLS);
             None
@@ -609,6 +612,9 @@ fn build_outbound(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Outbound
         Some("vless") => {
             settings(ctx, &o, &["vnext"]).and_then(|s| proxies::vless_outbound(ctx, &s)).map(OutboundProtocol::Vless)
         }
+        Some("trojan") => settings(ctx, &o, proxies::PROXY_OUT_KEYS)
+            .and_then(|s| proxies::trojan_outbound(ctx, &s))
+            .map(OutboundProtocol::Trojan),
         Some(other) => {
             unknown_protocol(ctx, &o, other, KNOWN_OUTBOUND_PROTOCOLS);
             None

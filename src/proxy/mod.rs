@@ -11,6 +11,7 @@ pub mod muxed;
 pub mod prefixed;
 pub mod shadowsocks;
 pub mod socks;
+pub mod trojan;
 pub mod vless;
 pub mod vmess;
 
