@@ -10,6 +10,7 @@ pub mod http;
 pub mod muxed;
 pub mod prefixed;
 pub mod shadowsocks;
+pub mod sniff;
 pub mod socks;
 pub mod trojan;
 pub mod vless;
