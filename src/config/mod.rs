@@ -19,7 +19,6 @@ use validate::{Merged, TOP_KEYS};
 #[cfg(test)]
 pub(crate) use dns::host_matcher;
 pub use dns::{DnsConfig, DnsOutboundConfig, DnsServerConfig, DnsServerKind, HostEntry, HostMatcher, HostValue};
-pub use proxies::{Account, HttpInboundConfig, ProxyClientConfig, ProxyServer, ProxyUser, SocksInboundConfig};
 pub use proxies::{
     Account, FallbackConfig, FallbackDest, HttpInboundConfig, ProxyClientConfig, ProxyServer, ProxyUser,
     ShadowsocksClientConfig, ShadowsocksInboundConfig, ShadowsocksMethod, ShadowsocksServer, SocksInboundConfig,
