@@ -19,7 +19,12 @@ use crate::proxy::blackhole::Blackhole;
 use crate::proxy::dns::DnsOutbound;
 use crate::proxy::dokodemo::Dokodemo;
 use crate::proxy::freedom::Freedom;
+use crate::proxy::http::{HttpInbound, HttpOutbound};
 use crate::proxy::muxed::Muxed;
+use crate::proxy::shadowsocks::{ShadowsocksInbound, ShadowsocksOutbound};
+use crate::proxy::socks::{SocksInbound, SocksOutbound};
+use crate::proxy::trojan::{TrojanInbound, TrojanOutbound};
+use crate::proxy::vless::{VlessInbound, VlessOutbound};
 use crate::proxy::vmess::{VmessInbound, VmessOutbound};
 use crate::proxy::{Inbound, Outbound};
 use crate::reverse::bridge::{Bridge, BridgeStatusHandle};
@@ -119,6 +124,11 @@ impl Instance {
                 )),
                 OutboundProtocol::Blackhole(b) => Arc::new(Blackhole::new(b.clone())),
                 OutboundProtocol::Vmess(v) => Arc::new(VmessOutbound::new(v.clone(), &ob.stream, ob.send_through)),
+                OutboundProtocol::Socks(c) => Arc::new(SocksOutbound::new(c.clone(), &ob.stream, ob.send_through)),
+                OutboundProtocol::Http(c) => Arc::new(HttpOutbound::new(c.clone(), &ob.stream, ob.send_through)),
+                OutboundProtocol::Shadowsocks(c) => Arc::new(ShadowsocksOutbound::new(c, &ob.stream, ob.send_through)),
+                OutboundProtocol::Vless(c) => Arc::new(VlessOutbound::new(c, &ob.stream, ob.send_through)),
+                OutboundProtocol::Trojan(c) => Arc::new(TrojanOutbound::new(c, &ob.stream, ob.send_through)),
             };
             let handler: Arc<dyn Outbound> = match ob.mux {
                 Some(mux) => Arc::new(Muxed::new(handler, mux)),
@@ -154,6 +164,11 @@ impl Instance {
         for ib in &config.inbounds {
             let handler: Arc<dyn Inbound> = match &ib.protocol {
                 InboundProtocol::Dokodemo(d) => Arc::new(Dokodemo::new(ib.tag.clone(), d.clone())),
+                InboundProtocol::Socks(s) => Arc::new(SocksInbound::new(ib.tag.clone(), ib.listen, s.clone())),
+                InboundProtocol::Http(h) => Arc::new(HttpInbound::new(ib.tag.clone(), h.clone())),
+                InboundProtocol::Shadowsocks(c) => Arc::new(ShadowsocksInbound::new(ib.tag.clone(), c)),
+                InboundProtocol::Vless(c) => Arc::new(VlessInbound::new(ib.tag.clone(), c)),
+                InboundProtocol::Trojan(c) => Arc::new(TrojanInbound::new(ib.tag.clone(), c)),
                 InboundProtocol::Vmess(v) => Arc::new(
                     VmessInbound::new(ib.tag.clone(), v.clone())
                         .map_err(|e| InstanceError::Handler { path: ib.path.clone(), message: e.to_string() })?,
@@ -210,6 +225,22 @@ impl Instance {
             if let Some(a) = local {
                 bound.push((tag.clone(), a));
                 info!(tag = tag.as_deref().unwrap_or(""), "listening on tcp:{a}");
+                if handler.udp() {
+                    // The same address and port as the TCP listener (its real port when 0 was asked).
+                    let socket = tokio::net::UdpSocket::bind(a).await.map_err(|source| InstanceError::Listen {
+                        path: tag.clone().unwrap_or_default(),
+                        addr: a,
+                        source,
+                    })?;
+                    info!(tag = tag.as_deref().unwrap_or(""), "listening on udp:{a}");
+                    let (handler, dispatcher, shutdown) = (handler.clone(), self.dispatcher.clone(), shutdown.clone());
+                    tracker.spawn(async move {
+                        tokio::select! {
+                            _ = handler.serve_udp(Arc::new(socket), dispatcher) => {}
+                            _ = shutdown.cancelled() => {}
+                        }
+                    });
+                }
             }
             tracker.spawn(owner.scope(accept_loop(
                 listener,

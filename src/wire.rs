@@ -89,7 +89,7 @@ pub fn get_port_addr(buf: &[u8]) -> Result<(u16, Address, usize), AddressError> 
 }
 
 /// Go's rule: a domain that parses as an IP becomes one; otherwise only `[0-9A-Za-z._-]` is allowed.
-fn parse_domain(name: &[u8]) -> Result<Address, AddressError> {
+pub fn parse_domain(name: &[u8]) -> Result<Address, AddressError> {
     let s = std::str::from_utf8(name).map_err(|_| AddressError::InvalidDomain)?;
     if s.starts_with(|c: char| c == '[' || c.is_ascii_digit())
         && let Ok(ip) = s.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(s).parse::<IpAddr>()

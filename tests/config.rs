@@ -42,10 +42,52 @@ const BROKEN: &[Case] = &[
     ),
     (
         "unknown protocol",
-        "{\"outbounds\": [\n  {\"protocol\": \"socks\"}\n]}",
+        "{\"outbounds\": [\n  {\"protocol\": \"mtproto\"}\n]}",
         "outbounds[0].protocol",
         (2, 16),
-        "protocol \"socks\" is not supported yet",
+        "protocol \"mtproto\" is not supported yet",
+    ),
+    (
+        "socks outbound without servers",
+        "{\"outbounds\": [\n  {\"protocol\": \"socks\", \"settings\": {}}\n]}",
+        "outbounds[0].settings.servers",
+        (2, 37),
+        "0 target server",
+    ),
+    (
+        "shadowsocks stream cipher",
+        "{\"inbounds\": [{\"port\": 1, \"protocol\": \"shadowsocks\",\n  \"settings\": {\"method\": \"aes-256-cfb\", \"password\": \"p\"}}]}",
+        "inbounds[0].settings.method",
+        (2, 26),
+        "unknown cipher method: \"aes-256-cfb\" (stream ciphers",
+    ),
+    (
+        "shadowsocks multi-user",
+        "{\"inbounds\": [{\"port\": 1, \"protocol\": \"shadowsocks\",\n  \"settings\": {\"method\": \"aes-128-gcm\", \"password\": \"p\", \"clients\": []}}]}",
+        "inbounds[0].settings.clients",
+        (2, 69),
+        "multi-user \"clients\"",
+    ),
+    (
+        "trojan client without password",
+        "{\"inbounds\": [{\"port\": 1, \"protocol\": \"trojan\",\n  \"settings\": {\"clients\": [{\"email\": \"a@b\"}]}}]}",
+        "inbounds[0].settings.clients[0].password",
+        (2, 28),
+        "password is empty",
+    ),
+    (
+        "vless without decryption none",
+        "{\"inbounds\": [{\"port\": 1, \"protocol\": \"vless\",\n  \"settings\": {\"clients\": []}}]}",
+        "inbounds[0].settings.decryption",
+        (2, 15),
+        "please add/set \"decryption\":\"none\"",
+    ),
+    (
+        "unknown socks auth",
+        "{\"inbounds\": [{\"port\": 1, \"protocol\": \"socks\", \"settings\": {\"auth\": \"gssapi\"}}]}",
+        "inbounds[0].settings.auth",
+        (1, 69),
+        "unknown socks auth \"gssapi\"",
     ),
     (
         "made-up protocol",
@@ -332,7 +374,7 @@ fn bad_uuid_is_never_echoed() {
 #[test]
 fn all_errors_are_reported_together() {
     let text = r#"{
-  "inbounds": [{"port": "x", "protocol": "socks"}],
+  "inbounds": [{"port": "x", "protocol": "mtproto"}],
   "outbounds": [{"protocol": "freedom", "tag": "out", "settings": {"redirect": "nope"}}],
   "routing": {"rules": [{"type": "field", "outboundTag": "gone", "ip": "geoip:cn"}]},
   "reverse": {"bridges": [{"tag": "", "domain": ""}]}
@@ -502,7 +544,7 @@ fn files_merge_like_v2ray() {
     assert_eq!(c.routing.rules.len(), 1, "routing kept from the first file");
 
     // Errors name the file they are in.
-    let bad = common::write_file(&dir, "bad.json", "{\n  \"outbounds\": [{\"protocol\": \"http\"}]\n}");
+    let bad = common::write_file(&dir, "bad.json", "{\n  \"outbounds\": [{\"protocol\": \"mtproto\"}]\n}");
     let errs = load_files(&[&base, &bad]).unwrap_err().0;
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert!(errs[0].file.ends_with("bad.json"));

@@ -5,6 +5,7 @@ mod dns;
 mod json;
 mod policy_keys;
 mod stream;
+mod proxies;
 mod strip;
 mod types;
 mod validate;
@@ -21,6 +22,12 @@ pub use crate::router::geo::Assets;
 #[cfg(test)]
 pub(crate) use dns::host_matcher;
 pub use dns::{DnsConfig, DnsOutboundConfig, DnsServerConfig, DnsServerKind, HostEntry, HostMatcher, HostValue};
+pub use proxies::{
+    Account, FallbackConfig, FallbackDest, HttpInboundConfig, ProxyClientConfig, ProxyServer, ProxyUser,
+    ShadowsocksClientConfig, ShadowsocksInboundConfig, ShadowsocksMethod, ShadowsocksServer, SocksInboundConfig,
+    TrojanClient, TrojanInboundConfig, TrojanOutboundConfig, TrojanServer, VlessClient, VlessInboundConfig,
+    VlessOutboundConfig, VlessServer,
+};
 pub use types::*;
 
 /// One problem found in a configuration, with where it is.

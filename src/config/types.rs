@@ -132,6 +132,16 @@ pub enum InboundProtocol {
     Dokodemo(DokodemoConfig),
     /// `vmess`.
     Vmess(VmessInboundConfig),
+    /// `socks`.
+    Socks(super::SocksInboundConfig),
+    /// `http`.
+    Http(super::HttpInboundConfig),
+    /// `shadowsocks`.
+    Shadowsocks(super::ShadowsocksInboundConfig),
+    /// `vless`.
+    Vless(super::VlessInboundConfig),
+    /// `trojan`.
+    Trojan(super::TrojanInboundConfig),
 }
 
 /// `dokodemo-door` settings.
@@ -205,6 +215,16 @@ pub enum OutboundProtocol {
     Vmess(VmessOutboundConfig),
     /// `dns`.
     Dns(super::DnsOutboundConfig),
+    /// `socks`.
+    Socks(super::ProxyClientConfig),
+    /// `http`.
+    Http(super::ProxyClientConfig),
+    /// `shadowsocks`.
+    Shadowsocks(super::ShadowsocksClientConfig),
+    /// `vless`.
+    Vless(super::VlessOutboundConfig),
+    /// `trojan`.
+    Trojan(super::TrojanOutboundConfig),
 }
 
 /// `freedom.domainStrategy`.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::ctx::{Ctx, Obj, index, is_noop, join};
 use super::json::{Node, Value};
 use super::stream;
+use super::proxies;
 use super::types::*;
 use super::values::{parse_cidr, parse_port_list, parse_port_range, parse_uuid, split_host_port};
 use crate::router::geo;
@@ -310,6 +311,21 @@ fn build_inbound(
         Some("vmess") => {
             settings(ctx, &o, VMESS_IN_KEYS).and_then(|s| vmess_inbound(ctx, &s)).map(InboundProtocol::Vmess)
         }
+        Some("socks") => settings(ctx, &o, proxies::SOCKS_IN_KEYS)
+            .and_then(|s| proxies::socks_inbound(ctx, &s))
+            .map(InboundProtocol::Socks),
+        Some("http") => settings(ctx, &o, proxies::HTTP_IN_KEYS)
+            .and_then(|s| proxies::http_inbound(ctx, &s))
+            .map(InboundProtocol::Http),
+        Some("shadowsocks") => settings(ctx, &o, proxies::SS_IN_KEYS)
+            .and_then(|s| proxies::shadowsocks_inbound(ctx, &s))
+            .map(InboundProtocol::Shadowsocks),
+        Some("vless") => settings(ctx, &o, proxies::VLESS_IN_KEYS)
+            .and_then(|s| proxies::vless_inbound(ctx, &s))
+            .map(InboundProtocol::Vless),
+        Some("trojan") => settings(ctx, &o, proxies::TROJAN_IN_KEYS)
+            .and_then(|s| proxies::trojan_inbound(ctx, &s))
+            .map(InboundProtocol::Trojan),
         Some(other) => {
             unknown_protocol(ctx, &o, other, KNOWN_INBOUND_PROTOCOLS);
             None
@@ -435,7 +451,7 @@ fn network_list(ctx: &mut Ctx<'_>, n: &Node, path: &str) -> Option<NetworkList> 
 const VMESS_IN_KEYS: &[&str] = &["clients", "features", "default", "detour", "disableInsecureEncryption"];
 const VMESS_USER_KEYS: &[&str] = &["id", "alterId", "security", "email", "level"];
 
-fn secret_id(ctx: &mut Ctx<'_>, u: &Obj<'_>) -> Option<SecretId> {
+pub(crate) fn secret_id(ctx: &mut Ctx<'_>, u: &Obj<'_>) -> Option<SecretId> {
     let p = u.path_of("id");
     let Some(n) = u.get("id") else {
         ctx.error(u.node, &p, "\"id\" is missing");
@@ -562,6 +578,21 @@ fn build_outbound(
         Some("dns") => settings(ctx, &o, super::dns::DNS_OUT_KEYS)
             .and_then(|s| super::dns::dns_outbound(ctx, &s))
             .map(OutboundProtocol::Dns),
+        Some("socks") => settings(ctx, &o, proxies::PROXY_OUT_KEYS)
+            .and_then(|s| proxies::proxy_client(ctx, &s, "socks"))
+            .map(OutboundProtocol::Socks),
+        Some("http") => settings(ctx, &o, proxies::PROXY_OUT_KEYS)
+            .and_then(|s| proxies::proxy_client(ctx, &s, "http"))
+            .map(OutboundProtocol::Http),
+        Some("shadowsocks") => settings(ctx, &o, proxies::PROXY_OUT_KEYS)
+            .and_then(|s| proxies::shadowsocks_outbound(ctx, &s))
+            .map(OutboundProtocol::Shadowsocks),
+        Some("vless") => {
+            settings(ctx, &o, &["vnext"]).and_then(|s| proxies::vless_outbound(ctx, &s)).map(OutboundProtocol::Vless)
+        }
+        Some("trojan") => settings(ctx, &o, proxies::PROXY_OUT_KEYS)
+            .and_then(|s| proxies::trojan_outbound(ctx, &s))
+            .map(OutboundProtocol::Trojan),
         Some(other) => {
             unknown_protocol(ctx, &o, other, KNOWN_OUTBOUND_PROTOCOLS);
             None

@@ -1,10 +1,19 @@
 //! Protocol handlers: the inbound/outbound traits, the stream type they exchange, and the relay.
 
+pub mod addr;
 pub mod blackhole;
 pub mod dns;
 pub mod dokodemo;
+pub mod fallback;
 pub mod freedom;
+pub mod http;
 pub mod muxed;
+pub mod prefixed;
+pub mod shadowsocks;
+pub mod sniff;
+pub mod socks;
+pub mod trojan;
+pub mod vless;
 pub mod vmess;
 
 mod relay;
@@ -81,5 +90,19 @@ pub trait Inbound: Send + Sync + 'static {
     /// Whether the listener should look up each connection's original destination (SO_ORIGINAL_DST).
     fn wants_original_dst(&self) -> bool {
         false
+    }
+
+    /// True when this inbound also listens on UDP on its ports (socks with `udp`).
+    fn udp(&self) -> bool {
+        false
+    }
+
+    /// Serves datagrams on the inbound's UDP socket (bound to the same address and port as its TCP
+    /// listener) until the task is dropped. Called only when [`Inbound::udp`] is true.
+    async fn serve_udp(
+        &self,
+        _socket: std::sync::Arc<tokio::net::UdpSocket>,
+        _dispatcher: std::sync::Arc<crate::dispatch::Dispatcher>,
+    ) {
     }
 }

@@ -554,3 +554,50 @@ pub async fn until_served(entry: SocketAddr, attempt: Duration, deadline: Durati
     }
     None
 }
+
+/// The curl binary, or None (after saying so loudly). Under CI=true a missing curl is a failure.
+pub fn curl() -> Option<PathBuf> {
+    let found = ["/usr/bin/curl", "/usr/local/bin/curl"].into_iter().map(PathBuf::from).find(|p| p.is_file());
+    if found.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but curl is not installed (apt-get install curl)");
+        }
+        eprintln!("\n*** SKIPPED: curl not found (install it with `apt-get install curl`); test did not run ***\n");
+    }
+    found
+}
+
+/// A tiny HTTP/1.1 server on 127.0.0.1: every request gets `body` with a Content-Length, then the
+/// connection closes. Returns its address.
+pub async fn http_server(body: Vec<u8>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+    let addr = listener.local_addr().expect("http addr");
+    let body = std::sync::Arc::new(body);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Open file descriptors of a process (from /proc).
+pub fn fd_count(pid: u32) -> usize {
+    // An unreadable /proc must fail the test, not make a leak check vacuous.
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+}

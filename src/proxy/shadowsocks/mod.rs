@@ -1,0 +1,269 @@
+//! `shadowsocks` (AEAD methods and `none`), TCP: the inbound and the outbound. The cipher and chunk
+//! codec is in [`codec`]; this module is the tokio glue.
+
+pub mod codec;
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{Instant, timeout_at};
+use tracing::{debug, info};
+
+use self::codec::{Chunk, Decoder, Encoder, MAX_PAYLOAD, Method};
+use crate::config::{ShadowsocksClientConfig, ShadowsocksInboundConfig};
+use crate::dispatch::Dispatcher;
+use crate::proxy::prefixed::Prefixed;
+use crate::proxy::{BoxStream, Inbound, Outbound, ProxyError, addr};
+use crate::session::{Destination, Session, User};
+use crate::transport::{Accepted, Dialer, StreamSettings};
+
+/// Outbound dial schedule, as V2Ray's shadowsocks client: 5 attempts, backing off from 100 ms.
+const DIAL_WAITS: [Duration; 4] =
+    [Duration::from_millis(100), Duration::from_millis(200), Duration::from_millis(400), Duration::from_millis(800)];
+/// Longest address header (a 255-byte domain).
+const MAX_HEADER: usize = 1 + 1 + 255 + 2;
+
+/// A Shadowsocks TCP stream over `S`: reads decrypt, writes encrypt.
+pub struct SsStream<S> {
+    inner: S,
+    dec: Decoder,
+    rbuf: BytesMut,
+    plain: Bytes,
+    eof: bool,
+    enc: Encoder,
+    wbuf: BytesMut,
+    raw_read: usize,
+}
+
+impl<S> SsStream<S> {
+    /// Wraps `inner` for `method` with the master key.
+    pub fn new(inner: S, method: Method, master: &[u8]) -> Self {
+        SsStream {
+            inner,
+            dec: Decoder::new(method, master),
+            rbuf: BytesMut::with_capacity(MAX_PAYLOAD + 64),
+            plain: Bytes::new(),
+            eof: false,
+            enc: Encoder::new(method, master),
+            wbuf: BytesMut::new(),
+            raw_read: 0,
+        }
+    }
+
+    /// Raw bytes read from the peer so far.
+    pub fn raw_read(&self) -> usize {
+        self.raw_read
+    }
+
+    /// The underlying stream (for draining a failed handshake).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for SsStream<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.plain.is_empty() {
+                let n = this.plain.len().min(out.remaining());
+                out.put_slice(&this.plain[..n]);
+                this.plain.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            match this.dec.decode(&mut this.rbuf) {
+                Ok(Some(Chunk::Data(p))) => {
+                    this.plain = p;
+                    continue;
+                }
+                Ok(Some(Chunk::End)) => {
+                    this.eof = true;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e))),
+            }
+            let want = this.dec.wants(this.rbuf.len()).max(16 * 1024);
+            let start = this.rbuf.len();
+            this.rbuf.resize(start + want, 0);
+            let mut rb = ReadBuf::new(&mut this.rbuf[start..]);
+            let r = Pin::new(&mut this.inner).poll_read(cx, &mut rb);
+            let n = rb.filled().len();
+            this.rbuf.truncate(start + n);
+            ready!(r)?;
+            if n == 0 {
+                if !this.rbuf.is_empty() {
+                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                }
+                this.eof = true;
+            }
+            this.raw_read += n;
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> SsStream<S> {
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.wbuf.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.wbuf))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.wbuf.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SsStream<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        ready!(self.poll_drain(cx))?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let take = buf.len().min(4 * MAX_PAYLOAD);
+        let this = &mut *self;
+        this.enc.encode(&buf[..take], &mut this.wbuf);
+        // The bytes are accepted; what the socket does not take now goes out on the next write or flush.
+        if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(take))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The shadowsocks inbound (one user, as in 4.34).
+pub struct ShadowsocksInbound {
+    tag: Option<Arc<str>>,
+    method: Method,
+    master: Vec<u8>,
+    user: User,
+    drain: (usize, usize),
+}
+
+impl ShadowsocksInbound {
+    /// Builds it for an inbound with this tag.
+    pub fn new(tag: Option<String>, config: &ShadowsocksInboundConfig) -> Self {
+        let master = codec::master_key(&config.password, config.method.key_len());
+        let drain = codec::drain_params(&master);
+        let user = User { email: config.email.as_deref().map(Arc::from), level: config.level };
+        ShadowsocksInbound { tag: tag.map(Arc::from), method: config.method, master, user, drain }
+    }
+
+    /// Reads and discards a key-dependent number of bytes (counting those already read) until EOF or
+    /// the handshake deadline, then lets the caller close: where authentication failed stays hidden.
+    async fn drain(&self, mut stream: BoxStream, already: usize, deadline: Instant) {
+        let (base, jitter_max) = self.drain;
+        let mut b = [0u8; 2];
+        let _ = aws_lc_rs::rand::fill(&mut b);
+        let mut left = (base + 16 + 38 + u16::from_le_bytes(b) as usize % jitter_max).saturating_sub(already);
+        let mut sink = [0u8; 1024];
+        while left > 0 {
+            let want = left.min(sink.len());
+            match timeout_at(deadline, stream.read(&mut sink[..want])).await {
+                Ok(Ok(n)) if n > 0 => left -= n,
+                _ => break,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Inbound for ShadowsocksInbound {
+    async fn accept(&self, conn: Accepted, dispatcher: &Arc<Dispatcher>) {
+        let peer = conn.peer;
+        let deadline = Instant::now() + dispatcher.policy(self.user.level).handshake;
+        let mut ss = SsStream::new(conn.stream, self.method, &self.master);
+        let mut head = BytesMut::with_capacity(512);
+        let failure = loop {
+            match addr::decode(&head, true) {
+                Ok(Some((address, port, used))) => {
+                    let rest = head.split_off(used).freeze();
+                    let mut session = Session::new(self.tag.clone(), Some(peer), Destination::tcp(address, port));
+                    session.user = Some(self.user.clone());
+                    dispatcher.dispatch(session, Box::new(Prefixed::new(rest, ss))).await;
+                    return;
+                }
+                Ok(None) if head.len() < MAX_HEADER => {}
+                Ok(None) => break "address header too long".to_string(),
+                Err(e) => break format!("failed to read address: {e}"),
+            }
+            match timeout_at(deadline, ss.read_buf(&mut head)).await {
+                Ok(Ok(0)) => {
+                    debug!(%peer, "shadowsocks: closed during the handshake");
+                    return;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => break format!("failed to read address > {e}"),
+                Err(_) => {
+                    debug!(%peer, "shadowsocks: handshake timed out");
+                    return;
+                }
+            }
+        };
+        info!(%peer, "shadowsocks: rejected: {failure}");
+        let already = ss.raw_read();
+        self.drain(ss.into_inner(), already, deadline).await;
+    }
+}
+
+/// The shadowsocks outbound.
+pub struct ShadowsocksOutbound {
+    servers: Vec<(crate::session::Address, u16, Method, Vec<u8>)>,
+    dialer: Dialer,
+    next: AtomicUsize,
+}
+
+impl ShadowsocksOutbound {
+    /// Builds it from its settings, the outbound's `streamSettings` and `sendThrough`.
+    pub fn new(
+        config: &ShadowsocksClientConfig,
+        stream: &StreamSettings,
+        send_through: Option<std::net::IpAddr>,
+    ) -> Self {
+        let servers = config
+            .servers
+            .iter()
+            .map(|s| (s.address.clone(), s.port, s.method, codec::master_key(&s.password, s.method.key_len())))
+            .collect();
+        let dialer = Dialer::new(stream, send_through).with_retries(&DIAL_WAITS);
+        ShadowsocksOutbound { servers, dialer, next: AtomicUsize::new(0) }
+    }
+}
+
+#[async_trait]
+impl Outbound for ShadowsocksOutbound {
+    /// Sends salt + the address header as a chunk of its own at once, as the 4.34 client does.
+    async fn connect(&self, session: &Session) -> Result<BoxStream, ProxyError> {
+        let (address, port, method, master) =
+            &self.servers[self.next.fetch_add(1, Ordering::Relaxed) % self.servers.len().max(1)];
+        let inner = self.dialer.dial(address, *port).await?;
+        let mut ss = SsStream::new(inner, *method, master);
+        let mut header = Vec::with_capacity(64);
+        addr::encode(&mut header, &session.target.address, session.target.port)
+            .map_err(|e| ProxyError::Refused(format!("shadowsocks: {e}")))?;
+        ss.write_all(&header).await?;
+        ss.flush().await?;
+        Ok(Box::new(ss))
+    }
+}
