@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::ctx::{Ctx, Obj, index, is_noop, join};
 use super::json::{Node, Value};
-use super::stream;
 use super::proxies;
+use super::stream;
 use super::types::*;
 use super::values::{parse_cidr, parse_port_list, parse_port_range, parse_uuid, split_host_port};
 use crate::router::geo;
