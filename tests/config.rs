@@ -335,7 +335,7 @@ fn ignored_keys_load_with_warnings_that_name_the_place() {
 
 #[test]
 fn a_refused_outbound_gives_no_follow_on_warning() {
-    let text = r#"{"outbounds": [{"protocol": "freedom", "tag": "a"}, {"protocol": "socks", "tag": "s"}],
+    let text = r#"{"outbounds": [{"protocol": "freedom", "tag": "a"}, {"protocol": "mtproto", "tag": "s"}],
       "routing": {"rules": [{"type": "field", "port": 1, "outboundTag": "s"}]}}"#;
     let errs = errors(text);
     assert_eq!(errs.len(), 1, "{errs:#?}");
