@@ -142,7 +142,8 @@ async fn a_visitor_that_never_reads_does_not_stall_its_reverse_tunnel() {
     let logs = || format!("--- portal\n{}\n--- bridge\n{}", portal.log_text(), bridge.log_text());
     until_traffic(local(external), Duration::from_secs(15)).await.unwrap_or_else(|| panic!("no traffic: {}", logs()));
     head_of_line_case(local(external), true, &logs).await;
-    assert!(portal.log_text().contains("stopped taking data"), "the portal did not say why:\n{}", logs());
+    let said = portal.log_shows("stopped taking data", Duration::from_secs(5)).await;
+    assert!(said, "the portal did not say why:\n{}", logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -210,6 +210,11 @@ impl Proc {
         }
         s
     }
+
+    /// Waits until the log holds `needle`: a process writes its log in batches, shortly after the event.
+    pub async fn log_shows(&self, needle: &str, deadline: Duration) -> bool {
+        wait_until(deadline, || async { self.log_text().contains(needle) }).await
+    }
 }
 
 impl Drop for Proc {
