@@ -10,73 +10,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const UUID: &str = "27848739-7e62-4138-9fd3-098a63964b6b";
 /// The issue's bar: a visitor is served again within 10 s of the tunnel going silent.
 const RECOVERY_BAR: Duration = Duration::from_secs(10);
 
 /// Tests that time recovery run one at a time, so they do not slow each other down on 2 CPUs.
 static TIMED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn portal_config(external: u16, interconn: u16, loglevel: &str) -> String {
-    format!(
-        r#"{{
-  "log": {{"loglevel": "{loglevel}"}},
-  "reverse": {{"portals": [{{"tag": "portal", "domain": "test.v2fly.org", "internalDomain": "reverse.internal.v2ray.com"}}]}},
-  "inbounds": [
-    {{"tag": "external", "listen": "127.0.0.1", "port": {external}, "protocol": "dokodemo-door",
-      "settings": {{"address": "127.0.0.1", "port": 80, "network": "tcp"}}}},
-    {{"tag": "interconn", "listen": "127.0.0.1", "port": {interconn}, "protocol": "vmess",
-      "settings": {{"clients": [{{"id": "{UUID}"}}]}}}}
-  ],
-  "routing": {{"rules": [
-    {{"type": "field", "inboundTag": ["external"], "outboundTag": "portal"}},
-    {{"type": "field", "inboundTag": ["interconn"], "outboundTag": "portal"}}
-  ]}}
-}}"#
-    )
-}
-
-/// One bridge entry and the two outbounds it needs, numbered `n` (several bridges share a process).
-fn bridge_parts(n: usize, interconn: SocketAddr, service: u16) -> (String, String, String) {
-    let entry = format!(r#"{{"tag": "bridge{n}", "domain": "b{n}.test"}}"#);
-    let outbounds = format!(
-        r#"{{"tag": "out{n}", "protocol": "freedom", "settings": {{"redirect": "127.0.0.1:{service}"}}}},
-    {{"protocol": "vmess", "settings": {{"vnext": [{{"address": "{ip}", "port": {port}, "users": [{{"id": "{UUID}"}}]}}]}},
-      "tag": "interconn{n}"}}"#,
-        ip = interconn.ip(),
-        port = interconn.port()
-    );
-    let rules = format!(
-        r#"{{"type": "field", "inboundTag": ["bridge{n}"], "domain": ["full:b{n}.test"], "outboundTag": "interconn{n}"}},
-    {{"type": "field", "inboundTag": ["bridge{n}"], "outboundTag": "out{n}"}}"#
-    );
-    (entry, outbounds, rules)
-}
-
-fn bridges_config(parts: &[(String, String, String)], loglevel: &str) -> String {
-    let join =
-        |f: fn(&(String, String, String)) -> &String| parts.iter().map(f).cloned().collect::<Vec<_>>().join(",\n    ");
-    format!(
-        r#"{{
-  "log": {{"loglevel": "{loglevel}"}},
-  "reverse": {{"bridges": [{}]}},
-  "outbounds": [
-    {}
-  ],
-  "routing": {{"rules": [
-    {}
-  ]}}
-}}"#,
-        join(|p| &p.0),
-        join(|p| &p.1),
-        join(|p| &p.2)
-    )
-}
-
-fn bridge_config(interconn: SocketAddr, service: u16, loglevel: &str) -> String {
-    // The portal's domain is test.v2fly.org.
-    bridges_config(&[bridge_parts(1, interconn, service)], loglevel).replace("b1.test", "test.v2fly.org")
-}
 
 /// Portal and bridge (of the given implementations) with a freezable relay on the tunnel's path.
 struct FrozenPair {
@@ -98,9 +36,14 @@ impl FrozenPair {
         let relay = FreezableRelay::start_with(local(interconn), rcvbuf).await;
         let dir = temp_dir(name);
         let level = |i: Impl| if i == Impl::Oxray { "info" } else { "warning" };
-        let portal = spawn_impl(portal_impl, "portal", &dir, &portal_config(external, interconn, level(portal_impl)));
-        let bridge =
-            spawn_impl(bridge_impl, "bridge", &dir, &bridge_config(relay.addr, echo.port(), level(bridge_impl)));
+        let portal =
+            spawn_impl(portal_impl, "portal", &dir, &portal_config(external, interconn, Rev::new(level(portal_impl))));
+        let bridge = spawn_impl(
+            bridge_impl,
+            "bridge",
+            &dir,
+            &bridge_config(relay.addr, echo.port(), Rev::new(level(bridge_impl))),
+        );
         let pair = FrozenPair { relay, external, portal, bridge, _echo: task };
         until_traffic(pair.public(), Duration::from_secs(15))
             .await
@@ -249,11 +192,14 @@ async fn black_holed_portal_does_not_stall_the_bridge() {
         Impl::Oxray,
         "portal2",
         &dir,
-        &portal_config(ext2, ic2, "info").replace("test.v2fly.org", "b2.test"),
+        &portal_config(ext2, ic2, Rev { domain: "b2.test", ..Rev::new("info") }),
     );
-    let parts = [bridge_parts(1, hole_addr, echo.port()), bridge_parts(2, local(ic2), echo.port())];
+    let parts = [
+        bridge_parts("1", hole_addr, echo.port(), Rev { domain: "b1.test", ..Rev::new("info") }),
+        bridge_parts("2", local(ic2), echo.port(), Rev { domain: "b2.test", ..Rev::new("info") }),
+    ];
     let started = Instant::now();
-    let bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridges_config(&parts, "info"));
+    let bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridges_config(&parts, Rev::new("info")));
     let logs = || format!("--- bridge\n{}\n--- portal2\n{}", bridge.log_text(), portal2.log_text());
     let first =
         until_traffic(local(ext2), Duration::from_secs(10)).await.unwrap_or_else(|| panic!("no traffic\n{}", logs()));
@@ -286,7 +232,7 @@ async fn black_holed_portal_does_not_stall_the_bridge() {
         Impl::Oxray,
         "portal1",
         &dir,
-        &portal_config(ext1, hole_addr.port(), "info").replace("test.v2fly.org", "b1.test"),
+        &portal_config(ext1, hole_addr.port(), Rev { domain: "b1.test", ..Rev::new("info") }),
     );
     assert!(wait_for_port(hole_addr, Duration::from_secs(10)), "{}", portal1.log_text());
     let back = Instant::now();
@@ -358,8 +304,9 @@ async fn sigterm_with_live_transfer(name: &str, bridge_side: bool, chunks: u8) {
     let (service, _task) = paced_service().await;
     let (external, interconn) = (free_port(), free_port());
     let dir = temp_dir(name);
-    let mut portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, "info"));
-    let mut bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(local(interconn), service.port(), "info"));
+    let mut portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, Rev::new("info")));
+    let mut bridge =
+        spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(local(interconn), service.port(), Rev::new("info")));
     until_traffic(local(external), Duration::from_secs(15)).await.expect("first traffic");
 
     let mut visitor = tokio::net::TcpStream::connect(local(external)).await.unwrap();

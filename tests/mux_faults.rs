@@ -14,47 +14,8 @@ use tokio::net::TcpSocket;
 
 use common::*;
 
-const UUID: &str = "27848739-7e62-4138-9fd3-098a63964b6b";
-
 /// Process tests run one at a time: their timings must not compete on a 2-core machine.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn portal_config(external: u16, interconn: u16) -> String {
-    format!(
-        r#"{{
-  "log": {{"loglevel": "info"}},
-  "reverse": {{"portals": [{{"tag": "portal", "domain": "test.v2fly.org", "internalDomain": "reverse.internal.v2ray.com"}}]}},
-  "inbounds": [
-    {{"tag": "external", "listen": "127.0.0.1", "port": {external}, "protocol": "dokodemo-door",
-      "settings": {{"address": "127.0.0.1", "port": 80, "network": "tcp"}}}},
-    {{"tag": "interconn", "listen": "127.0.0.1", "port": {interconn}, "protocol": "vmess",
-      "settings": {{"clients": [{{"id": "{UUID}"}}]}}}}
-  ],
-  "routing": {{"rules": [
-    {{"type": "field", "inboundTag": ["external"], "outboundTag": "portal"}},
-    {{"type": "field", "inboundTag": ["interconn"], "outboundTag": "portal"}}
-  ]}}
-}}"#
-    )
-}
-
-fn bridge_config(interconn: u16, service: u16) -> String {
-    format!(
-        r#"{{
-  "log": {{"loglevel": "info"}},
-  "reverse": {{"bridges": [{{"tag": "bridge", "domain": "test.v2fly.org"}}]}},
-  "outbounds": [
-    {{"tag": "out", "protocol": "freedom", "settings": {{"redirect": "127.0.0.1:{service}"}}}},
-    {{"protocol": "vmess", "settings": {{"vnext": [{{"address": "127.0.0.1", "port": {interconn}, "users": [{{"id": "{UUID}"}}]}}]}},
-      "tag": "interconn"}}
-  ],
-  "routing": {{"rules": [
-    {{"type": "field", "inboundTag": ["bridge"], "domain": ["full:test.v2fly.org"], "outboundTag": "interconn"}},
-    {{"type": "field", "inboundTag": ["bridge"], "outboundTag": "out"}}
-  ]}}
-}}"#
-    )
-}
 
 fn vmess_server_config(port: u16) -> String {
     format!(
@@ -137,8 +98,9 @@ async fn a_visitor_that_never_reads_does_not_stall_its_reverse_tunnel() {
     let (echo, _task) = xor_echo_server().await;
     let (external, interconn) = (free_port(), free_port());
     let dir = temp_dir("mux-faults-hol-reverse");
-    let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn));
-    let bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, echo.port()));
+    let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, Rev::new("info")));
+    let bridge =
+        spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(local(interconn), echo.port(), Rev::new("info")));
     let logs = || format!("--- portal\n{}\n--- bridge\n{}", portal.log_text(), bridge.log_text());
     until_traffic(local(external), Duration::from_secs(15)).await.unwrap_or_else(|| panic!("no traffic: {}", logs()));
     head_of_line_case(local(external), true, &logs).await;
@@ -175,8 +137,9 @@ async fn a_worn_reverse_tunnel_is_replaced_before_its_nonces_run_out() {
     let (echo, _task) = xor_echo_server().await;
     let (external, interconn) = (free_port(), free_port());
     let dir = temp_dir("mux-faults-wear");
-    let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn));
-    let bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, echo.port()));
+    let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, Rev::new("info")));
+    let bridge =
+        spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(local(interconn), echo.port(), Rev::new("info")));
     let logs = || format!("--- portal\n{}\n--- bridge\n{}", portal.log_text(), bridge.log_text());
     let public = local(external);
     until_traffic(public, Duration::from_secs(15)).await.unwrap_or_else(|| panic!("no traffic: {}", logs()));

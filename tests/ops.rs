@@ -14,46 +14,19 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const UUID: &str = "27848739-7e62-4138-9fd3-098a63964b6b";
 /// Heartbeat period of the test pair; the health bound is 3 periods.
 const HEARTBEAT_S: u64 = 1;
 
-fn portal_config(external: u16, interconn: u16, ops: u16) -> String {
-    format!(
-        r#"{{
-  "log": {{"loglevel": "info"}},
-  "ops": {{"listen": "127.0.0.1:{ops}"}},
-  "reverse": {{"portals": [{{"tag": "portal", "domain": "test.v2fly.org", "heartbeatSeconds": {HEARTBEAT_S}}}]}},
-  "inbounds": [
-    {{"tag": "external", "listen": "127.0.0.1", "port": {external}, "protocol": "dokodemo-door",
-      "settings": {{"address": "127.0.0.1", "port": 80, "network": "tcp"}}}},
-    {{"tag": "interconn", "listen": "127.0.0.1", "port": {interconn}, "protocol": "vmess",
-      "settings": {{"clients": [{{"id": "{UUID}"}}]}}}}
-  ],
-  "routing": {{"rules": [
-    {{"type": "field", "inboundTag": ["external"], "outboundTag": "portal"}},
-    {{"type": "field", "inboundTag": ["interconn"], "outboundTag": "portal"}}
-  ]}}
-}}"#
-    )
+/// The reverse pair's portal with the ops listener in its config; both sides beat every HEARTBEAT_S.
+fn ops_portal_config(external: u16, interconn: u16, ops: u16) -> String {
+    let top = format!(r#""ops": {{"listen": "127.0.0.1:{ops}"}},"#);
+    let entry = format!(r#""heartbeatSeconds": {HEARTBEAT_S}, "#);
+    portal_config(external, interconn, Rev { entry: &entry, top: &top, ..Rev::new("info") })
 }
 
-fn bridge_config(interconn: u16, service: u16) -> String {
-    format!(
-        r#"{{
-  "log": {{"loglevel": "info"}},
-  "reverse": {{"bridges": [{{"tag": "bridge", "domain": "test.v2fly.org", "heartbeatSeconds": {HEARTBEAT_S}}}]}},
-  "outbounds": [
-    {{"tag": "out", "protocol": "freedom", "settings": {{"redirect": "127.0.0.1:{service}"}}}},
-    {{"protocol": "vmess", "settings": {{"vnext": [{{"address": "127.0.0.1", "port": {interconn}, "users": [{{"id": "{UUID}"}}]}}]}},
-      "tag": "interconn"}}
-  ],
-  "routing": {{"rules": [
-    {{"type": "field", "inboundTag": ["bridge"], "domain": ["full:test.v2fly.org"], "outboundTag": "interconn"}},
-    {{"type": "field", "inboundTag": ["bridge"], "outboundTag": "out"}}
-  ]}}
-}}"#
-    )
+fn ops_bridge_config(interconn: u16, service: u16) -> String {
+    let entry = format!(r#""heartbeatSeconds": {HEARTBEAT_S}, "#);
+    bridge_config(local(interconn), service, Rev { entry: &entry, ..Rev::new("info") })
 }
 
 /// A portal (ops in its config) and a bridge (ops from `--ops`) in front of an XOR echo service.
@@ -72,8 +45,8 @@ impl Pair {
         let (echo, task) = xor_echo_server().await;
         let (external, interconn, pops, bops) = (free_port(), free_port(), free_port(), free_port());
         let dir = temp_dir(name);
-        let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, pops));
-        let cfg = write_file(&dir, "bridge.json", &bridge_config(interconn, echo.port()));
+        let portal = spawn_impl(Impl::Oxray, "portal", &dir, &ops_portal_config(external, interconn, pops));
+        let cfg = write_file(&dir, "bridge.json", &ops_bridge_config(interconn, echo.port()));
         let bops_arg = format!("127.0.0.1:{bops}");
         let args = ["run", "-c", cfg.to_str().unwrap(), "--ops", &bops_arg];
         let bridge = Proc::spawn("bridge", &oxray_bin(), &args, &dir.join("bridge.log"), bridge_env);
@@ -262,7 +235,7 @@ async fn metrics_have_fixed_names_types_and_labels() {
     // Every configured tag is there at 0 before any tunnel: a portal alone.
     let dir = temp_dir("ops-metrics-alone");
     let ops = free_port();
-    let _alone = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(free_port(), free_port(), ops));
+    let _alone = spawn_impl(Impl::Oxray, "portal", &dir, &ops_portal_config(free_port(), free_port(), ops));
     assert!(wait_port_async(local(ops), Duration::from_secs(10)).await);
     let (code, first) = get(local(ops), "/metrics", None).await.unwrap();
     assert_eq!(code, 200);

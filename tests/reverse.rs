@@ -8,49 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const UUID: &str = "27848739-7e62-4138-9fd3-098a63964b6b";
-
 /// Heavy transfers run one at a time so timings and 2-core CI stay sane.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn portal_config(external: u16, interconn: u16, loglevel: &str) -> String {
-    // internalDomain is an oxray extension (V2Ray ignores unknown keys): 4.34's spelling so a V2Ray 4.34
-    // bridge recognises the control session.
-    format!(
-        r#"{{
-  "log": {{"loglevel": "{loglevel}"}},
-  "reverse": {{"portals": [{{"tag": "portal", "domain": "test.v2fly.org", "internalDomain": "reverse.internal.v2ray.com"}}]}},
-  "inbounds": [
-    {{"tag": "external", "listen": "127.0.0.1", "port": {external}, "protocol": "dokodemo-door",
-      "settings": {{"address": "127.0.0.1", "port": 80, "network": "tcp"}}}},
-    {{"tag": "interconn", "listen": "127.0.0.1", "port": {interconn}, "protocol": "vmess",
-      "settings": {{"clients": [{{"id": "{UUID}"}}]}}}}
-  ],
-  "routing": {{"rules": [
-    {{"type": "field", "inboundTag": ["external"], "outboundTag": "portal"}},
-    {{"type": "field", "inboundTag": ["interconn"], "outboundTag": "portal"}}
-  ]}}
-}}"#
-    )
-}
-
-fn bridge_config(interconn: u16, service: u16, loglevel: &str) -> String {
-    format!(
-        r#"{{
-  "log": {{"loglevel": "{loglevel}"}},
-  "reverse": {{"bridges": [{{"tag": "bridge", "domain": "test.v2fly.org"}}]}},
-  "outbounds": [
-    {{"tag": "out", "protocol": "freedom", "settings": {{"redirect": "127.0.0.1:{service}"}}}},
-    {{"protocol": "vmess", "settings": {{"vnext": [{{"address": "127.0.0.1", "port": {interconn}, "users": [{{"id": "{UUID}"}}]}}]}},
-      "tag": "interconn"}}
-  ],
-  "routing": {{"rules": [
-    {{"type": "field", "inboundTag": ["bridge"], "domain": ["full:test.v2fly.org"], "outboundTag": "interconn"}},
-    {{"type": "field", "inboundTag": ["bridge"], "outboundTag": "out"}}
-  ]}}
-}}"#
-    )
-}
 
 /// An oxray portal and bridge in front of a fresh XOR echo service, carrying traffic.
 struct OxrayPair {
@@ -70,8 +29,9 @@ impl OxrayPair {
         let (echo, task) = xor_echo_server().await;
         let (external, interconn) = (free_port(), free_port());
         let dir = temp_dir(name);
-        let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, level));
-        let bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, echo.port(), level));
+        let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, Rev::new(level)));
+        let bridge =
+            spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(local(interconn), echo.port(), Rev::new(level)));
         until_traffic(local(external), Duration::from_secs(15)).await.expect("first traffic");
         OxrayPair { dir, external, interconn, service: echo.port(), level, portal, bridge, _echo: task }
     }
@@ -83,13 +43,13 @@ impl OxrayPair {
 
     /// Starts a new portal on the same ports (the old one is gone).
     fn respawn_portal(&mut self) {
-        let config = portal_config(self.external, self.interconn, self.level);
+        let config = portal_config(self.external, self.interconn, Rev::new(self.level));
         self.portal = spawn_impl(Impl::Oxray, "portal", &self.dir, &config);
     }
 
     /// Starts a new bridge with the same config (the old one is gone).
     fn respawn_bridge(&mut self) {
-        let config = bridge_config(self.interconn, self.service, self.level);
+        let config = bridge_config(local(self.interconn), self.service, Rev::new(self.level));
         self.bridge = spawn_impl(Impl::Oxray, "bridge", &self.dir, &config);
     }
 }
@@ -104,8 +64,14 @@ async fn pairing(bridge_impl: Impl, portal_impl: Impl) {
     let dir = temp_dir(&format!("reverse-{bridge_impl:?}-{portal_impl:?}"));
     // oxray logs tunnels and drains at info; V2Ray at info would log every session.
     let level = |i: Impl| if i == Impl::Oxray { "info" } else { "warning" };
-    let bridge = spawn_impl(bridge_impl, "bridge", &dir, &bridge_config(interconn, echo.port(), level(bridge_impl)));
-    let portal = spawn_impl(portal_impl, "portal", &dir, &portal_config(external, interconn, level(portal_impl)));
+    let bridge = spawn_impl(
+        bridge_impl,
+        "bridge",
+        &dir,
+        &bridge_config(local(interconn), echo.port(), Rev::new(level(bridge_impl))),
+    );
+    let portal =
+        spawn_impl(portal_impl, "portal", &dir, &portal_config(external, interconn, Rev::new(level(portal_impl))));
     let public = local(external);
     let logs = || format!("--- bridge\n{}\n--- portal\n{}", bridge.log_text(), portal.log_text());
 
@@ -259,8 +225,9 @@ async fn half_close_crosses_the_tunnel() {
     });
     let (external, interconn) = (free_port(), free_port());
     let dir = temp_dir("reverse-halfclose");
-    let _bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, service.port(), "info"));
-    let _portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, "info"));
+    let _bridge =
+        spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(local(interconn), service.port(), Rev::new("info")));
+    let _portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, Rev::new("info")));
     let public = local(external);
     // The readiness probe sends "ping" and reads 4 bytes; the service answers after the probe's EOF.
     until_traffic_any(public, Duration::from_secs(15)).await.expect("no tunnel");
@@ -336,8 +303,9 @@ async fn visitor_disconnect_stops_the_upstream_transfer() {
     });
     let (external, interconn) = (free_port(), free_port());
     let dir = temp_dir("reverse-ghost");
-    let bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, service.port(), "info"));
-    let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, "info"));
+    let bridge =
+        spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(local(interconn), service.port(), Rev::new("info")));
+    let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, Rev::new("info")));
     let public = local(external);
     assert!(wait_for_port(local(external), Duration::from_secs(10)));
 
@@ -382,7 +350,7 @@ async fn refused_tunnels_back_off_and_warn() {
     let _server = spawn_impl(Impl::Oxray, "server", &dir, &server);
     assert!(wait_for_port(local(interconn), Duration::from_secs(10)));
     let started = Instant::now();
-    let bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(interconn, 9, "warning"));
+    let bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge_config(local(interconn), 9, Rev::new("warning")));
     let warned = wait_until(Duration::from_secs(5), || {
         let w = bridge.log_text().contains("closed the tunnel before any heartbeat");
         async move { w }
@@ -403,10 +371,13 @@ async fn tuning_extensions_take_effect() {
     let (echo, _task) = xor_echo_server().await;
     let (external, interconn) = (free_port(), free_port());
     let dir = temp_dir("reverse-tuning");
-    let portal = portal_config(external, interconn, "info")
-        .replace("\"internalDomain\"", "\"drainAfter\": 20, \"heartbeatSeconds\": 1, \"internalDomain\"");
-    let bridge = bridge_config(interconn, echo.port(), "info")
-        .replace("\"domain\": \"test.v2fly.org\"}]", "\"domain\": \"test.v2fly.org\", \"heartbeatSeconds\": 1}]");
+    let portal = portal_config(
+        external,
+        interconn,
+        Rev { entry: r#""drainAfter": 20, "heartbeatSeconds": 1, "#, ..Rev::new("info") },
+    );
+    let bridge =
+        bridge_config(local(interconn), echo.port(), Rev { entry: r#""heartbeatSeconds": 1, "#, ..Rev::new("info") });
     assert!(portal.contains("drainAfter") && bridge.contains("heartbeatSeconds"));
     let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal);
     let bridge = spawn_impl(Impl::Oxray, "bridge", &dir, &bridge);

@@ -606,3 +606,99 @@ pub fn fd_count(pid: u32) -> usize {
     // An unreadable /proc must fail the test, not make a leak check vacuous.
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
 }
+
+/// The VMess id of every test's portal/bridge pair.
+pub const UUID: &str = "27848739-7e62-4138-9fd3-098a63964b6b";
+
+/// What varies between the reverse tests' portal and bridge configs: configs V2Ray 4.34 runs, apart
+/// from oxray extension keys a test puts in `entry` or `top`.
+#[derive(Clone, Copy)]
+pub struct Rev<'a> {
+    pub loglevel: &'a str,
+    /// The domain the portal and its bridge share.
+    pub domain: &'a str,
+    /// Extra keys of the portal or bridge entry, each followed by a comma (`"heartbeatSeconds": 1, `).
+    pub entry: &'a str,
+    /// Extra top-level members, each followed by a comma (`"ops": {"listen": "127.0.0.1:9"}, `).
+    pub top: &'a str,
+}
+
+impl<'a> Rev<'a> {
+    pub const fn new(loglevel: &'a str) -> Self {
+        Rev { loglevel, domain: "test.v2fly.org", entry: "", top: "" }
+    }
+}
+
+/// A portal tagged `portal`: dokodemo-door `external` (to 127.0.0.1:80, rewritten by the bridge) and
+/// VMess `interconn`, both routed to it. internalDomain is 4.34's spelling, so a V2Ray bridge recognises
+/// the control session.
+pub fn portal_config(external: u16, interconn: u16, r: Rev) -> String {
+    let Rev { loglevel, domain, entry, top } = r;
+    format!(
+        r#"{{
+  "log": {{"loglevel": "{loglevel}"}}, {top}
+  "reverse": {{"portals": [{{"tag": "portal", "domain": "{domain}", {entry}"internalDomain": "reverse.internal.v2ray.com"}}]}},
+  "inbounds": [
+    {{"tag": "external", "listen": "127.0.0.1", "port": {external}, "protocol": "dokodemo-door",
+      "settings": {{"address": "127.0.0.1", "port": 80, "network": "tcp"}}}},
+    {{"tag": "interconn", "listen": "127.0.0.1", "port": {interconn}, "protocol": "vmess",
+      "settings": {{"clients": [{{"id": "{UUID}"}}]}}}}
+  ],
+  "routing": {{"rules": [
+    {{"type": "field", "inboundTag": ["external"], "outboundTag": "portal"}},
+    {{"type": "field", "inboundTag": ["interconn"], "outboundTag": "portal"}}
+  ]}}
+}}"#
+    )
+}
+
+/// One bridge entry (`bridge{n}`), its two outbounds (`out{n}`: freedom to the service, `interconn{n}`:
+/// VMess to the portal) and its two rules; several bridges can share a process.
+pub struct BridgeParts {
+    entry: String,
+    outbounds: String,
+    rules: String,
+}
+
+pub fn bridge_parts(n: &str, interconn: SocketAddr, service: u16, r: Rev) -> BridgeParts {
+    let Rev { domain, entry, .. } = r;
+    let (ip, port) = (interconn.ip(), interconn.port());
+    BridgeParts {
+        entry: format!(r#"{{"tag": "bridge{n}", {entry}"domain": "{domain}"}}"#),
+        outbounds: format!(
+            r#"{{"tag": "out{n}", "protocol": "freedom", "settings": {{"redirect": "127.0.0.1:{service}"}}}},
+    {{"protocol": "vmess", "settings": {{"vnext": [{{"address": "{ip}", "port": {port}, "users": [{{"id": "{UUID}"}}]}}]}},
+      "tag": "interconn{n}"}}"#
+        ),
+        rules: format!(
+            r#"{{"type": "field", "inboundTag": ["bridge{n}"], "domain": ["full:{domain}"], "outboundTag": "interconn{n}"}},
+    {{"type": "field", "inboundTag": ["bridge{n}"], "outboundTag": "out{n}"}}"#
+        ),
+    }
+}
+
+/// A bridge process with every entry of `parts`; `r` gives its log level and top-level extras.
+pub fn bridges_config(parts: &[BridgeParts], r: Rev) -> String {
+    let join = |f: fn(&BridgeParts) -> &String| parts.iter().map(f).cloned().collect::<Vec<_>>().join(",\n    ");
+    let Rev { loglevel, top, .. } = r;
+    format!(
+        r#"{{
+  "log": {{"loglevel": "{loglevel}"}}, {top}
+  "reverse": {{"bridges": [{}]}},
+  "outbounds": [
+    {}
+  ],
+  "routing": {{"rules": [
+    {}
+  ]}}
+}}"#,
+        join(|p| &p.entry),
+        join(|p| &p.outbounds),
+        join(|p| &p.rules)
+    )
+}
+
+/// The single bridge `bridge` for [`portal_config`], its service on 127.0.0.1:`service`.
+pub fn bridge_config(interconn: SocketAddr, service: u16, r: Rev) -> String {
+    bridges_config(&[bridge_parts("", interconn, service, r)], r)
+}
