@@ -91,6 +91,11 @@ impl Half {
         }
     }
 
+    /// Bytes read from the source wait for the sink.
+    fn in_flight(&self) -> bool {
+        self.pos < self.end
+    }
+
     /// Moves data until the source has nothing more now (Pending), the direction ends (Ready(Ok)) or
     /// fails. Sets `progress` when any byte moved.
     fn poll_copy<R, W>(
@@ -172,6 +177,8 @@ impl Half {
 ///
 /// Idle rules (V2Ray's): `connIdle` while both directions are open; once the uplink (client → target)
 /// has ended the limit becomes `downlinkOnly`, once the downlink has ended it becomes `uplinkOnly`.
+/// Unlike 4.34, time while the open direction's sink holds back bytes already read counts against
+/// `connIdle` only: back-pressure is not silence.
 pub async fn relay<A, B>(client: A, target: B, policy: &LevelPolicy) -> io::Result<RelayStats>
 where
     A: AsyncRead + AsyncWrite + Unpin + Send,
@@ -217,10 +224,14 @@ where
         if !down.done {
             let _ = down.poll_copy(cx, Pin::new(&mut target), Pin::new(&mut client), &mut progress)?;
         }
+        // The short half-close limits are for a far end with nothing more to say; bytes already read
+        // but not yet taken by the sink are back-pressure (a busy Mux carrier, a slow reader), which only
+        // `connIdle` bounds.
         let new_limit = match (up.done, down.done) {
             (false, false) => policy.conn_idle,
-            (true, false) => policy.downlink_only,
-            (false, true) => policy.uplink_only,
+            (true, false) if !down.in_flight() => policy.downlink_only,
+            (false, true) if !up.in_flight() => policy.uplink_only,
+            (true, false) | (false, true) => policy.conn_idle,
             (true, true) => return Poll::Ready(Ok(())),
         };
         if progress {
@@ -361,5 +372,60 @@ mod packet_tests {
             .expect("the reply was not relayed");
         assert_eq!(answer.as_deref(), Some(&b"answer to question"[..]));
         drop(service);
+    }
+}
+
+#[cfg(test)]
+mod idle_tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn policy() -> LevelPolicy {
+        LevelPolicy {
+            downlink_only: Duration::from_secs(1),
+            conn_idle: Duration::from_secs(300),
+            ..LevelPolicy::default()
+        }
+    }
+
+    /// After the client's half-close, an answer that waits 5 s for a client that does not read yet is
+    /// back-pressure: it arrives whole. (Paused clock: the waits take no real time.)
+    #[tokio::test(start_paused = true)]
+    async fn a_held_back_answer_after_half_close_is_not_idle() {
+        let (mut client, relay_client) = tokio::io::duplex(1024);
+        let (relay_target, mut target) = tokio::io::duplex(1024);
+        let p = policy();
+        let task = tokio::spawn(async move { relay(relay_client, relay_target, &p).await });
+        client.shutdown().await.unwrap();
+        let answer: Vec<u8> = (0..64 * 1024u32).map(|i| i as u8).collect();
+        let sent = answer.clone();
+        let writer = tokio::spawn(async move {
+            target.write_all(&sent).await?;
+            target.shutdown().await?;
+            Ok::<_, std::io::Error>(target)
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, answer);
+        writer.await.unwrap().unwrap();
+        let stats = task.await.unwrap().unwrap();
+        assert_eq!(stats.downlink, answer.len() as u64);
+    }
+
+    /// A far end that says nothing after the client's half-close is still cut at `downlinkOnly`.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_far_end_after_half_close_is_cut_at_downlink_only() {
+        let (mut client, relay_client) = tokio::io::duplex(1024);
+        let (relay_target, _target) = tokio::io::duplex(1024);
+        let p = policy();
+        let t0 = tokio::time::Instant::now();
+        let task = tokio::spawn(async move { relay(relay_client, relay_target, &p).await });
+        client.shutdown().await.unwrap();
+        let err = task.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(2), "{took:?}");
     }
 }
