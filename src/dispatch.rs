@@ -255,7 +255,9 @@ impl InboundMux {
 #[async_trait]
 impl MuxHandler for InboundMux {
     async fn stream(&self, target: crate::session::Destination, stream: MuxStream) {
-        self.dispatcher.dispatch_sub(self.session(target), Box::new(stream)).await;
+        let mut session = self.session(target);
+        session.carrier = Some(stream.carrier_hold());
+        self.dispatcher.dispatch_sub(session, Box::new(stream)).await;
     }
 
     async fn packet(&self, target: crate::session::Destination, packet: MuxPacket) {

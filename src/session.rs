@@ -160,6 +160,9 @@ pub struct Session {
     /// the VMess stream built for this flow counts its AEAD chunks here, so the Mux layer above can
     /// retire the carrier before a nonce counter runs out. None elsewhere.
     pub wear: Option<Arc<Wear>>,
+    /// Set on sessions carried by a Mux connection: whether its reader is holding frames back on
+    /// purpose, so the relay does not take the silence for an idle far end. None elsewhere.
+    pub carrier: Option<Arc<CarrierHold>>,
 }
 
 /// A session's live byte counts. The relay keeps plain totals on its own stack and stores them here
@@ -212,6 +215,43 @@ impl Meter {
     pub fn idle(&self) -> std::time::Duration {
         let last = self.started + std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         last.elapsed()
+    }
+}
+
+/// A Mux connection's reader waits for a full session before it reads on (back-pressure, bounded by
+/// the Mux layer): meanwhile every other session on it hears nothing. The relay of such a session asks
+/// this before cutting it for a short (half-close) idle limit.
+#[derive(Debug)]
+pub struct CarrierHold {
+    start: tokio::time::Instant,
+    /// Milliseconds after `start` until which the carrier counts as holding back; 0: never held.
+    until_ms: std::sync::atomic::AtomicU64,
+}
+
+impl CarrierHold {
+    /// After a wait, its sessions' frames are still behind the released ones for a moment.
+    const GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+    pub fn new() -> Self {
+        CarrierHold { start: tokio::time::Instant::now(), until_ms: 0.into() }
+    }
+
+    /// The reader waits until `deadline` at most.
+    pub fn hold_until(&self, deadline: tokio::time::Instant) {
+        let ms = (deadline + Self::GRACE).saturating_duration_since(self.start).as_millis();
+        self.until_ms.fetch_max(u64::try_from(ms).unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// True while the reader waits, or did within [`Self::GRACE`].
+    pub fn is_held(&self) -> bool {
+        let until = self.until_ms.load(std::sync::atomic::Ordering::Relaxed);
+        until > 0 && self.start.elapsed().as_millis() < u128::from(until)
+    }
+}
+
+impl Default for CarrierHold {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -273,6 +313,7 @@ impl Session {
             policy: LevelPolicy::default(),
             meter: None,
             wear: None,
+            carrier: None,
         }
     }
 

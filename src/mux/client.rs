@@ -95,6 +95,11 @@ impl MuxClient {
         self.config.wear.as_ref().is_some_and(|w| w.is_worn())
     }
 
+    /// Whether the connection's reader holds sessions back; goes into [`crate::session::Session::carrier`].
+    pub fn carrier_hold(&self) -> std::sync::Arc<crate::session::CarrierHold> {
+        self.conn.hold()
+    }
+
     /// True once the connection has ended.
     pub fn is_closed(&self) -> bool {
         self.conn.is_closed()

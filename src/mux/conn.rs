@@ -20,7 +20,7 @@ use super::server::MuxHandler;
 use super::stream::{MAX_STREAM_WRITE, MuxPacket, MuxStream, Push, Session};
 use super::{MuxError, frame::FrameError};
 use crate::proxy::BoxStream;
-use crate::session::{Destination, Network};
+use crate::session::{CarrierHold, Destination, Network};
 
 /// Serialized frames waiting for the writer above this size make session writers wait. The queue and
 /// the writer's batch swap buffers and keep their capacity: at 512 KiB they grew to 1 MiB and 512 KiB
@@ -97,6 +97,8 @@ pub(crate) struct Conn {
     token: CancellationToken,
     /// Bytes queued for session readers, over all sessions.
     recv_queued: AtomicUsize,
+    /// Set while the reader waits for a full session (see `deliver`).
+    hold: Arc<CarrierHold>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -120,11 +122,22 @@ impl Conn {
             sessions: Mutex::new(Sessions { map: HashMap::new(), ended: Box::new([0; 1024]), last_id: 0, total: 0 }),
             token: CancellationToken::new(),
             recv_queued: AtomicUsize::new(0),
+            hold: Arc::new(CarrierHold::new()),
         });
         let (rd, wr) = tokio::io::split(stream);
         crate::task::spawn(writer_task(conn.clone(), wr));
         crate::task::spawn(reader_task(conn.clone(), rd, handler));
         conn
+    }
+
+    /// The reader is about to wait (at most until `deadline`) for one full session.
+    pub(crate) fn hold_until(&self, deadline: tokio::time::Instant) {
+        self.hold.hold_until(deadline);
+    }
+
+    /// Whether the reader holds every session back (for their relays' idle limits).
+    pub(crate) fn hold(&self) -> Arc<CarrierHold> {
+        self.hold.clone()
     }
 
     pub(crate) fn token(&self) -> &CancellationToken {

@@ -169,6 +169,7 @@ impl Session {
         let patience = if self.conn.is_server() { STALL_LIMIT } else { HOL_WAIT };
         if now < since + patience {
             *data = Some(d);
+            self.conn.hold_until(since + patience);
             return Push::Wait(since + patience);
         }
         let idle = now - since;
@@ -445,6 +446,11 @@ impl MuxStream {
     /// The session id on its connection.
     pub fn id(&self) -> u16 {
         self.session.id
+    }
+
+    /// Whether the connection's reader holds sessions back; goes into [`crate::session::Session::carrier`].
+    pub fn carrier_hold(&self) -> Arc<crate::session::CarrierHold> {
+        self.session.conn.hold()
     }
 }
 

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::config::LevelPolicy;
 use crate::proxy::PacketConn;
-use crate::session::{Meter, Session};
+use crate::session::{CarrierHold, Meter, Session};
 
 /// Relay buffer per busy direction. Large buffers mean fewer syscalls and fewer, larger VMess/Mux chunks.
 /// 63 KiB, not 64: one buffer plus its Mux and VMess framing (≤ 200 bytes) must stay under the 64 KiB
@@ -184,7 +184,7 @@ where
     A: AsyncRead + AsyncWrite + Unpin + Send,
     B: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    relay_metered(client, target, policy, None).await
+    relay_metered(client, target, policy, None, None).await
 }
 
 /// [`relay`] for a session: its policy, and its totals stored into its meter (if any) after every poll
@@ -194,7 +194,7 @@ where
     A: AsyncRead + AsyncWrite + Unpin + Send,
     B: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    relay_metered(client, target, &session.policy, session.meter.as_deref()).await
+    relay_metered(client, target, &session.policy, session.meter.as_deref(), session.carrier.as_deref()).await
 }
 
 async fn relay_metered<A, B>(
@@ -202,6 +202,7 @@ async fn relay_metered<A, B>(
     mut target: B,
     policy: &LevelPolicy,
     meter: Option<&Meter>,
+    carrier: Option<&CarrierHold>,
 ) -> io::Result<RelayStats>
 where
     A: AsyncRead + AsyncWrite + Unpin + Send,
@@ -225,12 +226,13 @@ where
             let _ = down.poll_copy(cx, Pin::new(&mut target), Pin::new(&mut client), &mut progress)?;
         }
         // The short half-close limits are for a far end with nothing more to say; bytes already read
-        // but not yet taken by the sink are back-pressure (a busy Mux carrier, a slow reader), which only
-        // `connIdle` bounds.
+        // but not yet taken by the sink, or a Mux carrier whose reader holds every session back, are
+        // back-pressure, which only `connIdle` bounds.
+        let held = || carrier.is_some_and(CarrierHold::is_held);
         let new_limit = match (up.done, down.done) {
             (false, false) => policy.conn_idle,
-            (true, false) if !down.in_flight() => policy.downlink_only,
-            (false, true) if !up.in_flight() => policy.uplink_only,
+            (true, false) if !down.in_flight() && !held() => policy.downlink_only,
+            (false, true) if !up.in_flight() && !held() => policy.uplink_only,
             (true, false) | (false, true) => policy.conn_idle,
             (true, true) => return Poll::Ready(Ok(())),
         };
@@ -412,6 +414,27 @@ mod idle_tests {
         writer.await.unwrap().unwrap();
         let stats = task.await.unwrap().unwrap();
         assert_eq!(stats.downlink, answer.len() as u64);
+    }
+
+    /// While the Mux carrier holds its sessions back, the far end's silence after a half-close is not
+    /// idleness: its answer, sent after 3 s, arrives.
+    #[tokio::test(start_paused = true)]
+    async fn silence_while_the_carrier_holds_back_is_not_idle() {
+        let (mut client, relay_client) = tokio::io::duplex(1024);
+        let (relay_target, mut target) = tokio::io::duplex(1024);
+        let hold = std::sync::Arc::new(CarrierHold::new());
+        hold.hold_until(tokio::time::Instant::now() + Duration::from_secs(3));
+        let (p, h) = (policy(), hold.clone());
+        let task = tokio::spawn(async move { relay_metered(relay_client, relay_target, &p, None, Some(&h)).await });
+        client.shutdown().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(hold.is_held() && !task.is_finished());
+        target.write_all(b"late answer").await.unwrap();
+        target.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"late answer");
+        assert!(task.await.unwrap().is_ok());
     }
 
     /// A far end that says nothing after the client's half-close is still cut at `downlinkOnly`.

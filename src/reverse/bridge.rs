@@ -537,6 +537,7 @@ impl MuxHandler for Handler {
             return;
         }
         let mut session = self.session(target);
+        session.carrier = Some(stream.carrier_hold());
         self.dispatcher.assign_id(&mut session);
         let guard = self.tunnel.upgrade().map(|t| t.track.open(&mut session));
         let outcome = self.dispatcher.dispatch_sub_outcome(session, Box::new(stream)).await;

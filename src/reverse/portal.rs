@@ -260,6 +260,7 @@ impl Outbound for Portal {
         }
         let (tunnel, upstream) = self.open(&session).await?;
         let mut session = session;
+        session.carrier = Some(tunnel.client.carrier_hold());
         let guard = tunnel.track.open(&mut session);
         let result = relay_session(stream, upstream, &session).await;
         match &result {
