@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::pki::Pki;
@@ -59,26 +58,6 @@ fn client_json_mux(port: u16, server: u16, target: u16, stream: &str, mux: bool)
     )
 }
 
-async fn check_sizes(entry: SocketAddr, what: &str) {
-    let tasks: Vec<_> = SIZES
-        .iter()
-        .enumerate()
-        .map(|(i, &size)| {
-            tokio::spawn(async move {
-                let data = payload(size, i as u64 + 7);
-                (size, tokio::time::timeout(Duration::from_secs(30), xor_roundtrip(entry, &data)).await)
-            })
-        })
-        .collect();
-    for t in tasks {
-        match t.await.expect("join") {
-            (_, Ok(Ok(()))) => {}
-            (size, Ok(Err(e))) => panic!("{what}: {size} bytes: {e}"),
-            (size, Err(_)) => panic!("{what}: {size} bytes: timed out"),
-        }
-    }
-}
-
 async fn pair(kind: Kind, client: Impl, server: Impl) {
     let dir = temp_dir(&format!("transport-{kind:?}-{client:?}-{server:?}"));
     let pki = Pki::new(&dir);
@@ -92,7 +71,7 @@ async fn pair(kind: Kind, client: Impl, server: Impl) {
     let logs = || format!("--- client\n{}\n--- server\n{}", c.log_text(), s.log_text());
     let first = until_traffic(local(cport), Duration::from_secs(10)).await;
     assert!(first.is_some(), "{what}: no traffic\n{}", logs());
-    check_sizes(local(cport), &what).await;
+    check_sizes(local(cport), &what, &SIZES, 7, Duration::from_secs(30)).await;
     // 4 parallel 4 MiB transfers: frames of several connections interleave on one listener.
     let tasks: Vec<_> = (0..4)
         .map(|i| {

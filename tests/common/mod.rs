@@ -702,3 +702,25 @@ pub fn bridges_config(parts: &[BridgeParts], r: Rev) -> String {
 pub fn bridge_config(interconn: SocketAddr, service: u16, r: Rev) -> String {
     bridges_config(&[bridge_parts("", interconn, service, r)], r)
 }
+
+/// XOR round trips of every size in `sizes` at once through `entry` (payload seed `seed + i`), each
+/// within `timeout`, bytes checked; panics naming `what` and the size that failed.
+pub async fn check_sizes(entry: SocketAddr, what: &str, sizes: &[usize], seed: u64, timeout: Duration) {
+    let tasks: Vec<_> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| {
+            tokio::spawn(async move {
+                let data = payload(size, seed + i as u64);
+                (size, tokio::time::timeout(timeout, xor_roundtrip(entry, &data)).await)
+            })
+        })
+        .collect();
+    for t in tasks {
+        match t.await.expect("join") {
+            (_, Ok(Ok(()))) => {}
+            (size, Ok(Err(e))) => panic!("{what}: {size} bytes: {e}"),
+            (size, Err(_)) => panic!("{what}: {size} bytes: timed out"),
+        }
+    }
+}
