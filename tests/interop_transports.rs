@@ -35,9 +35,13 @@ fn stream(kind: Kind, pki: &Pki, server: bool) -> String {
     }
 }
 
+/// Both implementations cut a half-closed connection whose answer pauses for `downlinkOnly` (1 s by
+/// default); on a loaded machine the echo's answer can pause that long. Wire tests, not policy tests.
+const SLACK: &str = r#""policy": {"levels": {"0": {"uplinkOnly": 10, "downlinkOnly": 10}}},"#;
+
 fn server_json(port: u16, stream: &str) -> String {
     format!(
-        r#"{{"log": {{"loglevel": "warning"}},
+        r#"{{"log": {{"loglevel": "warning"}}, {SLACK}
   "inbounds": [{{"listen": "127.0.0.1", "port": {port}, "protocol": "vmess",
     "settings": {{"clients": [{{"id": "{UUID}"}}]}}, "streamSettings": {stream}}}],
   "outbounds": [{{"protocol": "freedom"}}]}}"#
@@ -50,7 +54,7 @@ fn client_json(port: u16, server: u16, target: u16, stream: &str) -> String {
 
 fn client_json_mux(port: u16, server: u16, target: u16, stream: &str, mux: bool) -> String {
     format!(
-        r#"{{"log": {{"loglevel": "warning"}},
+        r#"{{"log": {{"loglevel": "warning"}}, {SLACK}
   "inbounds": [{{"listen": "127.0.0.1", "port": {port}, "protocol": "dokodemo-door",
     "settings": {{"address": "127.0.0.1", "port": {target}, "network": "tcp"}}}}],
   "outbounds": [{{"protocol": "vmess", "settings": {{"vnext": [{{"address": "127.0.0.1", "port": {server},
