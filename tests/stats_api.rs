@@ -409,3 +409,47 @@ async fn bad_grpc_input_is_refused_without_harm() {
     assert!(q["inbound>>>api-in>>>traffic>>>uplink"] > 0, "the bad connections were counted: {q:?}");
     assert!(!proc.log_text().contains("panicked"), "{}", proc.log_text());
 }
+
+/// A flow that stays open shows in the counters while it lives (4.34 counts every write; oxray adds a
+/// live flow's bytes once a second), in both implementations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_flow_is_counted_before_it_ends() {
+    let Some(ctl_bin) = v2ctl() else { return };
+    let Some(_) = common::v2ray() else { return };
+    let (echo, _task) = common::xor_echo_server().await;
+    for which in [Impl::V2ray, Impl::Oxray] {
+        let (api, din) = (free_port(), free_port());
+        let dir = temp_dir(&format!("stats-live-{which:?}"));
+        let cfg = format!(
+            r#"{{"stats": {{}}, "api": {{"tag": "api", "services": ["StatsService"]}},
+  "policy": {{"system": {{"statsInboundUplink": true, "statsInboundDownlink": true}}}},
+  "inbounds": [
+    {{"tag": "api-in", "listen": "127.0.0.1", "port": {api}, "protocol": "dokodemo-door", "settings": {{"address": "127.0.0.1"}}}},
+    {{"tag": "din", "listen": "127.0.0.1", "port": {din}, "protocol": "dokodemo-door",
+      "settings": {{"address": "127.0.0.1", "port": {ep}, "network": "tcp"}}}}],
+  "outbounds": [{{"protocol": "freedom"}}],
+  "routing": {{"rules": [{{"type": "field", "inboundTag": ["api-in"], "outboundTag": "api"}}]}}}}"#,
+            ep = echo.port()
+        );
+        let proc = spawn_impl(which, &format!("live-{which:?}"), &dir, &cfg);
+        assert!(wait_port_async(local(api), Duration::from_secs(20)).await, "{}", proc.log_text());
+        let mut s = TcpStream::connect(local(din)).await.expect("connect din");
+        let data = common::payload(5000, 3);
+        s.write_all(&data).await.expect("write");
+        let mut back = vec![0u8; data.len()];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .expect("echo");
+        // The connection stays open: wait (bounded) for both directions to show 5000.
+        let shown = wait_until(Duration::from_secs(5), || async {
+            let q = query(&ctl_bin, api, ">>>din>>>", false).await;
+            q.get("inbound>>>din>>>traffic>>>uplink") == Some(&5000)
+                && q.get("inbound>>>din>>>traffic>>>downlink") == Some(&5000)
+        })
+        .await;
+        assert!(shown, "{which:?}: live flow not counted: {:?}", query(&ctl_bin, api, "", false).await);
+        drop(s);
+        drop(proc);
+    }
+}

@@ -53,11 +53,8 @@ pub(crate) struct Merged<'n> {
 pub(crate) fn build(ctx: &mut Ctx<'_>, m: &Merged<'_>) -> Config {
     // Go's decoder: any object (even `{}`) creates the stats manager; `null` does not.
     let stats = match m.singles.get("stats") {
-        Some(n) => {
-            ctx.obj(n, "stats", &[]);
-            matches!(n.value, Value::Object(_))
-        }
-        None => false,
+        Some(n) if !matches!(n.value, Value::Null) => ctx.obj(n, "stats", &[]).is_some(),
+        _ => false,
     };
     let api = m.singles.get("api").and_then(|n| build_api(ctx, n));
     let log = build_log(ctx, m.singles.get("log").copied());

@@ -271,3 +271,70 @@ pub fn grpc_frame(message: &impl prost::Message) -> Bytes {
     out.extend_from_slice(&body);
     Bytes::from(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SystemPolicy;
+    use crate::ops::traffic::Traffic;
+    use proptest::prelude::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    fn api() -> ApiOutbound {
+        let traffic = Arc::new(Traffic::new(["in"], ["out"]).with_user_counters(true));
+        let all = SystemPolicy {
+            inbound_uplink: true,
+            inbound_downlink: true,
+            outbound_uplink: true,
+            outbound_downlink: true,
+        };
+        let stats = Arc::new(Stats::new(traffic, all, ["in".to_string()], ["out".to_string()]));
+        ApiOutbound::new(Some(stats), true, Duration::from_secs(1))
+    }
+
+    /// Feeds `input` as a client that then closes; returns what the server wrote, or None if the
+    /// connection did not end within 10 s.
+    fn serve_bytes(input: Vec<u8>) -> Option<Vec<u8>> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        rt.block_on(async {
+            let api = api();
+            let (mut client, server) = tokio::io::duplex(1 << 16);
+            let feed = async move {
+                let _ = client.write_all(&input).await;
+                let _ = client.shutdown().await;
+                let mut out = Vec::new();
+                let _ = client.read_to_end(&mut out).await;
+                out
+            };
+            let both = async { tokio::join!(api.serve(Box::new(server)), feed) };
+            tokio::time::timeout(Duration::from_secs(10), both).await.ok().map(|(_, out)| out)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn random_client_bytes_end_the_connection_without_panic(
+            data in proptest::collection::vec(any::<u8>(), 0..600),
+            preface in any::<bool>(),
+        ) {
+            let input = if preface { [PREFACE, &data].concat() } else { data };
+            prop_assert!(serve_bytes(input).is_some());
+        }
+    }
+
+    #[test]
+    fn an_http1_request_gets_no_grpc_answer() {
+        let out = serve_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()).expect("ends");
+        assert!(!out.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&out));
+    }
+
+    #[test]
+    fn grpc_frames_are_flag_length_message() {
+        let f = grpc_frame(&GetStatsRequest { name: "ab".into(), reset: true });
+        assert_eq!(&f[..], &[0, 0, 0, 0, 6, 0x0a, 2, b'a', b'b', 0x10, 1]);
+    }
+}
