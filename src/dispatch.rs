@@ -162,21 +162,20 @@ impl Dispatcher {
         access_line(&self.access, &session, tag);
         let id = session.id;
         let target = session.target.clone();
-        let flow = self.traffic.flow(session.inbound_tag.as_deref(), tag);
+        let user = session.user.as_ref().and_then(|u| u.email.as_ref());
+        let (p, inbound) = (&session.policy, session.inbound_tag.as_deref());
+        let flow = self.traffic.user_flow(inbound, tag, user.map(|e| (e, p.stats_user_uplink, p.stats_user_downlink)));
         if self.metering && session.meter.is_none() {
             session.meter = Some(Arc::new(crate::session::Meter::new()));
         }
         let meter = session.meter.clone();
-        match outbound.handle(session, stream).await {
+        // Adds the flow's bytes to `flow` (once a second while it lives, with meter), however it ends.
+        match crate::stats::run_flushing(outbound.handle(session, stream), &flow, meter.as_deref()).await {
             Ok(stats) => {
-                flow.bytes(stats.uplink, stats.downlink);
                 debug!(session = id, %target, up = stats.uplink, down = stats.downlink, "closed");
                 Ok(stats)
             }
             Err(e) => {
-                if let Some(m) = meter {
-                    flow.bytes(m.uplink(), m.downlink());
-                }
                 info!(session = id, %target, outbound = tag, "connection ends: {e}");
                 Err(e.to_string())
             }

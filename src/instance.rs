@@ -144,17 +144,22 @@ impl Instance {
             ordered.push((Some(p.tag.clone()), portal));
         }
         // Every configured tag has counters from the start (the ops listener reports them at 0).
-        let traffic = Arc::new(Traffic::new(
-            config
-                .inbounds
-                .iter()
-                .filter_map(|i| i.tag.as_deref())
-                .chain(config.reverse.bridges.iter().map(|b| b.tag.as_str())),
-            ordered.iter().filter_map(|(t, _)| t.as_deref()),
-        ));
-        let dispatcher = Arc::new(
-            Dispatcher::new(router, ordered, config.policy.clone(), access).with_traffic(traffic, config.ops.is_some()),
+        let traffic = Arc::new(
+            Traffic::new(
+                config
+                    .inbounds
+                    .iter()
+                    .filter_map(|i| i.tag.as_deref())
+                    .chain(config.reverse.bridges.iter().map(|b| b.tag.as_str())),
+                ordered.iter().filter_map(|(t, _)| t.as_deref()),
+            )
+            .with_user_counters(config.stats),
         );
+        // After the counters: the API's own tag has none (4.34).
+        ordered.extend(crate::stats::api_outbound(config, &traffic));
+        let metering = config.ops.is_some() || config.stats;
+        let dispatcher =
+            Arc::new(Dispatcher::new(router, ordered, config.policy.clone(), access).with_traffic(traffic, metering));
         if let Some(r) = &resolver {
             let up: Arc<dyn crate::dns::Upstream> = dispatcher.clone();
             r.set_upstream(Arc::downgrade(&up));

@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod reverse;
 pub mod router;
 pub mod session;
+pub mod stats;
 pub mod task;
 #[doc(hidden)]
 pub mod testing;

@@ -243,17 +243,25 @@ const BROKEN: &[Case] = &[
         (1, 86),
         "expected an integer in 0..=65535, got 70000",
     ),
+    ("api without tag", "{\"api\": {\"services\": [\"StatsService\"]}}", "api.tag", (1, 9), "API tag can't be empty."),
     (
-        "stats flag",
-        "{\"policy\": {\"levels\": {\"0\": {\"statsUserUplink\": true}}}}",
-        "policy.levels.0.statsUserUplink",
-        (1, 49),
-        "statistics is not supported yet",
+        "api service oxray does not implement",
+        "{\"api\": {\"tag\": \"api\", \"services\": [\"HandlerService\"]}}",
+        "api.services[0]",
+        (1, 37),
+        "API service \"HandlerService\" is not implemented by oxray (only \"StatsService\" is)",
     ),
 ];
 
 /// Keys and values V2Ray 4.34 ignores: the config loads, and a warning names the place.
 const WARNED: &[Case] = &[
+    (
+        "unknown api service",
+        "{\"api\": {\"tag\": \"api\", \"services\": [\"Nope\"]}}",
+        "api.services[0]",
+        (1, 37),
+        "unknown API service \"Nope\" is ignored (as V2Ray 4.34 does)",
+    ),
     (
         "alwaysip",
         "{\"routing\": {\"domainStrategy\": \"AlwaysIP\"}}",

@@ -31,6 +31,10 @@ pub struct Config {
     pub dns: Option<super::DnsConfig>,
     /// `ops` (oxray extension): the operations listener; None = off.
     pub ops: Option<OpsConfig>,
+    /// `stats` present (an object): counters exist and the API's StatsService reports them.
+    pub stats: bool,
+    /// `api`: the gRPC API served to connections routed to its tag.
+    pub api: Option<ApiConfig>,
     /// Values that load but deserve the user's attention (e.g. an unknown `security`, taken as auto).
     pub warnings: Vec<super::ConfigError>,
 }
@@ -437,6 +441,10 @@ pub struct LevelPolicy {
     pub downlink_only: Duration,
     /// Per-connection buffer in bytes (None = unlimited / default).
     pub buffer_size: Option<usize>,
+    /// `statsUserUplink`: count `user>>>EMAIL>>>traffic>>>uplink` (with `stats`).
+    pub stats_user_uplink: bool,
+    /// `statsUserDownlink`.
+    pub stats_user_downlink: bool,
 }
 
 impl Default for LevelPolicy {
@@ -447,6 +455,8 @@ impl Default for LevelPolicy {
             uplink_only: Duration::from_secs(1),
             downlink_only: Duration::from_secs(1),
             buffer_size: None,
+            stats_user_uplink: false,
+            stats_user_downlink: false,
         }
     }
 }
@@ -456,6 +466,30 @@ impl Default for LevelPolicy {
 pub struct PolicyConfig {
     /// `levels`, already merged with the defaults.
     pub levels: HashMap<u32, LevelPolicy>,
+    /// `system`.
+    pub system: SystemPolicy,
+}
+
+/// `policy.system`: which inbound/outbound counters exist (with `stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SystemPolicy {
+    /// `statsInboundUplink`.
+    pub inbound_uplink: bool,
+    /// `statsInboundDownlink`.
+    pub inbound_downlink: bool,
+    /// `statsOutboundUplink`.
+    pub outbound_uplink: bool,
+    /// `statsOutboundDownlink`.
+    pub outbound_downlink: bool,
+}
+
+/// `api`: `{"tag": "api", "services": ["StatsService"]}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// The outbound tag whose connections are served as gRPC.
+    pub tag: String,
+    /// `StatsService` is listed (the only service oxray implements).
+    pub stats_service: bool,
 }
 
 impl PolicyConfig {

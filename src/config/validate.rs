@@ -51,13 +51,12 @@ pub(crate) struct Merged<'n> {
 
 /// Builds the typed config from the merged tree, collecting errors in `ctx`.
 pub(crate) fn build(ctx: &mut Ctx<'_>, m: &Merged<'_>) -> Config {
-    for key in ["api", "stats"] {
-        if let Some(n) = m.singles.get(key)
-            && !is_noop(n)
-        {
-            ctx.unsupported(n, key, &format!("{key:?}"));
-        }
-    }
+    // Go's decoder: any object (even `{}`) creates the stats manager; `null` does not.
+    let stats = match m.singles.get("stats") {
+        Some(n) if !matches!(n.value, Value::Null) => ctx.obj(n, "stats", &[]).is_some(),
+        _ => false,
+    };
+    let api = m.singles.get("api").and_then(|n| build_api(ctx, n));
     let log = build_log(ctx, m.singles.get("log").copied());
     let reverse = m.singles.get("reverse").map(|n| build_reverse(ctx, n)).unwrap_or_default();
     let policy = m.singles.get("policy").map(|n| build_policy(ctx, n)).unwrap_or_default();
@@ -90,6 +89,17 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, m: &Merged<'_>) -> Config {
     }
     let mut tags: Vec<&str> = outbounds.iter().filter_map(|o| o.tag.as_deref()).collect();
     tags.extend(reverse.portals.iter().map(|p| p.tag.as_str()));
+    // The API registers an outbound with its tag (replacing a configured one, as 4.34's commander does).
+    if let (Some(a), Some(n)) = (&api, m.singles.get("api")) {
+        if tags.contains(&a.tag.as_str()) {
+            ctx.warn(
+                n,
+                "api.tag",
+                format!("outbound tag {:?} is replaced by the API handler (as in V2Ray 4.34)", a.tag),
+            );
+        }
+        tags.push(a.tag.as_str());
+    }
     // Tags of outbounds that were refused: their error is enough, rules naming them add nothing.
     let refused: Vec<String> = m
         .outbounds
@@ -116,7 +126,35 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, m: &Merged<'_>) -> Config {
             format!("{} is also the address of {}: the ops listener is never shared", o.listen, ib.path),
         );
     }
-    Config { log, inbounds, outbounds, routing, policy, reverse, dns, ops, warnings: Vec::new() }
+    Config { log, inbounds, outbounds, routing, policy, reverse, dns, ops, stats, api, warnings: Vec::new() }
+}
+
+/// `api`: `tag` is required; `services` names are case-insensitive. 4.34 silently ignores names it does
+/// not know (so does oxray, with a warning); the services oxray does not implement are refused by name.
+fn build_api(ctx: &mut Ctx<'_>, node: &Node) -> Option<ApiConfig> {
+    let o = ctx.obj(node, "api", &["tag", "services"])?;
+    let tag = o.str(ctx, "tag").unwrap_or_default();
+    let mut stats_service = false;
+    if let Some(list) = o.array(ctx, "services") {
+        for (i, n) in list.iter().enumerate() {
+            let path = index(&o.path_of("services"), i);
+            let Some(name) = ctx.string(n, &path) else { continue };
+            match name.to_ascii_lowercase().as_str() {
+                "statsservice" => stats_service = true,
+                "handlerservice" | "loggerservice" | "reflectionservice" => ctx.error(
+                    n,
+                    &path,
+                    format!("API service {name:?} is not implemented by oxray (only \"StatsService\" is); remove it"),
+                ),
+                _ => ctx.warn(n, &path, format!("unknown API service {name:?} is ignored (as V2Ray 4.34 does)")),
+            }
+        }
+    }
+    if tag.is_empty() {
+        ctx.error(o.get("tag").unwrap_or(node), "api.tag", "API tag can't be empty.");
+        return None;
+    }
+    Some(ApiConfig { tag, stats_service })
 }
 
 /// `ops`: `{"listen": "127.0.0.1:9090", "token": "...", "allowRemote": false}`.
@@ -1080,11 +1118,13 @@ fn build_policy(ctx: &mut Ctx<'_>, node: &Node) -> PolicyConfig {
     if let Some(sys) = o.get("system") {
         let keys = ["statsInboundUplink", "statsInboundDownlink", "statsOutboundUplink", "statsOutboundDownlink"];
         if let Some(s) = ctx.obj(sys, &o.path_of("system"), &keys) {
-            for k in keys {
-                if s.bool(ctx, k) == Some(true) {
-                    ctx.unsupported(s.get(k).unwrap_or(sys), &s.path_of(k), "statistics");
-                }
-            }
+            let mut flag = |k: &str| s.bool(ctx, k).unwrap_or(false);
+            cfg.system = SystemPolicy {
+                inbound_uplink: flag("statsInboundUplink"),
+                inbound_downlink: flag("statsInboundDownlink"),
+                outbound_uplink: flag("statsOutboundUplink"),
+                outbound_downlink: flag("statsOutboundDownlink"),
+            };
         }
     }
     cfg
@@ -1104,11 +1144,8 @@ fn level_policy(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<LevelPolic
     secs(ctx, "connIdle", &mut l.conn_idle);
     secs(ctx, "uplinkOnly", &mut l.uplink_only);
     secs(ctx, "downlinkOnly", &mut l.downlink_only);
-    for k in ["statsUserUplink", "statsUserDownlink"] {
-        if o.bool(ctx, k) == Some(true) {
-            ctx.unsupported(o.get(k).unwrap_or(node), &o.path_of(k), "statistics");
-        }
-    }
+    l.stats_user_uplink = o.bool(ctx, "statsUserUplink").unwrap_or(false);
+    l.stats_user_downlink = o.bool(ctx, "statsUserDownlink").unwrap_or(false);
     if let Some(kib) = o.int::<i32>(ctx, "bufferSize", i32::MIN, i32::MAX) {
         l.buffer_size = usize::try_from(kib).ok().map(|k| k * 1024);
     }

@@ -156,7 +156,7 @@ fn traffic(o: &mut Out, kind: &str, list: &[(String, TagCounts)]) {
     o.family(
         bytes,
         "counter",
-        &format!("Payload bytes of ended connections per {kind} tag; uplink = client to target."),
+        &format!("Payload bytes per {kind} tag (live connections added once a second); uplink = client to target."),
     );
     for (tag, c) in list {
         for (dir, n) in [("uplink", c.uplink), ("downlink", c.downlink)] {

@@ -1,9 +1,10 @@
-//! Per inbound and outbound tag: connections and bytes. The dispatcher touches these once when a
-//! flow starts and once when it ends (never per byte); every configured tag exists from the start.
+//! Per inbound and outbound tag (and per user, for V2Ray's stats): connections and bytes. The
+//! dispatcher touches these when a flow starts, once a second while a metered flow lives, and when it
+//! ends (never per byte); every configured tag exists from the start.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// One tag's counters.
 #[derive(Debug, Default)]
@@ -21,9 +22,9 @@ pub struct TagCounts {
     pub open: u64,
     /// Connections ever.
     pub total: u64,
-    /// Bytes client → target of ended connections.
+    /// Bytes client → target (ended connections, and live ones up to their last flush).
     pub uplink: u64,
-    /// Bytes target → client of ended connections.
+    /// Bytes target → client (likewise).
     pub downlink: u64,
 }
 
@@ -45,11 +46,34 @@ pub struct Traffic {
     outbound: Vec<(String, Arc<TagTraffic>)>,
     by_inbound: HashMap<String, Arc<TagTraffic>>,
     by_outbound: HashMap<String, Arc<TagTraffic>>,
+    /// Per user email (V2Ray's `user>>>` counters), created on a user's first flow; None = not kept.
+    users: Option<Mutex<HashMap<Arc<str>, UserEntry>>>,
+}
+
+/// One user's counters and which directions its level asked for.
+#[derive(Debug, Clone)]
+struct UserEntry {
+    counts: Arc<TagTraffic>,
+    uplink: bool,
+    downlink: bool,
+}
+
+/// A user's counts, as the stats API reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserCounts {
+    /// The user's email.
+    pub email: Arc<str>,
+    /// Whether the uplink counter exists (its level's `statsUserUplink`).
+    pub has_uplink: bool,
+    /// Whether the downlink counter exists.
+    pub has_downlink: bool,
+    /// Bytes counted.
+    pub counts: TagCounts,
 }
 
 /// Counts one flow until dropped.
 pub struct FlowGuard {
-    tags: [Option<Arc<TagTraffic>>; 2],
+    tags: [Option<Arc<TagTraffic>>; 3],
 }
 
 impl FlowGuard {
@@ -91,15 +115,59 @@ impl Traffic {
         t
     }
 
+    /// With `on`, also keeps per-user counters (the config has a `stats` object).
+    pub fn with_user_counters(mut self, on: bool) -> Self {
+        self.users = on.then(Mutex::default);
+        self
+    }
+
     /// A flow from inbound `inbound` routed to outbound `outbound` starts.
     pub fn flow(&self, inbound: Option<&str>, outbound: &str) -> FlowGuard {
+        self.user_flow(inbound, outbound, None)
+    }
+
+    /// [`Traffic::flow`] for a user: `user` is (email, count uplink, count downlink), from the user's
+    /// level policy. The user's counters are created on first use (as 4.34 registers them) and only
+    /// when user counters are kept and a direction is asked for. One map lookup per flow.
+    pub fn user_flow(&self, inbound: Option<&str>, outbound: &str, user: Option<(&Arc<str>, bool, bool)>) -> FlowGuard {
         let a = inbound.and_then(|t| self.by_inbound.get(t)).cloned();
         let b = self.by_outbound.get(outbound).cloned();
-        for t in [&a, &b].into_iter().flatten() {
+        let c = match (&self.users, user) {
+            (Some(users), Some((email, up, down))) if (up || down) && !email.is_empty() => {
+                let mut map = users.lock().unwrap_or_else(|p| p.into_inner());
+                let e = map.entry(email.clone()).or_insert_with(|| UserEntry {
+                    counts: Arc::default(),
+                    uplink: false,
+                    downlink: false,
+                });
+                e.uplink |= up;
+                e.downlink |= down;
+                Some(e.counts.clone())
+            }
+            _ => None,
+        };
+        for t in [&a, &b, &c].into_iter().flatten() {
             t.open.fetch_add(1, Ordering::Relaxed);
             t.total.fetch_add(1, Ordering::Relaxed);
         }
-        FlowGuard { tags: [a, b] }
+        FlowGuard { tags: [a, b, c] }
+    }
+
+    /// Users seen so far (empty when user counters are not kept), by email.
+    pub fn users(&self) -> Vec<UserCounts> {
+        let Some(users) = &self.users else { return Vec::new() };
+        let map = users.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<UserCounts> = map
+            .iter()
+            .map(|(email, e)| UserCounts {
+                email: email.clone(),
+                has_uplink: e.uplink,
+                has_downlink: e.downlink,
+                counts: e.counts.counts(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.email.cmp(&b.email));
+        out
     }
 
     /// Inbound tags and their counts, in config order.
