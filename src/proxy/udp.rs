@@ -1,0 +1,193 @@
+//! A bounded table of UDP flows, shared by the datagram inbounds (dokodemo-door, Shadowsocks, Trojan).
+//!
+//! Each key (a client address, or a client and a destination) gets one flow: one routed packet
+//! connection from the dispatcher, fed by a small queue. A flow ends after `idle` without a datagram in
+//! either direction (4.34's `udp.Dispatcher` counts replies only, which moves one-way streams to a new
+//! upstream port every 4 s). When the table is full, the least recently active flow is closed to make
+//! room, so a burst of short flows (DNS from random source ports) never locks new clients out.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::dispatch::Dispatcher;
+use crate::session::Session;
+
+/// Datagrams queued per flow while its outbound opens or is slow; more are dropped (UDP may drop).
+pub const FLOW_QUEUE: usize = 64;
+
+/// Where a flow's replies go (the inbound's socket, a Trojan connection...).
+#[async_trait]
+pub trait ReplySink: Send + Sync + 'static {
+    /// Sends one reply datagram back to the client.
+    async fn reply(&self, data: Bytes) -> io::Result<()>;
+}
+
+struct Entry {
+    tx: mpsc::Sender<Bytes>,
+    cancel: CancellationToken,
+    last: Arc<AtomicU64>,
+    id: u64,
+}
+
+/// The flows of one inbound socket (or one Trojan connection).
+pub struct FlowTable<K> {
+    flows: Mutex<HashMap<K, Entry>>,
+    max: usize,
+    idle: Duration,
+    epoch: tokio::time::Instant,
+    next_id: AtomicU64,
+    /// Closes every flow when the table's owner goes away.
+    all: CancellationToken,
+}
+
+impl<K> Drop for FlowTable<K> {
+    fn drop(&mut self) {
+        self.all.cancel();
+    }
+}
+
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> FlowTable<K> {
+    /// A table of at most `max` flows, each ending after `idle` without traffic.
+    pub fn new(max: usize, idle: Duration) -> Arc<Self> {
+        Arc::new(FlowTable {
+            flows: Mutex::default(),
+            max: max.max(1),
+            idle,
+            epoch: tokio::time::Instant::now(),
+            next_id: AtomicU64::new(1),
+            all: CancellationToken::new(),
+        })
+    }
+
+    /// Flows open now.
+    pub fn len(&self) -> usize {
+        self.flows.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// True when no flow is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Hands `data` to the flow of `key`, opening one (session from `open`) if there is none.
+    pub fn deliver<R: ReplySink>(
+        self: &Arc<Self>,
+        key: K,
+        data: Bytes,
+        dispatcher: &Arc<Dispatcher>,
+        open: impl FnOnce() -> (Session, R),
+    ) {
+        let Ok(mut map) = self.flows.lock() else { return };
+        if let Some(e) = map.get(&key) {
+            e.last.store(self.now_ms(), Ordering::Relaxed);
+            if e.tx.try_send(data).is_err() {
+                debug!("udp: flow queue full; datagram dropped");
+            }
+            return;
+        }
+        if map.len() >= self.max {
+            // Evict the least recently active flow.
+            if let Some(k) = map.iter().min_by_key(|(_, e)| e.last.load(Ordering::Relaxed)).map(|(k, _)| k.clone())
+                && let Some(e) = map.remove(&k)
+            {
+                debug!(flows = self.max, "udp: flow table full; closing the least recently active flow");
+                e.cancel.cancel();
+            }
+        }
+        let (tx, rx) = mpsc::channel(FLOW_QUEUE);
+        let _ = tx.try_send(data);
+        let cancel = self.all.child_token();
+        let last = Arc::new(AtomicU64::new(self.now_ms()));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        map.insert(key.clone(), Entry { tx, cancel: cancel.clone(), last: last.clone(), id });
+        drop(map);
+        let (session, sink) = open();
+        // The task holds the table weakly: when its owner drops it, every flow is cancelled.
+        let table = Arc::downgrade(self);
+        let (epoch, idle) = (self.epoch, self.idle);
+        let dispatcher = dispatcher.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = run_flow(session, rx, sink, &last, &dispatcher, epoch, idle) => {}
+            }
+            if let Some(t) = table.upgrade() {
+                t.remove(&key, id);
+            }
+        });
+    }
+
+    fn remove(&self, key: &K, id: u64) {
+        if let Ok(mut m) = self.flows.lock()
+            && m.get(key).is_some_and(|e| e.id == id)
+        {
+            m.remove(key);
+        }
+    }
+}
+
+async fn run_flow<R: ReplySink>(
+    session: Session,
+    mut rx: mpsc::Receiver<Bytes>,
+    sink: R,
+    last: &AtomicU64,
+    dispatcher: &Arc<Dispatcher>,
+    epoch: tokio::time::Instant,
+    idle: Duration,
+) {
+    {
+        let now_ms = || epoch.elapsed().as_millis() as u64;
+        let target = session.target.clone();
+        let conn = match dispatcher.connect_packet(session).await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(%target, "udp: flow refused: {e}");
+                return;
+            }
+        };
+        let up = async {
+            while let Some(p) = rx.recv().await {
+                if conn.send(p).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let down = async {
+            while let Ok(Some(p)) = conn.recv().await {
+                last.store(now_ms(), Ordering::Relaxed);
+                if let Err(e) = sink.reply(p).await {
+                    debug!(%target, "udp: reply failed: {e}");
+                    break;
+                }
+            }
+        };
+        let idled = async {
+            loop {
+                let quiet = Duration::from_millis(now_ms().saturating_sub(last.load(Ordering::Relaxed)));
+                if quiet >= idle {
+                    break;
+                }
+                tokio::time::sleep(idle - quiet).await;
+            }
+        };
+        tokio::select! {
+            _ = up => {}
+            _ = down => {}
+            _ = idled => debug!(%target, "udp: flow idle; closed"),
+        }
+    }
+}
