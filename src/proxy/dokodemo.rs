@@ -139,13 +139,38 @@ impl Dokodemo {
             let data = Bytes::copy_from_slice(&buf[..n]);
             let (tag, level) = (self.tag.clone(), self.config.user_level);
             let socket = socket.clone();
+            let weak_flows = Arc::downgrade(&flows);
             flows.deliver((from, dst), data, &dispatcher, move || {
                 let mut session = Session::new(tag, Some(from), target);
                 if level != 0 {
                     session.user = Some(crate::session::User { email: None, level });
                 }
                 let sink = match dst.map(|d| tproxy::reply_socket(d, from)) {
-                    Some(Ok(s)) => DokoReply::Transparent(s),
+                    Some(Ok(s)) => {
+                        // The kernel hands the client's later datagrams to this connected socket (it matches
+                        // their addresses best): read them into the same flow, as 4.34 does.
+                        let s = Arc::new(s);
+                        let stop = tokio_util::sync::CancellationToken::new();
+                        let (reader, guard) = (s.clone(), stop.clone());
+                        let key = (from, dst);
+                        tokio::spawn(async move {
+                            let mut buf = vec![0u8; 65536];
+                            loop {
+                                let n = tokio::select! {
+                                    _ = guard.cancelled() => return,
+                                    r = reader.recv(&mut buf) => match r {
+                                        Ok(n) => n,
+                                        Err(_) => continue,
+                                    },
+                                };
+                                let Some(flows) = weak_flows.upgrade() else { return };
+                                if !flows.deliver_existing(&key, Bytes::copy_from_slice(&buf[..n])) {
+                                    return;
+                                }
+                            }
+                        });
+                        DokoReply::Transparent { socket: s, _stop: stop.drop_guard() }
+                    }
                     Some(Err(e)) => {
                         warn!(%from, "dokodemo-door udp: cannot open a transparent reply socket ({e}); replying from the listening socket");
                         DokoReply::Listener(socket, from)
@@ -165,7 +190,11 @@ fn is_self(local: SocketAddr, d: SocketAddr) -> bool {
 
 enum DokoReply {
     Listener(Arc<UdpSocket>, SocketAddr),
-    Transparent(UdpSocket),
+    /// The reply socket, and the guard that stops its reader when the flow ends.
+    Transparent {
+        socket: Arc<UdpSocket>,
+        _stop: tokio_util::sync::DropGuard,
+    },
 }
 
 #[async_trait]
@@ -173,7 +202,7 @@ impl ReplySink for DokoReply {
     async fn reply(&self, data: Bytes) -> io::Result<()> {
         match self {
             DokoReply::Listener(s, to) => s.send_to(&data, *to).await.map(|_| ()),
-            DokoReply::Transparent(s) => s.send(&data).await.map(|_| ()),
+            DokoReply::Transparent { socket, .. } => socket.send(&data).await.map(|_| ()),
         }
     }
 }
@@ -209,6 +238,8 @@ mod tproxy {
                 let _ = set_int(&s, libc::SOL_IP, libc::IP_RECVORIGDSTADDR, 1);
             }
         }
+        // Reply sockets bind the original destinations, which may share this port.
+        s.set_reuse_address(true)?;
         s.bind(&addr.into())?;
         s.set_nonblocking(true)?;
         UdpSocket::from_std(s.into())
@@ -333,6 +364,51 @@ mod tproxy {
                 }
             }
             None
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_detection() {
+        let l: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        assert!(is_self(l, l));
+        assert!(!is_self(l, "127.0.0.1:5001".parse().unwrap()));
+        let any: SocketAddr = "0.0.0.0:5000".parse().unwrap();
+        assert!(is_self(any, l));
+        assert!(!is_self(any, "10.99.0.1:5000".parse().unwrap()));
+    }
+
+    /// The recvmsg path reports each datagram's destination, and a TPROXY reply socket sends from the
+    /// original destination (a non-local address: needs CAP_NET_ADMIN, else this test says SKIPPED).
+    #[tokio::test]
+    async fn original_destination_and_transparent_replies() {
+        let listener = tproxy::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let at = listener.local_addr().unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.send_to(b"hello", at).await.unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from, dst) = tproxy::recv_with_dst(&listener, &mut buf).await.unwrap();
+        assert_eq!((&buf[..n], from, dst), (&b"hello"[..], client.local_addr().unwrap(), Some(at)));
+        let orig: SocketAddr = "10.99.0.1:25353".parse().unwrap();
+        match tproxy::reply_socket(orig, from) {
+            Ok(s) => {
+                s.send(b"reply").await.unwrap();
+                let (n, src) =
+                    tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf)).await.unwrap().unwrap();
+                assert_eq!(
+                    (&buf[..n], src),
+                    (&b"reply"[..], orig),
+                    "the reply must come from the original destination"
+                );
+            }
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                eprintln!("SKIPPED: transparent reply socket needs CAP_NET_ADMIN ({e})");
+            }
+            Err(e) => panic!("reply socket: {e}"),
         }
     }
 }

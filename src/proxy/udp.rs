@@ -83,6 +83,17 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> FlowTable<K> {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Hands `data` to the flow of `key` if it is open; false if there is none.
+    pub fn deliver_existing(&self, key: &K, data: Bytes) -> bool {
+        let Ok(map) = self.flows.lock() else { return false };
+        let Some(e) = map.get(key) else { return false };
+        e.last.store(self.now_ms(), Ordering::Relaxed);
+        if e.tx.try_send(data).is_err() {
+            debug!("udp: flow queue full; datagram dropped");
+        }
+        true
+    }
+
     /// Hands `data` to the flow of `key`, opening one (session from `open`) if there is none.
     pub fn deliver<R: ReplySink>(
         self: &Arc<Self>,
@@ -188,6 +199,76 @@ async fn run_flow<R: ReplySink>(
             _ = up => {}
             _ = down => {}
             _ = idled => debug!(%target, "udp: flow idle; closed"),
+        }
+    }
+}
+
+/// Feeds arbitrary bytes to every UDP parser of untrusted bytes (fuzz target): the first byte picks a
+/// Shadowsocks method for the datagram opener, the rest is also read as a stream of VLESS and of Trojan
+/// UDP frames.
+pub fn fuzz_packets(data: &[u8]) {
+    use crate::proxy::shadowsocks::codec::{Method, master_key};
+    let method = match data.first().map(|b| b % 4) {
+        Some(0) => Method::Aes128Gcm,
+        Some(1) => Method::Aes256Gcm,
+        Some(2) => Method::Chacha20Poly1305,
+        _ => Method::None,
+    };
+    let rest = data.get(1..).unwrap_or_default();
+    let master = master_key("fuzz", method.key_len());
+    if let Some((_, _, d)) = crate::proxy::shadowsocks::open_datagram(method, &master, rest) {
+        assert!(d.len() <= rest.len());
+    }
+    let mut v = rest;
+    while let Some((r, used)) = crate::proxy::vless::codec::decode_udp_frame(v) {
+        assert!(r.end <= v.len() && (2..=v.len()).contains(&used));
+        v = &v[used..];
+    }
+    let mut t = rest;
+    while let Ok(Some(f)) = crate::proxy::trojan::codec::decode_udp_frame(t) {
+        assert!(f.payload.end <= t.len() && f.used <= t.len() && f.used > 0);
+        assert!(f.payload.len() <= crate::proxy::trojan::codec::MAX_UDP_PAYLOAD);
+        t = &t[f.used..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::shadowsocks::codec::{Method, master_key};
+    use crate::proxy::shadowsocks::{open_datagram, seal_datagram};
+    use crate::session::Address;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            fuzz_packets(&data);
+        }
+
+        #[test]
+        fn shadowsocks_datagrams_roundtrip_and_tampering_is_dropped(
+            pick in 0..4u8,
+            port: u16,
+            dom in "[a-z][a-z0-9]{0,30}",
+            data in proptest::collection::vec(any::<u8>(), 0..5000),
+            flip in any::<prop::sample::Index>(),
+        ) {
+            let method = [Method::Aes128Gcm, Method::Aes256Gcm, Method::Chacha20Poly1305, Method::None][pick as usize];
+            let master = master_key("pw", method.key_len());
+            let mut header = Vec::new();
+            crate::proxy::addr::encode(&mut header, &Address::parse(&dom), port).unwrap();
+            let packet = seal_datagram(method, &master, &header, &data);
+            let (a, p, d) = open_datagram(method, &master, &packet).unwrap();
+            prop_assert_eq!((a, p, &d[..]), (Address::parse(&dom), port, &data[..]));
+            if method != Method::None {
+                let mut bad = packet.to_vec();
+                let i = flip.index(bad.len());
+                bad[i] ^= 0x40;
+                prop_assert!(open_datagram(method, &master, &bad).is_none());
+                let other = master_key("other", method.key_len());
+                prop_assert!(open_datagram(method, &other, &packet).is_none());
+            }
         }
     }
 }
