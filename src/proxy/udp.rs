@@ -240,6 +240,90 @@ mod tests {
     use crate::session::Address;
     use proptest::prelude::*;
 
+    /// An outbound whose flows stay open and silent until dropped; counts the ones alive.
+    struct Silent(Arc<std::sync::atomic::AtomicUsize>);
+    struct SilentConn(Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for SilentConn {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    #[async_trait]
+    impl crate::proxy::PacketConn for SilentConn {
+        async fn send(&self, _p: Bytes) -> io::Result<()> {
+            Ok(())
+        }
+        async fn recv(&self) -> io::Result<Option<Bytes>> {
+            std::future::pending().await
+        }
+    }
+    #[async_trait]
+    impl crate::proxy::Outbound for Silent {
+        async fn connect(&self, _s: &Session) -> Result<crate::proxy::BoxStream, crate::proxy::ProxyError> {
+            Err(crate::proxy::ProxyError::Unsupported("tcp"))
+        }
+        async fn connect_packet(&self, _s: &Session) -> Result<crate::proxy::BoxPacketConn, crate::proxy::ProxyError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(SilentConn(self.0.clone())))
+        }
+    }
+    struct NoReply;
+    #[async_trait]
+    impl ReplySink for NoReply {
+        async fn reply(&self, _d: Bytes) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A full table closes its least recently active flow for a new one, so memory and sockets stay
+    /// bounded; dropping the table closes every flow; an idle flow closes on its own.
+    #[tokio::test]
+    async fn flows_are_capped_idle_and_closed_with_their_table() {
+        let alive = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ob: Arc<dyn crate::proxy::Outbound> = Arc::new(Silent(alive.clone()));
+        let router = crate::router::Router::new(&Default::default()).unwrap();
+        let dispatcher = Arc::new(Dispatcher::new(
+            router,
+            vec![(Some("silent".into()), ob)],
+            Default::default(),
+            Default::default(),
+        ));
+        let session = || (Session::new(None, None, crate::session::Destination::udp(Address::parse("x"), 1)), NoReply);
+        let table: Arc<FlowTable<u32>> = FlowTable::new(8, Duration::from_secs(3600));
+        let settle = || async {
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+        };
+        for k in 0..8 {
+            table.deliver(k, Bytes::from_static(b"a"), &dispatcher, session);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        settle().await;
+        assert_eq!((table.len(), alive.load(Ordering::SeqCst)), (8, 8));
+        // Key 0 is refreshed; the 9th key evicts key 1 (least recently active).
+        assert!(table.deliver_existing(&0, Bytes::from_static(b"b")));
+        for k in 8..40 {
+            table.deliver(k, Bytes::from_static(b"a"), &dispatcher, session);
+            settle().await;
+            assert!(table.len() <= 8 && alive.load(Ordering::SeqCst) <= 8, "over the cap at key {k}");
+        }
+        assert!(!table.deliver_existing(&1, Bytes::from_static(b"c")), "the least active flow was kept");
+        drop(table);
+        settle().await;
+        assert_eq!(alive.load(Ordering::SeqCst), 0, "flows outlived their table");
+
+        let table: Arc<FlowTable<u32>> = FlowTable::new(8, Duration::from_millis(100));
+        table.deliver(1, Bytes::from_static(b"a"), &dispatcher, session);
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            while !table.is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "an idle flow stayed open");
+    }
+
     proptest! {
         #[test]
         fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
