@@ -206,8 +206,18 @@ impl Instance {
         // Tasks spawned below the connections (Mux readers, writers, sessions) belong to `owner`.
         let owner = Owner::new(hard_stop.clone());
         let mut listeners = Vec::new();
+        let mut udp_only = Vec::new();
         for ib in &self.inbounds {
             for addr in &ib.addrs {
+                if !ib.handler.tcp() {
+                    let s = ib.handler.bind_udp(*addr).map_err(|source| InstanceError::Listen {
+                        path: ib.path.clone(),
+                        addr: *addr,
+                        source,
+                    })?;
+                    udp_only.push((ib.tag.clone(), s, ib.handler.clone()));
+                    continue;
+                }
                 let l = Listener::bind(*addr, &ib.stream, ib.handler.wants_original_dst())
                     .map_err(|source| InstanceError::Listen { path: ib.path.clone(), addr: *addr, source })?;
                 listeners.push((ib.tag.clone(), l, ib.handler.clone()));
@@ -232,7 +242,7 @@ impl Instance {
                 info!(tag = tag.as_deref().unwrap_or(""), "listening on tcp:{a}");
                 if handler.udp() {
                     // The same address and port as the TCP listener (its real port when 0 was asked).
-                    let socket = tokio::net::UdpSocket::bind(a).await.map_err(|source| InstanceError::Listen {
+                    let socket = handler.bind_udp(a).map_err(|source| InstanceError::Listen {
                         path: tag.clone().unwrap_or_default(),
                         addr: a,
                         source,
@@ -255,6 +265,19 @@ impl Instance {
                 shutdown.clone(),
                 owner.clone(),
             )));
+        }
+        for (tag, socket, handler) in udp_only {
+            if let Ok(a) = socket.local_addr() {
+                bound.push((tag.clone(), a));
+                info!(tag = tag.as_deref().unwrap_or(""), "listening on udp:{a}");
+            }
+            let (dispatcher, shutdown) = (self.dispatcher.clone(), shutdown.clone());
+            tracker.spawn(async move {
+                tokio::select! {
+                    _ = handler.serve_udp(Arc::new(socket), dispatcher) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            });
         }
         for svc in self.services {
             svc.start(self.dispatcher.clone(), &tracker, shutdown.clone(), &owner);

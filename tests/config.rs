@@ -132,11 +132,11 @@ const BROKEN: &[Case] = &[
         "portal domain is empty",
     ),
     (
-        "udp dokodemo",
-        "{\"inbounds\": [{\"port\": 5353, \"protocol\": \"dokodemo-door\",\n  \"settings\": {\"address\": \"8.8.8.8\", \"port\": 53, \"network\": \"tcp,udp\"}}]}",
+        "dokodemo network with a space",
+        "{\"inbounds\": [{\"port\": 5353, \"protocol\": \"dokodemo-door\",\n  \"settings\": {\"address\": \"8.8.8.8\", \"port\": 53, \"network\": \"tcp, udp\"}}]}",
         "inbounds[0].settings.network",
         (2, 61),
-        "udp is not supported yet by oxray's dokodemo-door",
+        "unknown network \" udp\"",
     ),
     (
         "geoip rule",

@@ -207,6 +207,10 @@ pub struct ShadowsocksInboundConfig {
     pub level: u32,
     /// `email`.
     pub email: Option<String>,
+    /// `network` has `tcp` (default true).
+    pub tcp: bool,
+    /// `network` has `udp`, or `udp: true`.
+    pub udp: bool,
 }
 
 /// One `servers` entry of a shadowsocks outbound.
@@ -280,21 +284,30 @@ pub(crate) fn shadowsocks_inbound(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<Shad
     if let Some(n) = o.get("ota") {
         ctx.warn(n, &o.path_of("ota"), "\"ota\" is ignored (AEAD methods only)");
     }
+    // 4.34: `network` (default tcp) plus UDP when `udp` is true; entries are not trimmed.
     let mut udp = o.bool(ctx, "udp").unwrap_or(false);
+    let mut tcp = o.get("network").is_none();
     if let Some(n) = o.get("network") {
-        for (s, _, _) in ctx.string_list(n, &o.path_of("network")).unwrap_or_default() {
-            udp |= s.eq_ignore_ascii_case("udp");
+        for (s, at, p) in ctx.string_list(n, &o.path_of("network")).unwrap_or_default() {
+            match s.to_ascii_lowercase().as_str() {
+                "udp" => udp = true,
+                "tcp" => tcp = true,
+                _ => ctx.warn(
+                    at,
+                    &p,
+                    format!("unknown network {s:?} is ignored, as V2Ray 4.34 does (entries are not trimmed)"),
+                ),
+            }
         }
     }
-    if udp {
-        let at = o.get("network").or(o.get("udp")).unwrap_or(o.node);
-        ctx.unsupported(at, &o.path_of("network"), "shadowsocks UDP");
+    if !tcp && !udp {
+        tcp = true;
     }
     let method = ss_method(ctx, o);
     let password = ss_password(ctx, o);
     let level = o.int::<u8>(ctx, "level", 0, u8::MAX).unwrap_or(0).into();
     let email = o.str(ctx, "email").filter(|e| !e.is_empty());
-    Some(ShadowsocksInboundConfig { method: method?, password: password?, level, email })
+    Some(ShadowsocksInboundConfig { method: method?, password: password?, level, email, tcp, udp })
 }
 
 /// `shadowsocks` outbound `settings`.

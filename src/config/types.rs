@@ -155,7 +155,7 @@ pub struct DokodemoConfig {
     pub address: Option<Address>,
     /// Fixed target port.
     pub port: u16,
-    /// Networks to accept (default TCP). UDP is refused at validation for now.
+    /// Networks to accept (default TCP).
     pub network: NetworkList,
     /// Take the target from SO_ORIGINAL_DST.
     pub follow_redirect: bool,

@@ -446,13 +446,6 @@ fn dokodemo(ctx: &mut Ctx<'_>, o: &Obj<'_>) -> Option<DokodemoConfig> {
         None => Some(NetworkList { tcp: true, udp: false }),
         Some(n) => network_list(ctx, n, &o.path_of("network")),
     };
-    if let Some(nl) = network
-        && nl.udp
-    {
-        let at = o.get("network").unwrap_or(o.node);
-        ctx.error(at, &o.path_of("network"), "udp is not supported yet by oxray's dokodemo-door");
-        return None;
-    }
     if address.is_none() && !follow_redirect {
         ctx.error(o.node, &o.path_of("address"), "\"address\" is required unless \"followRedirect\" is true");
         return None;

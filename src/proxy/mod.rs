@@ -13,6 +13,7 @@ pub mod shadowsocks;
 pub mod sniff;
 pub mod socks;
 pub mod trojan;
+pub mod udp;
 pub mod vless;
 pub mod vmess;
 
@@ -95,6 +96,18 @@ pub trait Inbound: Send + Sync + 'static {
     /// True when this inbound also listens on UDP on its ports (socks with `udp`).
     fn udp(&self) -> bool {
         false
+    }
+
+    /// False when this inbound listens on UDP only (dokodemo-door or shadowsocks with `network: "udp"`).
+    fn tcp(&self) -> bool {
+        true
+    }
+
+    /// Opens the inbound's UDP socket on `addr` (dokodemo-door's `followRedirect` sets options here).
+    fn bind_udp(&self, addr: std::net::SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+        let s = std::net::UdpSocket::bind(addr)?;
+        s.set_nonblocking(true)?;
+        tokio::net::UdpSocket::from_std(s)
     }
 
     /// Serves datagrams on the inbound's UDP socket (bound to the same address and port as its TCP

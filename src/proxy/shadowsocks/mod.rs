@@ -1,4 +1,4 @@
-//! `shadowsocks` (AEAD methods and `none`), TCP: the inbound and the outbound. The cipher and chunk
+//! `shadowsocks` (AEAD methods and `none`), TCP and UDP: the inbound and the outbound. The cipher and chunk
 //! codec is in [`codec`]; this module is the tokio glue.
 
 pub mod codec;
@@ -20,8 +20,9 @@ use self::codec::{Chunk, Decoder, Encoder, MAX_PAYLOAD, Method};
 use crate::config::{ShadowsocksClientConfig, ShadowsocksInboundConfig};
 use crate::dispatch::Dispatcher;
 use crate::proxy::prefixed::Prefixed;
-use crate::proxy::{BoxStream, Inbound, Outbound, ProxyError, addr};
-use crate::session::{Destination, Session, User};
+use crate::proxy::udp::{FlowTable, ReplySink};
+use crate::proxy::{BoxPacketConn, BoxStream, Inbound, Outbound, PacketConn, ProxyError, addr};
+use crate::session::{Address, Destination, Session, User};
 use crate::transport::{Accepted, Dialer, StreamSettings};
 
 /// Outbound dial schedule, as V2Ray's shadowsocks client: 5 attempts, backing off from 100 ms.
@@ -29,6 +30,10 @@ const DIAL_WAITS: [Duration; 4] =
     [Duration::from_millis(100), Duration::from_millis(200), Duration::from_millis(400), Duration::from_millis(800)];
 /// Longest address header (a 255-byte domain).
 const MAX_HEADER: usize = 1 + 1 + 255 + 2;
+/// A UDP flow ends after this long without a datagram either way (4.34: 4 s after the last reply).
+const UDP_FLOW_IDLE: Duration = Duration::from_secs(4);
+/// Most UDP flows one inbound keeps at once (the least recently active is closed first).
+const MAX_UDP_FLOWS: usize = 1024;
 
 /// A Shadowsocks TCP stream over `S`: reads decrypt, writes encrypt.
 pub struct SsStream<S> {
@@ -156,9 +161,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SsStream<S> {
 pub struct ShadowsocksInbound {
     tag: Option<Arc<str>>,
     method: Method,
-    master: Vec<u8>,
+    master: Arc<[u8]>,
     user: User,
     drain: (usize, usize),
+    tcp: bool,
+    udp: bool,
 }
 
 impl ShadowsocksInbound {
@@ -167,7 +174,45 @@ impl ShadowsocksInbound {
         let master = codec::master_key(&config.password, config.method.key_len());
         let drain = codec::drain_params(&master);
         let user = User { email: config.email.as_deref().map(Arc::from), level: config.level };
-        ShadowsocksInbound { tag: tag.map(Arc::from), method: config.method, master, user, drain }
+        ShadowsocksInbound {
+            tag: tag.map(Arc::from),
+            method: config.method,
+            master: Arc::from(master),
+            user,
+            drain,
+            tcp: config.tcp,
+            udp: config.udp,
+        }
+    }
+
+    /// Serves the UDP socket: each valid datagram goes to the flow of its (client, destination); the
+    /// rest are dropped silently (no reply tells a prober anything).
+    async fn serve_datagrams(&self, socket: Arc<tokio::net::UdpSocket>, dispatcher: Arc<Dispatcher>) {
+        let flows: Arc<FlowTable<(std::net::SocketAddr, Address, u16)>> = FlowTable::new(MAX_UDP_FLOWS, UDP_FLOW_IDLE);
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let (n, from) = match socket.recv_from(&mut buf).await {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!("shadowsocks udp: recv failed: {e}");
+                    continue;
+                }
+            };
+            let Some((address, port, data)) = open_datagram(self.method, &self.master, &buf[..n]) else {
+                debug!(%from, "shadowsocks udp: dropping an invalid datagram");
+                continue;
+            };
+            let (tag, user, socket) = (self.tag.clone(), self.user.clone(), socket.clone());
+            let (method, master) = (self.method, self.master.clone());
+            let key = (from, address.clone(), port);
+            flows.deliver(key, data, &dispatcher, move || {
+                let mut session = Session::new(tag, Some(from), Destination::udp(address.clone(), port));
+                session.user = Some(user);
+                let mut header = Vec::with_capacity(32);
+                let _ = addr::encode(&mut header, &address, port);
+                (session, SsReply { socket, to: from, method, master, header })
+            });
+        }
     }
 
     /// Reads and discards a key-dependent number of bytes (counting those already read) until EOF or
@@ -225,12 +270,60 @@ impl Inbound for ShadowsocksInbound {
         let already = ss.raw_read();
         self.drain(ss.into_inner(), already, deadline).await;
     }
+
+    fn tcp(&self) -> bool {
+        self.tcp
+    }
+
+    fn udp(&self) -> bool {
+        self.udp
+    }
+
+    async fn serve_udp(&self, socket: Arc<tokio::net::UdpSocket>, dispatcher: Arc<Dispatcher>) {
+        self.serve_datagrams(socket, dispatcher).await
+    }
+}
+
+/// Decrypts one datagram and splits its address header from the data; None for anything invalid.
+pub fn open_datagram(method: Method, master: &[u8], packet: &[u8]) -> Option<(Address, u16, Bytes)> {
+    let plain = codec::decode_packet(method, master, packet).ok()?;
+    let (address, port, used) = addr::decode(&plain, true).ok()??;
+    Some((address, port, plain.slice(used..)))
+}
+
+/// Seals `header ‖ data` as one datagram (any size: 4.34 panics past 2048 bytes, oxray does not).
+pub fn seal_datagram(method: Method, master: &[u8], header: &[u8], data: &[u8]) -> BytesMut {
+    let mut plain = Vec::with_capacity(header.len() + data.len());
+    plain.extend_from_slice(header);
+    plain.extend_from_slice(data);
+    let mut out = BytesMut::with_capacity(plain.len() + 64);
+    codec::encode_packet(method, master, &plain, &mut out);
+    out
+}
+
+/// Replies of one inbound UDP flow: from the inbound's socket, headed by the destination as the client
+/// wrote it (4.34).
+struct SsReply {
+    socket: Arc<tokio::net::UdpSocket>,
+    to: std::net::SocketAddr,
+    method: Method,
+    master: Arc<[u8]>,
+    header: Vec<u8>,
+}
+
+#[async_trait]
+impl ReplySink for SsReply {
+    async fn reply(&self, data: Bytes) -> io::Result<()> {
+        let out = seal_datagram(self.method, &self.master, &self.header, &data);
+        self.socket.send_to(&out, self.to).await.map(|_| ())
+    }
 }
 
 /// The shadowsocks outbound.
 pub struct ShadowsocksOutbound {
     servers: Vec<(crate::session::Address, u16, Method, Vec<u8>)>,
     dialer: Dialer,
+    send_through: Option<std::net::IpAddr>,
     next: AtomicUsize,
 }
 
@@ -247,7 +340,7 @@ impl ShadowsocksOutbound {
             .map(|s| (s.address.clone(), s.port, s.method, codec::master_key(&s.password, s.method.key_len())))
             .collect();
         let dialer = Dialer::new(stream, send_through).with_retries(&DIAL_WAITS);
-        ShadowsocksOutbound { servers, dialer, next: AtomicUsize::new(0) }
+        ShadowsocksOutbound { servers, dialer, send_through, next: AtomicUsize::new(0) }
     }
 }
 
@@ -265,5 +358,66 @@ impl Outbound for ShadowsocksOutbound {
         ss.write_all(&header).await?;
         ss.flush().await?;
         Ok(Box::new(ss))
+    }
+
+    /// One UDP socket per flow, to the server's address and port (stream settings do not apply, 4.34).
+    async fn connect_packet(&self, session: &Session) -> Result<BoxPacketConn, ProxyError> {
+        let (address, port, method, master) =
+            &self.servers[self.next.fetch_add(1, Ordering::Relaxed) % self.servers.len().max(1)];
+        let server = *crate::transport::tcp::resolve(address, *port, crate::transport::Resolve::Any)
+            .await?
+            .first()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no server address"))?;
+        let bind = self.send_through.unwrap_or(if server.is_ipv4() {
+            std::net::IpAddr::from([0, 0, 0, 0])
+        } else {
+            std::net::IpAddr::from([0u16; 8])
+        });
+        let socket = tokio::net::UdpSocket::bind((bind, 0)).await?;
+        socket.connect(server).await?;
+        let mut header = Vec::with_capacity(32);
+        addr::encode(&mut header, &session.target.address, session.target.port)
+            .map_err(|e| ProxyError::Refused(format!("shadowsocks: {e}")))?;
+        Ok(Box::new(SsUdp {
+            socket,
+            method: *method,
+            master: master.clone(),
+            header,
+            idle: session.policy.conn_idle,
+            buf: tokio::sync::Mutex::new(vec![0u8; 65536].into_boxed_slice()),
+        }))
+    }
+}
+
+/// A UDP flow through a Shadowsocks server.
+struct SsUdp {
+    socket: tokio::net::UdpSocket,
+    method: Method,
+    master: Vec<u8>,
+    header: Vec<u8>,
+    idle: Duration,
+    buf: tokio::sync::Mutex<Box<[u8]>>,
+}
+
+#[async_trait]
+impl PacketConn for SsUdp {
+    async fn send(&self, packet: Bytes) -> io::Result<()> {
+        let out = seal_datagram(self.method, &self.master, &self.header, &packet);
+        self.socket.send(&out).await.map(|_| ())
+    }
+
+    /// The reply's address header is parsed and discarded (4.34); invalid datagrams are skipped.
+    async fn recv(&self) -> io::Result<Option<Bytes>> {
+        let mut buf = self.buf.lock().await;
+        loop {
+            let n = match tokio::time::timeout(self.idle, self.socket.recv(&mut buf)).await {
+                Ok(r) => r?,
+                Err(_) => return Ok(None),
+            };
+            match open_datagram(self.method, &self.master, &buf[..n]) {
+                Some((_, _, data)) => return Ok(Some(data)),
+                None => debug!("shadowsocks udp: dropping an invalid reply"),
+            }
+        }
     }
 }

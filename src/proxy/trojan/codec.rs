@@ -68,10 +68,75 @@ pub fn encode_request(
     Ok(())
 }
 
-/// Feeds arbitrary bytes to the decoder (fuzz target).
+/// Longest UDP frame payload 4.34 reads (a longer length field is an error there, and here); writers
+/// split longer datagrams into several frames, as the 4.34 client does.
+pub const MAX_UDP_PAYLOAD: usize = 8192;
+
+/// Why a UDP frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UdpFrameError {
+    /// A bad address block.
+    #[error("bad address: {0}")]
+    Address(#[from] AddressError),
+    /// A length over [`MAX_UDP_PAYLOAD`].
+    #[error("UDP frame of {0} bytes is too long")]
+    TooLong(usize),
+}
+
+/// A decoded UDP frame header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpFrame {
+    /// The frame's destination (client to server) or source as requested (server to client).
+    pub target: (Address, u16),
+    /// Where the payload is in the buffer.
+    pub payload: std::ops::Range<usize>,
+    /// Bytes the whole frame takes.
+    pub used: usize,
+}
+
+/// Decodes `ATYP ADDR PORT ‖ length(2) ‖ CRLF ‖ payload` from the front of `buf` (the CRLF is not
+/// checked, as 4.34); `Ok(None)` while incomplete.
+pub fn decode_udp_frame(buf: &[u8]) -> Result<Option<UdpFrame>, UdpFrameError> {
+    let Some((a, p, n)) = addr::decode(buf, false)? else { return Ok(None) };
+    let (Some(&hi), Some(&lo)) = (buf.get(n), buf.get(n + 1)) else { return Ok(None) };
+    let len = u16::from_be_bytes([hi, lo]) as usize;
+    if len > MAX_UDP_PAYLOAD {
+        return Err(UdpFrameError::TooLong(len));
+    }
+    let start = n + 4;
+    if buf.len() < start + len {
+        return Ok(None);
+    }
+    Ok(Some(UdpFrame { target: (a, p), payload: start..start + len, used: start + len }))
+}
+
+/// Appends `data` as frames for `target`, at most [`MAX_UDP_PAYLOAD`] bytes each (whole frames: 4.34
+/// writes truncated ones past 2 KiB).
+pub fn encode_udp_frames(out: &mut Vec<u8>, target: &Address, port: u16, data: &[u8]) -> Result<(), AddressError> {
+    let mut chunks = data.chunks(MAX_UDP_PAYLOAD).peekable();
+    if chunks.peek().is_none() {
+        addr::encode(out, target, port)?;
+        out.extend_from_slice(b"\x00\x00\r\n");
+        return Ok(());
+    }
+    for c in chunks {
+        addr::encode(out, target, port)?;
+        out.extend_from_slice(&(c.len() as u16).to_be_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(c);
+    }
+    Ok(())
+}
+
+/// Feeds arbitrary bytes to the decoders (fuzz target).
 pub fn fuzz_header(data: &[u8]) {
     let _ = looks_like_trojan(data);
     let _ = decode_request(data);
+    let mut rest = data;
+    while let Ok(Some(f)) = decode_udp_frame(rest) {
+        assert!(f.payload.end <= rest.len() && f.used <= rest.len() && f.used > 0);
+        rest = &rest[f.used..];
+    }
 }
 
 #[cfg(test)]
@@ -92,6 +157,24 @@ mod tests {
         let (r, n) = decode_request(&req).unwrap().unwrap();
         assert_eq!((r.cmd, r.target, &req[n..]), (1, (Address::parse("127.0.0.1"), 20055), &b"hi"[..]));
         assert!(!looks_like_trojan(b"abc"));
+        // UDP (PROXIES.md §3.7): the frame `01 7f000001 4e55 0005 0d0a "hello"`.
+        let frame = b"\x01\x7f\x00\x00\x01\x4e\x55\x00\x05\r\nhello";
+        let f = decode_udp_frame(frame).unwrap().unwrap();
+        assert_eq!((f.target, &frame[f.payload], f.used), ((Address::parse("127.0.0.1"), 20053), &b"hello"[..], 16));
+        let mut out = Vec::new();
+        encode_udp_frames(&mut out, &Address::parse("127.0.0.1"), 20053, b"hello").unwrap();
+        assert_eq!(out, frame);
+        let long = [&b"\x01\x7f\x00\x00\x01\x4e\x55\x20\x01\r\n"[..], &[0; 8193]].concat();
+        assert_eq!(decode_udp_frame(&long), Err(UdpFrameError::TooLong(8193)));
+        out.clear();
+        encode_udp_frames(&mut out, &Address::parse("a"), 1, &[7; 20_000]).unwrap();
+        let mut rest = &out[..];
+        let mut sizes = Vec::new();
+        while let Some(f) = decode_udp_frame(rest).unwrap() {
+            sizes.push(f.payload.len());
+            rest = &rest[f.used..];
+        }
+        assert_eq!(sizes, [8192, 8192, 3616]);
     }
 
     proptest! {
@@ -108,6 +191,17 @@ mod tests {
         #[test]
         fn never_panics(data in proptest::collection::vec(any::<u8>(), 0..300)) {
             fuzz_header(&data);
+        }
+
+        #[test]
+        fn udp_frames_roundtrip_and_prefixes_need_more(port: u16, dom in "[a-z][a-z0-9]{0,20}", data in proptest::collection::vec(any::<u8>(), 1..3000)) {
+            let mut out = Vec::new();
+            encode_udp_frames(&mut out, &Address::parse(&dom), port, &data).unwrap();
+            for cut in 0..out.len() {
+                prop_assert_eq!(decode_udp_frame(&out[..cut]), Ok(None));
+            }
+            let f = decode_udp_frame(&out).unwrap().unwrap();
+            prop_assert_eq!((f.target, &out[f.payload.clone()], f.used), ((Address::parse(&dom), port), &data[..], out.len()));
         }
     }
 }

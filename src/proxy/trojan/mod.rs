@@ -1,4 +1,4 @@
-//! `trojan`: inbound with fallbacks and outbound, TCP. The header codec is in [`codec`]; this module is
+//! `trojan`: inbound with fallbacks and outbound, TCP and UDP. The header codec is in [`codec`]; this module is
 //! the tokio glue.
 
 pub mod codec;
@@ -8,17 +8,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use std::io;
+
 use async_trait::async_trait;
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::{Instant, timeout_at};
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::config::{TrojanInboundConfig, TrojanOutboundConfig};
 use crate::dispatch::Dispatcher;
 use crate::proxy::fallback::Fallbacks;
 use crate::proxy::prefixed::Prefixed;
-use crate::proxy::{BoxStream, Inbound, Outbound, ProxyError};
+use crate::proxy::udp::{FlowTable, ReplySink};
+use crate::proxy::{BoxPacketConn, BoxStream, Inbound, Outbound, PacketConn, ProxyError};
 use crate::session::{Address, Destination, Session, User};
 use crate::transport::{Accepted, Dialer, StreamSettings};
 
@@ -27,6 +30,10 @@ const MAX_HEADER: usize = codec::HASH_LEN + 2 + 1 + 1 + 1 + 255 + 2 + 2;
 /// How long the server waits for the first 58 bytes before deciding on a fallback (4.34 decides on
 /// one read).
 const FIRST_WAIT: Duration = Duration::from_millis(100);
+/// A UDP flow ends after this long without a datagram either way (4.34: 4 s after the last reply).
+const UDP_FLOW_IDLE: Duration = Duration::from_secs(4);
+/// Most UDP flows (destinations) one Trojan connection keeps at once.
+const MAX_UDP_FLOWS: usize = 256;
 const DIAL_WAITS: [Duration; 4] =
     [Duration::from_millis(100), Duration::from_millis(200), Duration::from_millis(400), Duration::from_millis(800)];
 
@@ -93,13 +100,76 @@ impl Inbound for TrojanInbound {
             }
         };
         if req.cmd == codec::CMD_UDP {
-            info!(%peer, "trojan: UDP (command 3) is not supported yet by oxray");
+            let rest = buf.split_off(used);
+            self.serve_udp_conn(rest, stream, peer, user, dispatcher).await;
             return;
         }
         let rest = buf.split_off(used).freeze();
         let mut session = Session::new(self.tag.clone(), Some(peer), Destination::tcp(req.target.0, req.target.1));
         session.user = Some(user);
         dispatcher.dispatch(session, Box::new(Prefixed::new(rest, stream))).await;
+    }
+}
+
+impl TrojanInbound {
+    /// A UDP connection (command 3): every frame goes to the flow of its own destination; replies are
+    /// framed with the destination as the client wrote it. Ends when the client closes, on a bad frame,
+    /// or after the level's `connIdle` with nothing read and no flow open.
+    async fn serve_udp_conn(
+        &self,
+        mut buf: BytesMut,
+        stream: BoxStream,
+        peer: std::net::SocketAddr,
+        user: User,
+        dispatcher: &Arc<Dispatcher>,
+    ) {
+        let idle = dispatcher.policy(user.level).conn_idle;
+        let (mut r, w) = tokio::io::split(stream);
+        let writer = Arc::new(tokio::sync::Mutex::new(w));
+        let flows: Arc<FlowTable<(Address, u16)>> = FlowTable::new(MAX_UDP_FLOWS, UDP_FLOW_IDLE);
+        loop {
+            match codec::decode_udp_frame(&buf) {
+                Ok(Some(f)) => {
+                    let data = Bytes::copy_from_slice(&buf[f.payload.clone()]);
+                    buf.advance(f.used);
+                    let (tag, user, writer) = (self.tag.clone(), user.clone(), writer.clone());
+                    let target = f.target.clone();
+                    flows.deliver(f.target, data, dispatcher, move || {
+                        let mut session = Session::new(tag, Some(peer), Destination::udp(target.0.clone(), target.1));
+                        session.user = Some(user);
+                        (session, TrojanReply { writer, target })
+                    });
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    info!(%peer, "trojan: bad UDP frame: {e}");
+                    return;
+                }
+            }
+            match tokio::time::timeout(idle, r.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return,
+                Err(_) if flows.is_empty() => return,
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Replies of one destination of a Trojan UDP connection.
+struct TrojanReply {
+    writer: Arc<tokio::sync::Mutex<WriteHalf<BoxStream>>>,
+    target: (Address, u16),
+}
+
+#[async_trait]
+impl ReplySink for TrojanReply {
+    async fn reply(&self, data: Bytes) -> io::Result<()> {
+        let mut out = Vec::with_capacity(data.len() + 300);
+        codec::encode_udp_frames(&mut out, &self.target.0, self.target.1, &data)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        self.writer.lock().await.write_all(&out).await
     }
 }
 
@@ -133,5 +203,67 @@ impl Outbound for TrojanOutbound {
             .map_err(|e| ProxyError::Refused(format!("trojan: {e}")))?;
         stream.write_all(&head).await?;
         Ok(stream)
+    }
+
+    /// One Trojan connection (command 3) per flow; every frame carries the flow's destination.
+    async fn connect_packet(&self, session: &Session) -> Result<BoxPacketConn, ProxyError> {
+        let (address, port, hash) =
+            &self.servers[self.next.fetch_add(1, Ordering::Relaxed) % self.servers.len().max(1)];
+        let mut stream = self.dialer.dial(address, *port).await?;
+        let t = &session.target;
+        let mut head = Vec::with_capacity(128);
+        codec::encode_request(&mut head, hash, codec::CMD_UDP, &t.address, t.port)
+            .map_err(|e| ProxyError::Refused(format!("trojan: {e}")))?;
+        stream.write_all(&head).await?;
+        let (r, w) = tokio::io::split(stream);
+        Ok(Box::new(TrojanPackets {
+            reader: tokio::sync::Mutex::new((r, BytesMut::with_capacity(4096))),
+            writer: tokio::sync::Mutex::new(w),
+            target: (t.address.clone(), t.port),
+            idle: session.policy.conn_idle,
+        }))
+    }
+}
+
+/// A UDP flow through a Trojan server.
+struct TrojanPackets {
+    reader: tokio::sync::Mutex<(ReadHalf<BoxStream>, BytesMut)>,
+    writer: tokio::sync::Mutex<WriteHalf<BoxStream>>,
+    target: (Address, u16),
+    idle: Duration,
+}
+
+#[async_trait]
+impl PacketConn for TrojanPackets {
+    async fn send(&self, packet: Bytes) -> io::Result<()> {
+        let mut out = Vec::with_capacity(packet.len() + 300);
+        codec::encode_udp_frames(&mut out, &self.target.0, self.target.1, &packet)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        self.writer.lock().await.write_all(&out).await
+    }
+
+    /// The frame's address is parsed and discarded.
+    async fn recv(&self) -> io::Result<Option<Bytes>> {
+        let mut g = self.reader.lock().await;
+        let (r, buf) = &mut *g;
+        loop {
+            match codec::decode_udp_frame(buf) {
+                Ok(Some(f)) => {
+                    let data = Bytes::copy_from_slice(&buf[f.payload.clone()]);
+                    buf.advance(f.used);
+                    return Ok(Some(data));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+            match tokio::time::timeout(self.idle, r.read_buf(buf)).await {
+                Ok(Ok(0)) | Err(_) => return Ok(None),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    debug!("trojan udp: read failed: {e}");
+                    return Err(e);
+                }
+            }
+        }
     }
 }

@@ -92,10 +92,33 @@ pub fn decode_response(buf: &[u8]) -> Result<Option<usize>, VlessError> {
     Ok((buf.len() >= len).then_some(len))
 }
 
-/// Feeds arbitrary bytes to the header decoders (fuzz target).
+/// Longest UDP frame payload (the 2-byte length field). 4.34 itself drops datagrams over 2046 bytes
+/// when writing and splits frames over 2048 bytes when reading.
+pub const MAX_UDP_PAYLOAD: usize = u16::MAX as usize;
+
+/// Appends one UDP frame `length(2, BE) ‖ payload`; None when the datagram is longer than 65 535 bytes.
+pub fn encode_udp_frame(out: &mut Vec<u8>, data: &[u8]) -> Option<()> {
+    let n = u16::try_from(data.len()).ok()?;
+    out.extend_from_slice(&n.to_be_bytes());
+    out.extend_from_slice(data);
+    Some(())
+}
+
+/// A UDP frame at the front of `buf`: `Some((payload range, bytes used))`, or None while incomplete.
+pub fn decode_udp_frame(buf: &[u8]) -> Option<(std::ops::Range<usize>, usize)> {
+    let len = u16::from_be_bytes([*buf.first()?, *buf.get(1)?]) as usize;
+    (buf.len() >= 2 + len).then_some((2..2 + len, 2 + len))
+}
+
+/// Feeds arbitrary bytes to the header decoders and the UDP frame decoder (fuzz target).
 pub fn fuzz_header(data: &[u8]) {
     let _ = decode_request(data);
     let _ = decode_response(data);
+    let mut rest = data;
+    while let Some((r, used)) = decode_udp_frame(rest) {
+        assert!(r.end <= rest.len() && used <= rest.len() && used >= 2);
+        rest = &rest[used..];
+    }
 }
 
 #[cfg(test)]
@@ -122,6 +145,15 @@ mod tests {
         assert_eq!(decode_request(&[&[0u8][..], &ID, &[0, 4]].concat()), Err(VlessError::Command(4)));
         assert_eq!(decode_response(&[0, 0, b'x']), Ok(Some(2)));
         assert_eq!(decode_response(&[0, 2, 1]), Ok(None));
+        // UDP (PROXIES.md §2.7): header, then `0004 "udp1"`.
+        let udp = [&[0u8][..], &ID, &[0, 2, 0, 0x50, 2, 0x0b], b"example.com", &[0, 4], b"udp1"].concat();
+        let (r, n) = decode_request(&udp).unwrap().unwrap();
+        assert_eq!((r.cmd, r.target), (CMD_UDP, Some((Address::parse("example.com"), 80))));
+        assert_eq!(decode_udp_frame(&udp[n..]), Some((2..6, 6)));
+        let mut f = Vec::new();
+        encode_udp_frame(&mut f, b"udp1").unwrap();
+        assert_eq!(f, &udp[n..]);
+        assert_eq!(encode_udp_frame(&mut f, &vec![0; 65_536]), None);
     }
 
     proptest! {
@@ -138,6 +170,27 @@ mod tests {
         #[test]
         fn never_panics(data in proptest::collection::vec(any::<u8>(), 0..300)) {
             fuzz_header(&data);
+        }
+
+        #[test]
+        fn udp_frames_roundtrip_and_prefixes_need_more(
+            grams in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..3000), 1..5),
+        ) {
+            let mut out = Vec::new();
+            for g in &grams {
+                encode_udp_frame(&mut out, g).unwrap();
+            }
+            let first = 2 + grams[0].len();
+            for cut in 0..first {
+                prop_assert_eq!(decode_udp_frame(&out[..cut]), None);
+            }
+            let mut rest = &out[..];
+            for g in &grams {
+                let (r, used) = decode_udp_frame(rest).unwrap();
+                prop_assert_eq!(&rest[r], &g[..]);
+                rest = &rest[used..];
+            }
+            prop_assert!(rest.is_empty());
         }
     }
 }

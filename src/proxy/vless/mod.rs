@@ -1,4 +1,4 @@
-//! `vless` (version 0, `decryption: "none"`): inbound with fallbacks, and outbound; TCP and Mux. The
+//! `vless` (version 0, `decryption: "none"`): inbound with fallbacks, and outbound; TCP, UDP and Mux. The
 //! header codec is in [`codec`]; this module is the tokio glue.
 
 pub mod codec;
@@ -12,8 +12,8 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, info};
 
@@ -22,7 +22,7 @@ use crate::dispatch::Dispatcher;
 use crate::mux::MUX_COOL_DOMAIN;
 use crate::proxy::fallback::Fallbacks;
 use crate::proxy::prefixed::Prefixed;
-use crate::proxy::{BoxStream, Inbound, Outbound, ProxyError};
+use crate::proxy::{BoxPacketConn, BoxStream, Inbound, Outbound, PacketConn, ProxyError, relay_packets};
 use crate::session::{Address, Destination, Session, User};
 use crate::transport::{Accepted, Dialer, StreamSettings};
 
@@ -103,10 +103,23 @@ impl Inbound for VlessInbound {
         let target = match (req.cmd, req.target) {
             (codec::CMD_MUX, _) => Destination::tcp(Address::parse(MUX_COOL_DOMAIN), 0),
             (codec::CMD_TCP, Some((a, p))) => Destination::tcp(a, p),
-            _ => {
-                info!(%peer, "vless: UDP (command 2) is not supported yet by oxray");
+            (codec::CMD_UDP, Some((a, p))) => {
+                let rest = buf.split_off(used).freeze();
+                let mut session = Session::new(self.tag.clone(), Some(peer), Destination::udp(a, p));
+                session.user = Some(user.clone());
+                let linger = dispatcher.policy(user.level).downlink_only;
+                let upstream = match dispatcher.connect_packet(session).await {
+                    Ok(u) => u,
+                    Err(e) => {
+                        info!(%peer, "vless: UDP flow refused: {e}");
+                        return;
+                    }
+                };
+                let client = VlessPackets::new(Box::new(Prefixed::new(rest, stream)), Some(vec![0, 0]), false, None);
+                relay_packets(&client, upstream.as_ref(), linger).await;
                 return;
             }
+            _ => return,
         };
         let rest = buf.split_off(used).freeze();
         let mut session = Session::new(self.tag.clone(), Some(peer), target);
@@ -260,5 +273,89 @@ impl Outbound for VlessOutbound {
         stream.write_all(&head).await?;
         debug!(target = %t, "vless: request sent");
         Ok(Box::new(StripResponse { inner: stream, head: Some(BytesMut::new()) }))
+    }
+
+    /// One VLESS connection per UDP flow (command 2, destination fixed by the request, 4.34).
+    async fn connect_packet(&self, session: &Session) -> Result<BoxPacketConn, ProxyError> {
+        let (address, port, ids) = &self.servers[self.next.fetch_add(1, Ordering::Relaxed) % self.servers.len().max(1)];
+        let mut b = [0u8; 4];
+        let _ = aws_lc_rs::rand::fill(&mut b);
+        let id = ids[u32::from_le_bytes(b) as usize % ids.len().max(1)];
+        let mut stream = self.dialer.dial(address, *port).await?;
+        let t = &session.target;
+        let mut head = Vec::with_capacity(64);
+        codec::encode_request(&mut head, &id, codec::CMD_UDP, &t.address, t.port)
+            .map_err(|e| ProxyError::Refused(format!("vless: {e}")))?;
+        stream.write_all(&head).await?;
+        Ok(Box::new(VlessPackets::new(stream, None, true, Some(session.policy.conn_idle))))
+    }
+}
+
+/// Datagrams as VLESS UDP frames (`length ‖ payload`) over one stream, for either side.
+struct VlessPackets {
+    reader: tokio::sync::Mutex<(ReadHalf<BoxStream>, BytesMut, bool)>,
+    /// The write half and what goes out with the first frame (the server's `00 00`).
+    writer: tokio::sync::Mutex<(WriteHalf<BoxStream>, Option<Vec<u8>>)>,
+    idle: Option<Duration>,
+}
+
+impl VlessPackets {
+    /// `strip_response`: the client side skips the server's response header first.
+    fn new(stream: BoxStream, prefix: Option<Vec<u8>>, strip_response: bool, idle: Option<Duration>) -> Self {
+        let (r, w) = tokio::io::split(stream);
+        VlessPackets {
+            reader: tokio::sync::Mutex::new((r, BytesMut::with_capacity(4096), strip_response)),
+            writer: tokio::sync::Mutex::new((w, prefix)),
+            idle,
+        }
+    }
+}
+
+#[async_trait]
+impl PacketConn for VlessPackets {
+    async fn send(&self, packet: Bytes) -> io::Result<()> {
+        if packet.is_empty() {
+            return Ok(());
+        }
+        let mut w = self.writer.lock().await;
+        let mut out = w.1.take().unwrap_or_default();
+        codec::encode_udp_frame(&mut out, &packet)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "datagram over 65535 bytes"))?;
+        w.0.write_all(&out).await
+    }
+
+    async fn recv(&self) -> io::Result<Option<Bytes>> {
+        let mut g = self.reader.lock().await;
+        let (r, buf, strip) = &mut *g;
+        loop {
+            if *strip {
+                match codec::decode_response(buf) {
+                    Ok(Some(n)) => {
+                        buf.advance(n);
+                        *strip = false;
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                }
+            } else if let Some((range, used)) = codec::decode_udp_frame(buf) {
+                let data = Bytes::copy_from_slice(&buf[range]);
+                buf.advance(used);
+                if data.is_empty() {
+                    continue;
+                }
+                return Ok(Some(data));
+            }
+            let n = match self.idle {
+                Some(d) => match tokio::time::timeout(d, r.read_buf(buf)).await {
+                    Ok(n) => n?,
+                    Err(_) => return Ok(None),
+                },
+                None => r.read_buf(buf).await?,
+            };
+            if n == 0 {
+                return Ok(None);
+            }
+        }
     }
 }
