@@ -112,3 +112,46 @@ pub(super) fn build(m: &Merged<'_>, config: &Config) -> Fingerprint {
     }
     f
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::load_str_fingerprinted;
+
+    const BASE: &str = r#"{
+      "inbounds": [
+        {"tag": "a", "port": 1080, "listen": "127.0.0.1", "protocol": "socks"},
+        {"port": 1081, "listen": "127.0.0.1", "protocol": "vmess",
+         "settings": {"clients": [{"id": "27848739-7e62-4138-9fd3-098a63964b6b"}]}}
+      ],
+      "outbounds": [{"tag": "direct", "protocol": "freedom"}],
+      "reverse": {"portals": [{"tag": "p", "domain": "x.example"}]},
+      "routing": {"rules": [{"type": "field", "inboundTag": ["a"], "outboundTag": "direct"}]}
+    }"#;
+
+    fn fp(text: &str) -> super::Fingerprint {
+        load_str_fingerprinted("t", text).expect("loads").1
+    }
+
+    #[test]
+    fn whitespace_and_comments_do_not_count() {
+        let spaced = BASE.replace("\n", "\n\n  ").replace("{\"tag\": \"a\"", "/* the socks one */ {\"tag\": \"a\"");
+        assert_eq!(fp(BASE), fp(&spaced));
+    }
+
+    #[test]
+    fn each_entry_changes_alone() {
+        let (a, b) = (fp(BASE), fp(&BASE.replace("1080", "1090")));
+        assert_ne!(a.inbounds[0], b.inbounds[0]);
+        assert_eq!(a.inbounds[1], b.inbounds[1]);
+        assert_eq!((a.outbounds, a.portals.clone(), a.routing.clone()), (b.outbounds, b.portals, b.routing));
+        // A secret (the VMess id), which Debug output redacts, is compared too.
+        let c = fp(&BASE.replace("098a63964b6b", "098a63964b6c"));
+        assert_ne!(a.inbounds[1], c.inbounds[1]);
+        assert_eq!(a.inbounds[0], c.inbounds[0]);
+        let d = fp(&BASE.replace("x.example", "y.example"));
+        assert_ne!(a.portals["p"], d.portals["p"]);
+        assert!(d.restart.is_empty());
+        let e = fp(&BASE.replace("\"inbounds\"", "\"dns\": {\"servers\": [\"1.1.1.1\"]}, \"inbounds\""));
+        assert!(e.restart.contains_key("dns") && a.restart.is_empty());
+    }
+}
