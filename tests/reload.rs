@@ -181,6 +181,15 @@ fn listeners(doc: &Value) -> Vec<String> {
     doc["listeners"].as_array().unwrap().iter().map(|l| l["tag"].as_str().unwrap_or("").to_string()).collect()
 }
 
+/// One checked XOR exchange of 4 KiB on an open connection.
+async fn exchange(s: &mut TcpStream, seed: u64) {
+    let data = payload(4096, seed);
+    s.write_all(&data).await.unwrap();
+    let mut back = vec![0u8; data.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back)).await.expect("echo in time").unwrap();
+    assert!(back.iter().zip(&data).all(|(b, d)| *b == d ^ XOR), "echo bytes");
+}
+
 /// 1-based line and column of the first occurrence of `needle` in `text`.
 fn line_col(text: &str, needle: &str) -> (usize, usize) {
     let at = text.find(needle).expect("needle in text");
@@ -298,8 +307,12 @@ async fn reload_keeps_tunnels_and_sessions_and_applies_changes() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&expect) && stderr.contains("kept"), "{stderr}");
 
-    // Reload 3 (`oxray reload`): inbound `added` is removed: its port is free again.
-    write_file(&dir, "portal.json", &portal_config(&p, "direct", false));
+    // Reload 3 (`oxray reload`): inbound `added` is removed: its port is free again; `side` is renamed
+    // `side2` on the same port (the old listener closes before the new one binds), and a connection
+    // the old `side` accepted goes on.
+    let mut held = TcpStream::connect(local(p.side)).await.unwrap();
+    exchange(&mut held, 100).await;
+    write_file(&dir, "portal.json", &portal_config(&p, "direct", false).replace("\"side\"", "\"side2\""));
     let out = std::process::Command::new(oxray_bin())
         .args(["reload", "--ops", &portal_ops.to_string()])
         .output()
@@ -307,9 +320,14 @@ async fn reload_keeps_tunnels_and_sessions_and_applies_changes() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("inbound added removed"), "{stdout}");
+    assert!(stdout.contains("inbound side removed") && stdout.contains("inbound side2 added"), "{stdout}");
     assert!(port_free(p.added), "the removed inbound's port is released");
-    assert!(!listeners(&status(portal_ops).await).contains(&"added".to_string()));
-    roundtrip(p.side).await.expect("side still routed to direct");
+    let names = listeners(&status(portal_ops).await);
+    assert!(!names.contains(&"added".to_string()) && !names.contains(&"side".to_string()), "{names:?}");
+    assert!(names.contains(&"side2".to_string()), "{names:?}");
+    roundtrip(p.side).await.expect("side2 serves on side's port, routed to direct");
+    exchange(&mut held, 101).await;
+    drop(held);
     assert!(visitor.moves(64 * 1024).await, "the visitor still moves bytes");
     let last = status(portal_ops).await;
     assert_eq!(tunnel_ids(&last, "portals"), tunnels, "the same tunnel after three reloads: {last}");
