@@ -255,6 +255,8 @@ fn run(files: Vec<PathBuf>, ops: Option<String>, log_format: LogFormat) -> anyho
     let runtime = build_runtime().context("starting the runtime")?;
     runtime.block_on(async move {
         let instance = oxray::instance::Instance::with_access_log(&config, log.access())?.with_fingerprint(fingerprint);
+        // Before READY=1: from then on a service manager may send SIGHUP, whose default action is exit.
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut running = instance.start().await?;
         tokio::spawn(trim_heap());
         tracing::warn!("oxray {} started", env!("CARGO_PKG_VERSION"));
@@ -291,7 +293,7 @@ fn run(files: Vec<PathBuf>, ops: Option<String>, log_format: LogFormat) -> anyho
                 }
             });
         }
-        wait_for_signal_reporting(&mut running, &files, &notifier).await?;
+        wait_for_signal_reporting(&mut running, &files, &notifier, hup).await?;
         tracing::warn!("shutting down");
         notifier.notify("STOPPING=1\nSTATUS=shutting down");
         running.shutdown(SHUTDOWN_GRACE).await;
@@ -426,11 +428,11 @@ async fn wait_for_signal_reporting(
     running: &mut oxray::instance::Running,
     files: &[PathBuf],
     notifier: &oxray::ops::systemd::Notifier,
+    mut hup: tokio::signal::unix::Signal,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
-    let mut hup = signal(SignalKind::hangup())?;
     let mut asks = running.take_reload_requests();
     loop {
         tokio::select! {
