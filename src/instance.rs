@@ -424,6 +424,31 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// A replaced bridge keeps dialling and serving until the new one has a tunnel (at most
+    /// [`HANDOVER_DEADLINE`]), so the portal always has a tunnel to send visitors into; then it stops
+    /// dialling, and its tunnels close once idle. It never refuses a session (the portal may still pick
+    /// its tunnels while they carry sessions).
+    fn hand_over(&self, old: LiveBridge, new: BridgeStatusHandle) {
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            let deadline = tokio::time::Instant::now() + HANDOVER_DEADLINE;
+            while !new.has_tunnel() && tokio::time::Instant::now() < deadline {
+                tokio::select! {
+                    _ = tokio::time::sleep(RETIRE_POLL) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+            if !shutdown.is_cancelled() {
+                old.handle.hand_over();
+            }
+            old.stop.cancel();
+        });
+    }
+}
+
+/// Most a replaced bridge waits for its successor's first tunnel before it stops dialling.
+const HANDOVER_DEADLINE: Duration = Duration::from_secs(10);
 /// How often a retired portal looks for old tunnels that have finished their sessions.
 const RETIRE_POLL: Duration = Duration::from_millis(100);
 /// Most a replaced inbound's accept loops may take to end (and free its ports) on reload.
@@ -840,12 +865,13 @@ impl Running {
                 self.bridges.push(o);
                 continue;
             }
-            if let Some(o) = old.and_then(|i| old_bridges[i].take()) {
-                o.stop.cancel();
-            }
             let bridge = Bridge::new(b);
             let handle = bridge.status_handle();
-            self.bridges.push(self.ctx.start_bridge(b.tag.clone(), fp, bridge, handle));
+            let new = self.ctx.start_bridge(b.tag.clone(), fp, bridge, handle);
+            if let Some(o) = old.and_then(|i| old_bridges[i].take()) {
+                self.ctx.hand_over(o, new.handle.clone());
+            }
+            self.bridges.push(new);
         }
         for o in old_bridges.into_iter().flatten() {
             o.stop.cancel();

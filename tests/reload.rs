@@ -404,3 +404,78 @@ async fn a_changed_portal_drains_its_tunnels_to_the_new_one_and_sessions_finish_
     assert!(one, "the old tunnel closes once idle: {}", status(local(bridge_ops)).await);
     assert!(portal.log_text().contains("tunnel drained (the config was reloaded)"), "{}", portal.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_bridge_hands_over_to_the_new_one_without_refusing_a_visitor() {
+    let (echo, _echo_task) = xor_echo_server().await;
+    let (echo2, _echo2_task) = xor_echo_server().await;
+    let p = Ports {
+        external: free_port(),
+        interconn: free_port(),
+        side: free_port(),
+        added: free_port(),
+        ops: free_port(),
+        echo2: echo2.port(),
+    };
+    let portal_ops = local(p.ops);
+    let dir = temp_dir("reload-bridge");
+    let _portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(&p, "block", false));
+    let bridge_ops = local(free_port());
+    let config = bridge_config(p.interconn, echo.port());
+    let bridge_file = write_file(&dir, "bridge.json", &config);
+    let bops = bridge_ops.to_string();
+    let bridge = Proc::spawn(
+        "bridge",
+        &oxray_bin(),
+        &["run", "-c", bridge_file.to_str().unwrap(), "--ops", &bops],
+        &dir.join("bridge.log"),
+        &[],
+    );
+    until_traffic(local(p.external), DEADLINE).await.expect("traffic through the tunnel");
+    let visitor = Visitor::start(p.external).await;
+    assert!(visitor.moves(64 * 1024).await);
+    let old_tunnel = tunnel_ids(&status(portal_ops).await, "portals");
+    assert_eq!(old_tunnel.len(), 1);
+    let closed_on_old = |s: &Value| {
+        s["portals"][0]["closed_sessions"].as_array().unwrap().iter().filter(|c| c["tunnel"] == old_tunnel[0]).count()
+    };
+    let probes = closed_on_old(&status(portal_ops).await);
+
+    // The bridge entry changes (its heartbeat period): a new bridge dials; the old one hands over.
+    write_file(&dir, "bridge.json", &config.replace("\"heartbeatSeconds\": 1", "\"heartbeatSeconds\": 2"));
+    hup(&bridge);
+    assert!(log_count(&bridge, "reload: bridge bridge replaced", 1).await, "{}", bridge.log_text());
+    let two = wait_until(DEADLINE, || async {
+        let b = status(bridge_ops).await;
+        b["bridges"][0]["heartbeat_s"] == 2.0 && tunnel_ids(&b, "bridges").len() == 1
+    })
+    .await;
+    assert!(two, "the new bridge has its tunnel: {}", status(bridge_ops).await);
+    let on_portal =
+        wait_until(DEADLINE, || async { tunnel_ids(&status(portal_ops).await, "portals").len() == 2 }).await;
+    assert!(on_portal, "{}", status(portal_ops).await);
+    // Two held visitors load the new tunnel, so the portal's picker sends the next one into the old
+    // tunnel (fewer sessions): the old bridge still serves it.
+    let mut held = Vec::new();
+    for seed in 0..2 {
+        let mut s = TcpStream::connect(local(p.external)).await.unwrap();
+        exchange(&mut s, 200 + seed).await;
+        held.push(s);
+    }
+    for _ in 0..3 {
+        roundtrip(p.external).await.expect("no visitor is refused during the hand-over");
+    }
+    let served = closed_on_old(&status(portal_ops).await) - probes;
+    assert!(served >= 1, "the old tunnel served new visitors after the reload: {}", status(portal_ops).await);
+    println!("{served} of 3 new visitors went through the old bridge's tunnel during the hand-over");
+    assert!(visitor.moves(64 * 1024).await, "the old session keeps moving bytes");
+    for s in &mut held {
+        exchange(s, 300).await;
+    }
+    drop(held);
+    visitor.stop.store(true, Ordering::Relaxed);
+    visitor.task.await.unwrap().expect("the old session's bytes all came back right");
+    // Idle, the old bridge's tunnel closes: the portal is left with the new bridge's tunnel.
+    let one = wait_until(DEADLINE, || async { tunnel_ids(&status(portal_ops).await, "portals").len() == 1 }).await;
+    assert!(one, "the old tunnel closes once idle: {}", status(portal_ops).await);
+}
