@@ -16,17 +16,32 @@ use crate::proxy::{BoxPacketConn, BoxStream, Outbound, ProxyError, RelayStats, r
 use crate::router::Router;
 use crate::session::Session;
 
-/// Routes flows to outbounds. Cheap to share (`Arc<Dispatcher>`).
+/// Routes flows to outbounds. Cheap to share (`Arc<Dispatcher>`). Routing, outbounds and per-tag
+/// counters sit in a [`Table`] that a reload swaps whole ([`Dispatcher::replace`]): flows already
+/// routed keep the outbound they got; every flow after the swap uses the new table.
 pub struct Dispatcher {
-    router: Router,
-    outbounds: HashMap<String, Arc<dyn Outbound>>,
-    default: Option<(String, Arc<dyn Outbound>)>,
+    table: std::sync::RwLock<Arc<Table>>,
     policy: PolicyConfig,
     access: AccessLog,
     next_id: AtomicU64,
-    traffic: Arc<Traffic>,
     /// Give every flow a meter, so bytes of flows that end in an error are counted too.
     metering: bool,
+}
+
+/// What one config generation routes with.
+struct Table {
+    router: Router,
+    outbounds: HashMap<Arc<str>, Arc<dyn Outbound>>,
+    default: Option<(Arc<str>, Arc<dyn Outbound>)>,
+    traffic: Arc<Traffic>,
+}
+
+impl Table {
+    fn new(router: Router, ordered: Vec<(Option<String>, Arc<dyn Outbound>)>, traffic: Arc<Traffic>) -> Table {
+        let default = ordered.first().map(|(tag, ob)| (Arc::from(tag.as_deref().unwrap_or_default()), ob.clone()));
+        let outbounds = ordered.into_iter().filter_map(|(tag, ob)| tag.map(|t| (Arc::from(t), ob))).collect();
+        Table { router, outbounds, default, traffic }
+    }
 }
 
 impl Dispatcher {
@@ -39,16 +54,11 @@ impl Dispatcher {
         policy: PolicyConfig,
         access: AccessLog,
     ) -> Self {
-        let default = ordered.first().map(|(tag, ob)| (tag.clone().unwrap_or_default(), ob.clone()));
-        let outbounds = ordered.into_iter().filter_map(|(tag, ob)| tag.map(|t| (t, ob))).collect();
         Dispatcher {
-            router,
-            outbounds,
-            default,
+            table: std::sync::RwLock::new(Arc::new(Table::new(router, ordered, Arc::default()))),
             policy,
             access,
             next_id: AtomicU64::new(1),
-            traffic: Arc::default(),
             metering: false,
         }
     }
@@ -57,14 +67,29 @@ impl Dispatcher {
     /// With `metering`, every flow gets a live meter (the operations listener shows bytes as they move,
     /// and flows that end in an error still count).
     pub fn with_traffic(mut self, traffic: Arc<Traffic>, metering: bool) -> Self {
-        self.traffic = traffic;
+        let table = self.table.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = Arc::get_mut(table) {
+            t.traffic = traffic;
+        }
         self.metering = metering;
         self
     }
 
-    /// The per-tag counters.
-    pub fn traffic(&self) -> &Arc<Traffic> {
-        &self.traffic
+    /// Reload: routes every flow from now on with `router` to `ordered` (as in [`Dispatcher::new`]),
+    /// counting into `traffic`. Flows already routed are not touched.
+    pub fn replace(&self, router: Router, ordered: Vec<(Option<String>, Arc<dyn Outbound>)>, traffic: Arc<Traffic>) {
+        let table = Arc::new(Table::new(router, ordered, traffic));
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
+    }
+
+    fn table(&self) -> Arc<Table> {
+        // Poisoning means a panic while swapping an Arc: the Arc in place is whole either way.
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The per-tag counters (of the current config generation).
+    pub fn traffic(&self) -> Arc<Traffic> {
+        self.table().traffic.clone()
     }
 
     /// The policy of a user level (inbounds use level 0's `handshake` before the user is known).
@@ -88,16 +113,21 @@ impl Dispatcher {
     }
 
     /// Picks the outbound for a session: the first matching rule's, or the default.
-    pub async fn pick(&self, session: &Session) -> Result<(&str, &Arc<dyn Outbound>), ProxyError> {
-        if let Some(tag) = self.router.pick(session).await {
-            if let Some((tag, ob)) = self.outbounds.get_key_value(tag) {
-                return Ok((tag.as_str(), ob));
+    pub async fn pick(&self, session: &Session) -> Result<(Arc<str>, Arc<dyn Outbound>), ProxyError> {
+        self.pick_in(&self.table(), session).await
+    }
+
+    async fn pick_in(&self, table: &Table, session: &Session) -> Result<(Arc<str>, Arc<dyn Outbound>), ProxyError> {
+        if let Some(tag) = table.router.pick(session).await {
+            if let Some((tag, ob)) = table.outbounds.get_key_value(tag) {
+                return Ok((tag.clone(), ob.clone()));
             }
             warn!(tag, "routing picked an outbound that does not exist; using the default");
         }
-        self.default
+        table
+            .default
             .as_ref()
-            .map(|(t, ob)| (t.as_str(), ob))
+            .map(|(t, ob)| (t.clone(), ob.clone()))
             .ok_or_else(|| ProxyError::Refused("no outbound configured".into()))
     }
 
@@ -152,19 +182,21 @@ impl Dispatcher {
             MuxServer::start(stream, handler).closed().await;
             return Ok(RelayStats::default());
         }
-        let (tag, outbound) = match self.pick(&session).await {
+        let table = self.table();
+        let (tag, outbound) = match self.pick_in(&table, &session).await {
             Ok(p) => p,
             Err(e) => {
                 warn!(session = session.id, target = %session.target, "rejected: {e}");
                 return Err(format!("rejected: {e}"));
             }
         };
-        access_line(&self.access, &session, tag);
+        access_line(&self.access, &session, &tag);
         let id = session.id;
         let target = session.target.clone();
         let user = session.user.as_ref().and_then(|u| u.email.as_ref());
         let (p, inbound) = (&session.policy, session.inbound_tag.as_deref());
-        let flow = self.traffic.user_flow(inbound, tag, user.map(|e| (e, p.stats_user_uplink, p.stats_user_downlink)));
+        let flow = table.traffic.user_flow(inbound, &tag, user.map(|e| (e, p.stats_user_uplink, p.stats_user_downlink)));
+        drop(table);
         if self.metering && session.meter.is_none() {
             session.meter = Some(Arc::new(crate::session::Meter::new()));
         }
@@ -176,7 +208,7 @@ impl Dispatcher {
                 Ok(stats)
             }
             Err(e) => {
-                info!(session = id, %target, outbound = tag, "connection ends: {e}");
+                info!(session = id, %target, outbound = &*tag, "connection ends: {e}");
                 Err(e.to_string())
             }
         }
@@ -187,7 +219,7 @@ impl Dispatcher {
     pub async fn connect(&self, mut session: Session) -> Result<BoxStream, ProxyError> {
         self.prepare(&mut session);
         let (tag, outbound) = self.pick(&session).await?;
-        debug!(session = session.id, target = %session.target, outbound = tag, "taking detour");
+        debug!(session = session.id, target = %session.target, outbound = &*tag, "taking detour");
         outbound.connect(&session).await
     }
 
@@ -195,7 +227,7 @@ impl Dispatcher {
     pub async fn connect_packet(&self, mut session: Session) -> Result<BoxPacketConn, ProxyError> {
         self.prepare(&mut session);
         let (tag, outbound) = self.pick(&session).await?;
-        access_line(&self.access, &session, tag);
+        access_line(&self.access, &session, &tag);
         outbound.connect_packet(&session).await
     }
 }
@@ -207,7 +239,7 @@ impl crate::dns::Upstream for Dispatcher {
         let mut session = Session::new(Some(tag), None, target);
         self.prepare(&mut session);
         let (out, outbound) = self.pick(&session).await?;
-        debug!(target = %session.target, outbound = out, "dns: query taking detour");
+        debug!(target = %session.target, outbound = &*out, "dns: query taking detour");
         outbound.connect_packet(&session).await
     }
 }

@@ -1,4 +1,4 @@
-//! The `oxray` command line: run, test, demo, version, uuid.
+//! The `oxray` command line: run, test, lint, route, status, reload, demo, version, uuid.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +52,20 @@ enum Command {
         /// Also require each portal to have a tunnel to count as ready.
         #[arg(long)]
         tunnels: bool,
+    },
+    /// Make a running instance re-read its config files: `POST /reload` on its ops listener, which
+    /// answers what changed or every error (or, with --pid, SIGHUP to that process, answer in its log).
+    /// Exits 0 when applied, 1 when refused (the running config is kept), 2 when it cannot be reached.
+    Reload {
+        /// The ops listener (default: `ops.listen` of --config, else 127.0.0.1:9090).
+        #[arg(long = "ops", value_name = "HOST:PORT")]
+        ops: Option<String>,
+        /// Read the ops address and token from this config file (it is checked first, too).
+        #[arg(short = 'c', long = "config")]
+        config: Vec<PathBuf>,
+        /// Send SIGHUP to this process instead (no ops listener needed; the outcome is in its log).
+        #[arg(long, value_name = "PID", conflicts_with = "ops")]
+        pid: Option<i32>,
     },
     /// Validate config files: prints "Configuration OK." or every error found.
     Test {
@@ -115,6 +129,7 @@ fn normalize_args(args: Vec<String>) -> Vec<String> {
         "lint",
         "route",
         "status",
+        "reload",
         "demo",
         "version",
         "uuid",
@@ -181,6 +196,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Status { ops, config, json, watch, tunnels } => status::main(ops, &config, json, watch, tunnels),
+        Command::Reload { ops, config, pid } => status::reload(ops, &config, pid),
     }
 }
 
@@ -219,7 +235,8 @@ enum LogFormat {
 
 fn run(files: Vec<PathBuf>, ops: Option<String>, log_format: LogFormat) -> anyhow::Result<()> {
     let notifier = oxray::ops::systemd::Notifier::from_env();
-    let mut config = oxray::config::load_files(&files).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (mut config, fingerprint) =
+        oxray::config::load_files_fingerprinted(&files).map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(addr) = ops {
         let listen = oxray::ops::parse_listen(&addr, false).map_err(|e| anyhow::anyhow!("--ops: {e}"))?;
         let token = config.ops.as_ref().and_then(|o| o.token.clone());
@@ -237,8 +254,10 @@ fn run(files: Vec<PathBuf>, ops: Option<String>, log_format: LogFormat) -> anyho
     raise_fd_limit();
     let runtime = build_runtime().context("starting the runtime")?;
     runtime.block_on(async move {
-        let instance = oxray::instance::Instance::with_access_log(&config, log.access())?;
-        let running = instance.start().await?;
+        let instance = oxray::instance::Instance::with_access_log(&config, log.access())?.with_fingerprint(fingerprint);
+        // Before READY=1: from then on a service manager may send SIGHUP, whose default action is exit.
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let mut running = instance.start().await?;
         tokio::spawn(trim_heap());
         tracing::warn!("oxray {} started", env!("CARGO_PKG_VERSION"));
         let listeners = running.local_addrs().len();
@@ -265,7 +284,7 @@ fn run(files: Vec<PathBuf>, ops: Option<String>, log_format: LogFormat) -> anyho
         }
         if notifier.enabled() {
             let n = oxray::ops::systemd::Notifier::from_env();
-            let source = running.ops_source();
+            let source = running.live_source();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(10));
                 loop {
@@ -274,7 +293,7 @@ fn run(files: Vec<PathBuf>, ops: Option<String>, log_format: LogFormat) -> anyho
                 }
             });
         }
-        wait_for_signal_reporting(&running).await?;
+        wait_for_signal_reporting(&mut running, &files, &notifier, hup).await?;
         tracing::warn!("shutting down");
         notifier.notify("STOPPING=1\nSTATUS=shutting down");
         running.shutdown(SHUTDOWN_GRACE).await;
@@ -404,14 +423,30 @@ fn demo(check: bool) -> anyhow::Result<()> {
 
 /// Waits for SIGINT/SIGTERM; on SIGUSR1 logs the reverse proxy's tunnels (at warning, so the default
 /// log level shows it): operators can see whether a bridge is connected without restarting anything.
-async fn wait_for_signal_reporting(running: &oxray::instance::Running) -> anyhow::Result<()> {
+/// SIGHUP, and `POST /reload` on the ops listener (`oxray reload`), reload the config files.
+async fn wait_for_signal_reporting(
+    running: &mut oxray::instance::Running,
+    files: &[PathBuf],
+    notifier: &oxray::ops::systemd::Notifier,
+    mut hup: tokio::signal::unix::Signal,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut asks = running.take_reload_requests();
     loop {
         tokio::select! {
             r = tokio::signal::ctrl_c() => return Ok(r?),
             _ = term.recv() => return Ok(()),
+            _ = hup.recv() => {
+                tracing::warn!("SIGHUP: reloading the configuration");
+                reload(running, files, notifier).await;
+            }
+            Some(reply) = async { match asks.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
+                tracing::warn!("reload requested on the ops listener");
+                let answer = reload(running, files, notifier).await;
+                let _ = reply.send(answer);
+            }
             _ = usr1.recv() => {
                 let (portals, bridges) = running.reverse_status();
                 if portals.is_empty() && bridges.is_empty() {
@@ -428,6 +463,61 @@ async fn wait_for_signal_reporting(running: &oxray::instance::Running) -> anyhow
             }
         }
     }
+}
+
+/// Re-reads the config files and applies them; an invalid config changes nothing. Tells systemd
+/// RELOADING=1 first and READY=1 after, with the outcome as STATUS=.
+async fn reload(
+    running: &mut oxray::instance::Running,
+    files: &[PathBuf],
+    notifier: &oxray::ops::systemd::Notifier,
+) -> oxray::ops::ReloadAnswer {
+    notifier.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading the configuration", monotonic_usec()));
+    let answer = match oxray::config::load_files_fingerprinted(files) {
+        Err(errors) => {
+            for e in &errors.0 {
+                tracing::error!("reload: {e}");
+            }
+            tracing::error!(
+                "reload: {} error(s) in the configuration; the running configuration is kept",
+                errors.0.len()
+            );
+            let text = format!("{errors}\n{} error(s); the running configuration is kept", errors.0.len());
+            oxray::ops::ReloadAnswer { applied: false, text }
+        }
+        Ok((config, fingerprint)) => {
+            for w in &config.warnings {
+                tracing::warn!("config: {w}");
+            }
+            match running.reload(&config, fingerprint).await {
+                Ok(report) => {
+                    for (kind, tag, change) in &report.changes {
+                        tracing::info!(kind, tag = tag.as_str(), "reload: {kind} {tag}: {}", change.as_str());
+                    }
+                    tracing::warn!("reload: {report}");
+                    oxray::ops::ReloadAnswer { applied: true, text: format!("reloaded: {report}") }
+                }
+                Err(e) => {
+                    tracing::error!("reload: {e}");
+                    tracing::error!("reload: the running configuration is kept");
+                    oxray::ops::ReloadAnswer { applied: false, text: format!("{e}\nthe running configuration is kept") }
+                }
+            }
+        }
+    };
+    let status = if answer.applied { "reloaded".to_string() } else { "reload failed; old configuration kept".into() };
+    notifier.notify(&format!("READY=1\nSTATUS={status}: {}", status_line(&running.live_source().snapshot())));
+    answer
+}
+
+/// CLOCK_MONOTONIC in microseconds, which systemd wants with RELOADING=1.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes only the struct passed.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1000
 }
 
 fn tunnel_text(t: &oxray::reverse::status::TunnelStatus) -> String {

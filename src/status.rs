@@ -1,4 +1,5 @@
 //! `oxray status`: reads a running instance's `/status` from its ops listener and prints a tree.
+//! `oxray reload`: asks it to reload (`POST /reload`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -84,17 +85,71 @@ fn once(addr: &str, token: Option<&str>, json: bool, tunnels: bool, watch: bool)
     }
 }
 
+/// `oxray reload`. Exit codes: 0 applied, 1 refused (invalid config; the running one is kept), 2 unreachable.
+pub fn reload(ops: Option<String>, config: &[PathBuf], pid: Option<i32>) -> ExitCode {
+    if let Some(pid) = pid {
+        // SAFETY: kill(2) with a pid and a signal number touches no memory.
+        if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+            eprintln!("oxray reload: cannot signal process {pid}: {}", std::io::Error::last_os_error());
+            return ExitCode::from(2);
+        }
+        println!("sent SIGHUP to process {pid}; its log tells what changed");
+        return ExitCode::SUCCESS;
+    }
+    // An invalid file would be refused by the running instance too: say why here, send nothing.
+    let (addr, token) = match target(ops, config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}\noxray reload: the configuration is invalid; nothing was sent");
+            return ExitCode::from(1);
+        }
+    };
+    match request("POST", &addr, "/reload", token.as_deref(), RELOAD_TIMEOUT) {
+        Ok((200, body)) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((422, body)) => {
+            eprint!("{body}");
+            ExitCode::from(1)
+        }
+        Ok((code, body)) => {
+            eprintln!("oxray reload: {addr} answered {code}: {}", body.trim());
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("oxray reload: cannot reach the ops listener at {addr}: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A reload closes replaced listeners (up to 2 s) and binds new ones; the instance answers within 30 s.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(35);
+
 /// One GET with `Connection: close`; returns the status code and body.
 fn get(addr: &str, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
+    request("GET", addr, path, token, TIMEOUT)
+}
+
+/// One request with `Connection: close`; returns the status code and body.
+fn request(
+    method: &str,
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     let sa: SocketAddr = addr
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"))?;
     let mut s = TcpStream::connect_timeout(&sa, TIMEOUT)?;
-    s.set_read_timeout(Some(TIMEOUT))?;
+    s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(TIMEOUT))?;
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n")?;
+    let length = if method == "GET" { "" } else { "Content-Length: 0\r\n" };
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{length}Connection: close\r\n\r\n")?;
     let mut raw = Vec::new();
     s.take(64 << 20).read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);

@@ -2,6 +2,7 @@
 
 mod ctx;
 mod dns;
+mod fingerprint;
 mod json;
 mod policy_keys;
 mod proxies;
@@ -22,6 +23,7 @@ pub use crate::router::geo::Assets;
 #[cfg(test)]
 pub(crate) use dns::host_matcher;
 pub use dns::{DnsConfig, DnsOutboundConfig, DnsServerConfig, DnsServerKind, HostEntry, HostMatcher, HostValue};
+pub use fingerprint::{Fingerprint, RESTART_SECTIONS};
 pub use proxies::{
     Account, FallbackConfig, FallbackDest, HttpInboundConfig, ProxyClientConfig, ProxyServer, ProxyUser,
     ShadowsocksClientConfig, ShadowsocksInboundConfig, ShadowsocksMethod, ShadowsocksServer, SocksInboundConfig,
@@ -80,6 +82,10 @@ pub fn load_files<P: AsRef<Path>>(paths: &[P]) -> Result<Config, ConfigErrors> {
 
 /// [`load_files`] with the asset directory given.
 pub fn load_files_with<P: AsRef<Path>>(paths: &[P], assets: Assets) -> Result<Config, ConfigErrors> {
+    load_paths(paths, assets).map(|(c, _)| c)
+}
+
+fn load_paths<P: AsRef<Path>>(paths: &[P], assets: Assets) -> Result<(Config, Fingerprint), ConfigErrors> {
     let mut texts = Vec::with_capacity(paths.len());
     let mut errors = Vec::new();
     for p in paths {
@@ -108,6 +114,11 @@ pub fn load_files_with<P: AsRef<Path>>(paths: &[P], assets: Assets) -> Result<Co
     load_texts(&texts, assets)
 }
 
+/// [`load_files`], also returning the [`Fingerprint`] a reload compares with the running config's.
+pub fn load_files_fingerprinted<P: AsRef<Path>>(paths: &[P]) -> Result<(Config, Fingerprint), ConfigErrors> {
+    load_paths(paths, Assets::from_env())
+}
+
 /// Loads one config from text; `origin` names it in errors.
 pub fn load_str(origin: &str, text: &str) -> Result<Config, ConfigErrors> {
     load_str_with(origin, text, Assets::from_env())
@@ -115,11 +126,16 @@ pub fn load_str(origin: &str, text: &str) -> Result<Config, ConfigErrors> {
 
 /// [`load_str`] with the asset directory given.
 pub fn load_str_with(origin: &str, text: &str, assets: Assets) -> Result<Config, ConfigErrors> {
-    load_texts(&[(origin.to_string(), text.to_string())], assets)
+    load_texts(&[(origin.to_string(), text.to_string())], assets).map(|(c, _)| c)
+}
+
+/// [`load_str`] with its [`Fingerprint`] (tests of reload).
+pub fn load_str_fingerprinted(origin: &str, text: &str) -> Result<(Config, Fingerprint), ConfigErrors> {
+    load_texts(&[(origin.to_string(), text.to_string())], Assets::from_env())
 }
 
 /// Parses every text (collecting syntax errors from all of them), merges, validates.
-fn load_texts(texts: &[(String, String)], assets: Assets) -> Result<Config, ConfigErrors> {
+fn load_texts(texts: &[(String, String)], assets: Assets) -> Result<(Config, Fingerprint), ConfigErrors> {
     let sources: Vec<Source> = texts.iter().map(|(name, text)| Source::new(name, text)).collect();
     let mut ctx = Ctx::new(&sources, assets);
     let mut trees = Vec::with_capacity(texts.len());
@@ -145,7 +161,11 @@ fn load_texts(texts: &[(String, String)], assets: Assets) -> Result<Config, Conf
             config.warnings.push(ConfigError { file: file.clone(), path: l.path, location: None, message: l.message });
         }
     }
-    if ctx.errors.is_empty() { Ok(config) } else { Err(ConfigErrors(ctx.into_errors())) }
+    if !ctx.errors.is_empty() {
+        return Err(ConfigErrors(ctx.into_errors()));
+    }
+    let fingerprint = fingerprint::build(&merged, &config);
+    Ok((config, fingerprint))
 }
 
 /// Merges top levels as `infra/conf/v2ray.go Config.Override` does (the first file is taken whole).

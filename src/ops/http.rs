@@ -1,4 +1,4 @@
-//! A minimal HTTP/1.1 server for the operations listener: GET only, one request per connection
+//! A minimal HTTP/1.1 server for the operations listener: GET, and POST /reload; one request per connection
 //! (`Connection: close`), bounded header size, read deadline and connection count. Five fixed
 //! endpoints and one event stream do not need a general HTTP stack.
 
@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::Source;
+use super::{LiveSource, ReloadRequests};
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
@@ -26,14 +26,41 @@ const EVENT_PERIOD: Duration = Duration::from_secs(1);
 const PAGE: &str = include_str!("page.html");
 
 pub(super) struct State {
-    source: Source,
+    source: LiveSource,
     token: Option<String>,
     slots: Arc<Semaphore>,
+    reload: Option<ReloadRequests>,
 }
 
 impl State {
-    pub(super) fn new(source: Source, token: Option<String>) -> Self {
-        State { source, token, slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)) }
+    pub(super) fn new(source: LiveSource, token: Option<String>, reload: Option<ReloadRequests>) -> Self {
+        State { source, token, slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)), reload }
+    }
+}
+
+/// Most a reload may take before `POST /reload` answers 504 (it goes on; the log has the outcome).
+const RELOAD_DEADLINE: Duration = Duration::from_secs(30);
+
+async fn reload(stream: &mut TcpStream, state: &State) {
+    let Some(requests) = &state.reload else {
+        respond(stream, "404 Not Found", "text/plain", "", b"reload is not available here\n").await;
+        return;
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if requests.send(tx).await.is_err() {
+        respond(stream, "503 Service Unavailable", "text/plain", "", b"shutting down\n").await;
+        return;
+    }
+    match tokio::time::timeout(RELOAD_DEADLINE, rx).await {
+        Ok(Ok(a)) => {
+            let status = if a.applied { "200 OK" } else { "422 Unprocessable Entity" };
+            respond(stream, status, "text/plain", "", format!("{}\n", a.text).as_bytes()).await;
+        }
+        Ok(Err(_)) => respond(stream, "503 Service Unavailable", "text/plain", "", b"shutting down\n").await,
+        Err(_) => {
+            let body = format!("no answer within {RELOAD_DEADLINE:?}; see the log\n");
+            respond(stream, "504 Gateway Timeout", "text/plain", "", body.as_bytes()).await
+        }
     }
 }
 
@@ -160,7 +187,12 @@ async fn connection(mut stream: TcpStream, state: &State) {
         respond(&mut stream, "400 Bad Request", "text/plain", "", b"bad request\n").await;
         return;
     };
-    if req.method != "GET" {
+    let is_reload = req.path == "/reload";
+    if is_reload && req.method != "POST" {
+        respond(&mut stream, "405 Method Not Allowed", "text/plain", "Allow: POST\r\n", b"POST only\n").await;
+        return;
+    }
+    if !is_reload && req.method != "GET" {
         respond(&mut stream, "405 Method Not Allowed", "text/plain", "Allow: GET\r\n", b"GET only\n").await;
         return;
     }
@@ -168,6 +200,9 @@ async fn connection(mut stream: TcpStream, state: &State) {
         let extra = "WWW-Authenticate: Bearer realm=\"oxray\"\r\n";
         respond(&mut stream, "401 Unauthorized", "text/plain", extra, b"a bearer token is required\n").await;
         return;
+    }
+    if is_reload {
+        return reload(&mut stream, state).await;
     }
     match req.path.as_str() {
         "/livez" => respond(&mut stream, "200 OK", "text/plain", "", b"ok\n").await,

@@ -61,6 +61,45 @@ pub struct Source {
     pub started: Instant,
 }
 
+/// The [`Source`] of a running instance; a reload puts in the new set of tags and listeners.
+#[derive(Clone)]
+pub struct LiveSource(Arc<std::sync::RwLock<Source>>);
+
+impl LiveSource {
+    /// Starts with `source`.
+    pub fn new(source: Source) -> LiveSource {
+        LiveSource(Arc::new(std::sync::RwLock::new(source)))
+    }
+
+    /// The current source.
+    pub fn get(&self) -> Source {
+        // A poisoned lock held a whole Source (only ever replaced whole).
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the source (after a reload).
+    pub fn set(&self, source: Source) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = source;
+    }
+
+    /// A snapshot of the current source.
+    pub fn snapshot(&self) -> Snapshot {
+        self.get().snapshot()
+    }
+}
+
+/// The outcome of a reload asked for over `POST /reload`.
+#[derive(Debug, Clone)]
+pub struct ReloadAnswer {
+    /// The new config was applied.
+    pub applied: bool,
+    /// What changed, or every error (one per line).
+    pub text: String,
+}
+
+/// Where `POST /reload` sends its request: the process running the instance answers on the oneshot.
+pub type ReloadRequests = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<ReloadAnswer>>;
+
 /// Everything one response needs, taken at one moment.
 pub struct Snapshot {
     /// Wall-clock time of the snapshot.
@@ -157,9 +196,15 @@ impl OpsServer {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown`; connection tasks go on `tracker`.
-    pub fn start(self, source: Source, tracker: &TaskTracker, shutdown: CancellationToken) {
-        let state = Arc::new(http::State::new(source, self.config.token.clone()));
+    /// Serves until `shutdown`; connection tasks go on `tracker`. `POST /reload` goes to `reload`.
+    pub fn start(
+        self,
+        source: LiveSource,
+        reload: Option<ReloadRequests>,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        let state = Arc::new(http::State::new(source, self.config.token.clone(), reload));
         tracker.spawn(http::serve(self.listener, state, tracker.clone(), shutdown));
     }
 }

@@ -97,17 +97,27 @@ impl Drop for FlowGuard {
 impl Traffic {
     /// Counters for these tags (config order; duplicates and empty tags skipped).
     pub fn new<'a>(inbounds: impl IntoIterator<Item = &'a str>, outbounds: impl IntoIterator<Item = &'a str>) -> Self {
+        Traffic::default().next(inbounds, outbounds)
+    }
+
+    /// Counters for a reloaded config's tags: a tag both configs have keeps its counts (and flows still
+    /// open on it count into them); a new tag starts at 0; a removed tag is no longer listed.
+    pub fn next<'a>(
+        &self,
+        inbounds: impl IntoIterator<Item = &'a str>,
+        outbounds: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
         let mut t = Traffic::default();
         for tag in inbounds {
             if !tag.is_empty() && !t.by_inbound.contains_key(tag) {
-                let c = Arc::new(TagTraffic::default());
+                let c = self.by_inbound.get(tag).cloned().unwrap_or_default();
                 t.by_inbound.insert(tag.to_string(), c.clone());
                 t.inbound.push((tag.to_string(), c));
             }
         }
         for tag in outbounds {
             if !tag.is_empty() && !t.by_outbound.contains_key(tag) {
-                let c = Arc::new(TagTraffic::default());
+                let c = self.by_outbound.get(tag).cloned().unwrap_or_default();
                 t.by_outbound.insert(tag.to_string(), c.clone());
                 t.outbound.push((tag.to_string(), c));
             }

@@ -89,6 +89,9 @@ struct Inner {
     gaps: std::sync::Mutex<Vec<Duration>>,
     /// Set at shutdown: new sessions from the portal are refused, live ones finish.
     stopping: AtomicBool,
+    /// Set when a reload replaced this bridge: stopping it then serves every session it still gets
+    /// (the portal cannot be told not to pick its tunnels) and only closes tunnels once idle.
+    handing_over: AtomicBool,
 }
 
 /// The bridge service.
@@ -111,6 +114,7 @@ impl Bridge {
                 period_ms: AtomicU64::new(0),
                 gaps: std::sync::Mutex::new(Vec::with_capacity(PERIOD_SAMPLES)),
                 stopping: AtomicBool::new(false),
+                handing_over: AtomicBool::new(false),
             }),
         }
     }
@@ -128,6 +132,17 @@ pub struct BridgeStatusHandle {
 }
 
 impl BridgeStatusHandle {
+    /// Reload replaced this bridge: once its service is stopped, it dials no more tunnels but keeps
+    /// serving sessions on the ones it has, closing each once it is idle (at the latest at hard stop).
+    pub fn hand_over(&self) {
+        self.inner.handing_over.store(true, Ordering::Relaxed);
+    }
+
+    /// True while the bridge has a live tunnel.
+    pub fn has_tunnel(&self) -> bool {
+        self.inner.lock().iter().any(|t| !t.server.is_closed())
+    }
+
     /// Live tunnels and their load.
     pub fn status(&self) -> BridgeStatus {
         let live: Vec<Arc<Tunnel>> = self.inner.lock().iter().filter(|t| !t.server.is_closed()).cloned().collect();
@@ -241,7 +256,9 @@ impl Inner {
     /// Shutdown: new sessions are refused; each tunnel closes once it carries only its control session,
     /// and every one closes at `hard_stop`.
     async fn stop(&self, hard_stop: CancellationToken) {
-        self.stopping.store(true, Ordering::Relaxed);
+        if !self.handing_over.load(Ordering::Relaxed) {
+            self.stopping.store(true, Ordering::Relaxed);
+        }
         loop {
             let left = {
                 let mut tunnels = self.lock();

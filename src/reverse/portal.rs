@@ -52,6 +52,8 @@ pub struct Portal {
     tunnel_added: Notify,
     next_tunnel: AtomicU64,
     track: Arc<TagTrack>,
+    /// Set when a reload replaced or removed this portal: every tunnel is sent DRAIN at once.
+    retired: tokio_util::sync::CancellationToken,
 }
 
 impl Portal {
@@ -66,7 +68,24 @@ impl Portal {
             tunnel_added: Notify::new(),
             next_tunnel: AtomicU64::new(1),
             track: TagTrack::new(Role::Portal, &config.tag, config.tuning.heartbeat),
+            retired: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// The portal's tag.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Reload replaced or removed this portal: each tunnel is sent DRAIN now (its bridge dials a new
+    /// one, which reaches the new config's portal) and carries its live sessions to their end.
+    pub fn retire(&self) {
+        self.retired.cancel();
+    }
+
+    /// True while a tunnel is up.
+    pub fn has_tunnels(&self) -> bool {
+        self.lock().iter().any(|t| !t.client.is_closed())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Tunnel>>> {
@@ -198,9 +217,13 @@ impl Portal {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = Vec::with_capacity(80);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.retired.cancelled() => {}
+            }
             let worn = tunnel.client.is_worn();
-            let drain = worn || tunnel.client.total_sessions() > self.tuning.drain_after;
+            let retired = self.retired.is_cancelled();
+            let drain = retired || worn || tunnel.client.total_sessions() > self.tuning.drain_after;
             let state = if drain { ControlState::Drain } else { ControlState::Active };
             buf.clear();
             let mut beat = Control::heartbeat(state);
@@ -216,8 +239,12 @@ impl Portal {
             tunnel.track.heartbeat_sent();
             if drain {
                 tunnel.draining.store(true, Ordering::Relaxed);
-                self.track.drained(if worn { "nonce_wear" } else { "session_limit" });
-                let why = if worn { "most of its VMess nonces used" } else { "session count" };
+                let (reason, why) = match (retired, worn) {
+                    (true, _) => ("reload", "the config was reloaded"),
+                    (_, true) => ("nonce_wear", "most of its VMess nonces used"),
+                    _ => ("session_limit", "session count"),
+                };
+                self.track.drained(reason);
                 info!(portal = %self.tag, tunnel = tunnel.id, sessions = tunnel.client.total_sessions(), "tunnel drained ({why})");
                 // A clean End, as V2Ray sends: a dropped session would end with the Error bit, and the
                 // bridge would discard the DRAIN still in its buffer.
