@@ -195,7 +195,8 @@ impl Dispatcher {
         let target = session.target.clone();
         let user = session.user.as_ref().and_then(|u| u.email.as_ref());
         let (p, inbound) = (&session.policy, session.inbound_tag.as_deref());
-        let flow = table.traffic.user_flow(inbound, &tag, user.map(|e| (e, p.stats_user_uplink, p.stats_user_downlink)));
+        let flow =
+            table.traffic.user_flow(inbound, &tag, user.map(|e| (e, p.stats_user_uplink, p.stats_user_downlink)));
         drop(table);
         if self.metering && session.meter.is_none() {
             session.meter = Some(Arc::new(crate::session::Meter::new()));

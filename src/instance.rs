@@ -91,6 +91,8 @@ pub struct Instance {
     bridge_services: Vec<(String, Bridge)>,
     resolver: Option<Arc<Resolver>>,
     fingerprint: Fingerprint,
+    /// The stats API's outbound (a restart section): kept across reloads.
+    api: Option<(Option<String>, Arc<dyn Outbound>)>,
 }
 
 /// A long-running part of an instance that is neither an inbound nor an outbound (a reverse bridge).
@@ -151,7 +153,8 @@ impl Instance {
             .with_user_counters(config.stats),
         );
         // After the counters: the API's own tag has none (4.34).
-        ordered.extend(crate::stats::api_outbound(config, &traffic));
+        let api = crate::stats::api_outbound(config, &traffic);
+        ordered.extend(api.clone());
         let metering = config.ops.is_some() || config.stats;
         let dispatcher =
             Arc::new(Dispatcher::new(router, ordered, config.policy.clone(), access).with_traffic(traffic, metering));
@@ -183,6 +186,7 @@ impl Instance {
             bridge_services,
             resolver,
             fingerprint: Fingerprint::default(),
+            api,
         })
     }
 
@@ -256,6 +260,7 @@ impl Instance {
             bound: Vec::new(),
             resolver: self.resolver,
             fingerprint: self.fingerprint,
+            api: self.api,
             live: LiveSource::new(OpsSource {
                 portals: Vec::new(),
                 bridges: Vec::new(),
@@ -628,6 +633,7 @@ pub struct Running {
     bound: Vec<(Option<String>, SocketAddr)>,
     resolver: Option<Arc<Resolver>>,
     fingerprint: Fingerprint,
+    api: Option<(Option<String>, Arc<dyn Outbound>)>,
     live: LiveSource,
     started: std::time::Instant,
     ops_addr: Option<SocketAddr>,
@@ -835,6 +841,8 @@ impl Running {
                 ordered.iter().filter_map(|(t, _)| t.as_deref()),
             ),
         );
+        // After the counters, as at start: the API's own tag has none (4.34).
+        ordered.extend(self.api.clone());
         self.ctx.dispatcher.replace(router, ordered, traffic);
         self.outbounds = outbounds;
         self.portals = portals;

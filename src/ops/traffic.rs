@@ -47,7 +47,7 @@ pub struct Traffic {
     by_inbound: HashMap<String, Arc<TagTraffic>>,
     by_outbound: HashMap<String, Arc<TagTraffic>>,
     /// Per user email (V2Ray's `user>>>` counters), created on a user's first flow; None = not kept.
-    users: Option<Mutex<HashMap<Arc<str>, UserEntry>>>,
+    users: Option<Arc<Mutex<HashMap<Arc<str>, UserEntry>>>>,
 }
 
 /// One user's counters and which directions its level asked for.
@@ -122,12 +122,14 @@ impl Traffic {
                 t.outbound.push((tag.to_string(), c));
             }
         }
+        // Users are not config entries: their counters live on across a reload.
+        t.users = self.users.clone();
         t
     }
 
     /// With `on`, also keeps per-user counters (the config has a `stats` object).
     pub fn with_user_counters(mut self, on: bool) -> Self {
-        self.users = on.then(Mutex::default);
+        self.users = on.then(Arc::default);
         self
     }
 
