@@ -70,6 +70,8 @@ if [ -z "${RATHOLE:-}" ] && ! "$rathole" --version 2>/dev/null | grep -qF "$RATH
         grep -E '^error' -A6 "$here/.rathole.log" | head -20 >&2 || tail -20 "$here/.rathole.log" >&2
         rathole=""
     fi
+    # The binary is the cache; its build tree (~450 MB) is not worth the disk.
+    rm -rf "$here/.rathole/target"
 fi
 [ -z "$rathole" ] || [ -x "$rathole" ] || { echo "bench: !!! no rathole at $rathole: no rathole column !!!" >&2; rathole=""; }
 

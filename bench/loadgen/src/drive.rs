@@ -94,6 +94,9 @@ pub struct Opts {
     pub settle: Duration,
     pub out_dir: PathBuf,
     pub quick: bool,
+    /// A/B rig: the reverse setup's bulk steps only, no rathole or ops columns (compare two oxray
+    /// builds with `--v2ray bench/oxray-as-v2ray.sh` and OXRAY_B=the other binary).
+    pub rig: bool,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -796,13 +799,16 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
         eprintln!("\n!!!!!!!! v2ray not installed: no V2Ray columns, no oxray/V2Ray ratios !!!!!!!!\n");
     }
     for (setup, ox, v2) in columns {
+        if opts.rig && setup != Setup::Reverse {
+            continue;
+        }
         if let Some(b) = &opts.oxray {
             push(&mut impls, Kind::Oxray, ox, b, setup);
         }
         if let Some(b) = &opts.v2ray {
             push(&mut impls, Kind::V2ray, v2, b, setup);
         }
-        if setup == Setup::Reverse {
+        if setup == Setup::Reverse && !opts.rig {
             match &opts.rathole {
                 Some(b) => push(&mut impls, Kind::Rathole, "rathole", b, setup),
                 None => eprintln!("\n!!!!!!!! rathole not available: no rathole column !!!!!!!!\n"),
@@ -921,7 +927,7 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
     };
     // Implementations alternate inside every repetition, so a burst of background load (this
     // machine is shared) hits both columns alike instead of skewing one of them.
-    for r in 0..reps {
+    for r in 0..if ctx.opts.rig { 0 } else { reps } {
         for st in
             states.iter_mut().filter(|s| s.failed.is_none() && s.imp.setup == Setup::Reverse && s.imp.ops.is_none())
         {
@@ -960,6 +966,9 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
         (Step::PingPinned, "64 B ping-pong on CPU 0"),
         (Step::ConnRate, "connection rate"),
     ];
+    if ctx.opts.rig {
+        steps.clear();
+    }
     for up in [true, false] {
         for conns in [1, 8] {
             steps.push((Step::Bulk { up, conns }, if up { "bulk upload" } else { "bulk download" }));

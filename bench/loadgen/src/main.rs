@@ -171,6 +171,7 @@ async fn run(cmd: &str, rest: &[String]) -> Result<Option<String>, String> {
                 settle: Duration::from_millis(a.get("settle-ms", Some(if quick { 500 } else { 1000 }))?),
                 out_dir: a.get("out", Some(PathBuf::from("bench/results")))?,
                 quick,
+                rig: a.flag("rig"),
             };
             if opts.reps == 0 || opts.reps > 50 || opts.hold_conns == 0 || opts.hold_conns > 50_000 {
                 return Err("--reps must be 1..=50 and --hold-conns 1..=50000".into());
