@@ -6,7 +6,9 @@
 #   bench/run.sh --reps 5 --bulk-bytes 2147483648   # any other option goes to `loadgen drive`
 #
 # Env: OXRAY=path (default target/<host triple>/release/oxray, built here; see .cargo/config.toml), V2RAY=path (default: v2ray on PATH),
-#      SKIP_OXRAY_BUILD=1 to use an existing binary as is.
+#      SKIP_OXRAY_BUILD=1 to use an existing binary as is,
+#      RATHOLE=path (default: rathole $RATHOLE_VERSION, installed here by `cargo install` into bench/.rathole),
+#      OPS_FRAGMENT=path (default bench/ops-on.json: JSON deep-merged into both configs of the "ops on" variant).
 # Never run from cargo test or CI: it takes minutes and its numbers need a quiet machine.
 set -euo pipefail
 
@@ -55,5 +57,26 @@ fi
 v2ray="${V2RAY:-$(command -v v2ray || true)}"
 [ -n "$v2ray" ] || echo "bench: !!! v2ray not installed: oxray only, no ratios !!!" >&2
 
+# rathole (issue 16): a pinned release from crates.io, built once and cached under bench/.rathole.
+# Plain TCP transport only, so no TLS/noise features (and no OpenSSL headers needed).
+# Without --locked: its 0.5.0 lock file pins `time` 0.3.29, which no longer compiles on rustc >= 1.80.
+RATHOLE_VERSION=0.5.0
+rathole="${RATHOLE:-$here/.rathole/bin/rathole}"
+if [ -z "${RATHOLE:-}" ] && ! "$rathole" --version 2>/dev/null | grep -qF "$RATHOLE_VERSION"; then
+    echo "== installing rathole $RATHOLE_VERSION (cargo install, cached in bench/.rathole)" >&2
+    if ! CARGO_TARGET_DIR="$here/.rathole/target" cargo install --quiet rathole --version "$RATHOLE_VERSION" \
+        --no-default-features --features server,client --root "$here/.rathole" >"$here/.rathole.log" 2>&1; then
+        echo "bench: !!! cargo install rathole $RATHOLE_VERSION failed: no rathole column; why:" >&2
+        grep -E '^error' -A6 "$here/.rathole.log" | head -20 >&2 || tail -20 "$here/.rathole.log" >&2
+        rathole=""
+    fi
+    # The binary is the cache; its build tree (~450 MB) is not worth the disk.
+    rm -rf "$here/.rathole/target"
+fi
+[ -z "$rathole" ] || [ -x "$rathole" ] || { echo "bench: !!! no rathole at $rathole: no rathole column !!!" >&2; rathole=""; }
+
+ops_fragment="${OPS_FRAGMENT:-$here/ops-on.json}"
+
 # The driver records the PIDs it starts and kills only those (also on Ctrl-C / SIGTERM).
-exec "$loadgen" drive --oxray "$oxray" --v2ray "$v2ray" --out "$here/results" "$@"
+exec "$loadgen" drive --oxray "$oxray" --v2ray "$v2ray" --rathole "$rathole" --ops-fragment "$ops_fragment" \
+    --out "$here/results" "$@"

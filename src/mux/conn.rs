@@ -17,7 +17,7 @@ use tracing::debug;
 
 use super::frame::{self, Frame, MAX_STREAM_FRAME, MAX_UDP_FRAME, OPT_DATA, OPT_ERROR, Status};
 use super::server::MuxHandler;
-use super::stream::{MAX_STREAM_WRITE, MuxPacket, MuxStream, Push, Session};
+use super::stream::{MAX_SLICES, MAX_STREAM_WRITE, MuxPacket, MuxStream, Push, Session};
 use super::{MuxError, frame::FrameError};
 use crate::proxy::BoxStream;
 use crate::session::{CarrierHold, Destination, Network};
@@ -99,6 +99,8 @@ pub(crate) struct Conn {
     recv_queued: AtomicUsize,
     /// Set while the reader waits for a full session (see `deliver`).
     hold: Arc<CarrierHold>,
+    /// Queued slices of read buffers, over all sessions (at most `MAX_SLICES`).
+    slices: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -123,6 +125,7 @@ impl Conn {
             token: CancellationToken::new(),
             recv_queued: AtomicUsize::new(0),
             hold: Arc::new(CarrierHold::new()),
+            slices: AtomicUsize::new(0),
         });
         let (rd, wr) = tokio::io::split(stream);
         crate::task::spawn(writer_task(conn.clone(), wr));
@@ -160,6 +163,26 @@ impl Conn {
 
     pub(crate) fn recv_queued(&self) -> usize {
         self.recv_queued.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more queued slice, unless the connection already has `MAX_SLICES`.
+    pub(crate) fn try_add_slice(&self) -> bool {
+        // Only the reader task adds, so load-then-add cannot overshoot.
+        if self.slices.load(Ordering::Relaxed) >= MAX_SLICES {
+            return false;
+        }
+        self.slices.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    pub(crate) fn sub_slice(&self) {
+        self.slices.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Slices of read buffers queued now, over all sessions.
+    #[cfg(test)]
+    pub(crate) fn slices(&self) -> usize {
+        self.slices.load(Ordering::Relaxed)
     }
 
     pub(crate) fn add_recv_queued(&self, n: usize) {

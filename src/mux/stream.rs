@@ -24,8 +24,8 @@ use crate::proxy::PacketConn;
 /// loss-free back-pressure is for the connection's single reader to wait, which stalls every session.
 /// So the reader waits for a full session only while its consumer keeps taking data (a slow reader
 /// slows the link, as in V2Ray); see [`HOL_WAIT`] and [`STALL_LIMIT`] for one that stops reading.
-/// Queued data is always a private copy (never a slice of the shared read buffer), so this counts real
-/// allocation.
+/// Queued data is a private copy, except for one large slice at the front of a queue that was empty
+/// (see [`SLICE_MIN`]), so this counts real allocation up to the connection's [`MAX_SLICES`] pinned buffers.
 pub(crate) const RECV_HIGH_WATER: usize = 512 * 1024;
 /// Most a session may queue at all: past [`HOL_WAIT`] the reader stops waiting for it and queues into
 /// this headroom (4 MiB: a visitor whose link pauses while a fast service keeps sending survives a
@@ -43,6 +43,17 @@ pub(crate) const HOL_WAIT: Duration = Duration::from_millis(400);
 /// A full session whose consumer takes nothing for this long is ended (End|Error, its queue dropped)
 /// at the next frame for it; the other sessions never notice.
 pub(crate) const STALL_LIMIT: Duration = Duration::from_secs(3);
+/// Payloads at least this large are queued as slices of the connection's read buffer instead of copied
+/// while their session has less than [`SLICE_QUEUE`] queued (the bulk case: the consumer keeps up, and
+/// the copy cost ~3 % of a tunnel's CPU). Smaller ones, and anything queued behind that much, are
+/// copied, so a slow consumer's backlog is private memory and pins no read buffer.
+pub(crate) const SLICE_MIN: usize = 4 * 1024;
+/// A session queues slices only while it has less than this queued: about two reads' worth.
+pub(crate) const SLICE_QUEUE: usize = 256 * 1024;
+/// Most slices queued at once over one connection. Each may pin one read buffer (at most ~192 KiB)
+/// beyond the bytes it is charged for: at most 48 MiB more than the queue budgets count, and in the
+/// bulk case none (a read buffer's frames are all queued, and taken, together).
+pub(crate) const MAX_SLICES: usize = 256;
 /// Most stream data queued by one write call (one frame, or two for a full 64 KiB).
 pub(crate) const MAX_STREAM_WRITE: usize = 64 * 1024;
 
@@ -60,8 +71,14 @@ enum Remote {
     Stalled,
 }
 
+/// Queued data; `slice`: a slice of a shared read buffer (counted in the connection's slices).
+struct Entry {
+    data: Bytes,
+    slice: bool,
+}
+
 struct State {
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<Entry>,
     queued: usize,
     remote: Remote,
     /// Our End for this session is queued (never send two clean Ends).
@@ -152,7 +169,7 @@ impl Session {
         let conn_full = st.queued > 0 && self.conn.recv_queued() >= CONN_RECV_HIGH_WATER;
         if st.queued < RECV_HIGH_WATER && !conn_full {
             st.full_since = None;
-            self.enqueue(&mut st, &d);
+            self.enqueue(&mut st, d);
             return Push::Done;
         }
         if self.udp {
@@ -175,7 +192,7 @@ impl Session {
         let idle = now - since;
         let over = st.queued + d.len() > RECV_HARD_LIMIT || self.conn.recv_queued() + d.len() > CONN_RECV_HARD_LIMIT;
         if idle < STALL_LIMIT && !over {
-            self.enqueue(&mut st, &d);
+            self.enqueue(&mut st, d);
             return Push::Done;
         }
         info!(
@@ -198,24 +215,32 @@ impl Session {
         Push::Done
     }
 
-    /// Copies `d` into the queue: a private allocation of exactly its size, so the queue never pins the
-    /// connection's shared read buffer (a queue of 1-byte slices would otherwise hold 128 KiB each).
-    fn enqueue(&self, st: &mut State, d: &Bytes) {
+    /// Queues `d`: as it is (a slice of the connection's read buffer) if it is at least [`SLICE_MIN`], the
+    /// session has less than [`SLICE_QUEUE`] queued and the connection fewer than [`MAX_SLICES`] slices;
+    /// else copied into a private allocation of exactly its size, so a backlog never pins read buffers
+    /// (a queue of 1-byte slices would otherwise hold 128 KiB each).
+    fn enqueue(&self, st: &mut State, d: Bytes) {
         if d.is_empty() && !self.udp {
             return;
         }
+        let slice = d.len() >= SLICE_MIN && st.queued < SLICE_QUEUE && self.conn.try_add_slice();
         st.queued += d.len();
         self.conn.add_recv_queued(d.len());
-        st.queue.push_back(Bytes::copy_from_slice(d));
+        let data = if slice { d } else { Bytes::copy_from_slice(&d) };
+        st.queue.push_back(Entry { data, slice });
         if let Some(w) = st.read_waker.take() {
             w.wake();
         }
     }
 
-    /// Drops everything queued (and its share of the connection's count).
+    /// Drops everything queued (and its share of the connection's counts).
     fn clear_queue(&self, st: &mut State) {
         self.conn.sub_recv_queued(st.queued);
-        st.queue.clear();
+        for e in st.queue.drain(..) {
+            if e.slice {
+                self.conn.sub_slice();
+            }
+        }
         st.queued = 0;
         st.full_since = None;
     }
@@ -358,11 +383,14 @@ impl Session {
     /// Takes the next queued datagram (Ok(None): the peer ended the session).
     fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
         let mut st = lock(&self.state);
-        if let Some(chunk) = st.queue.pop_front() {
-            st.queued -= chunk.len();
-            self.conn.sub_recv_queued(chunk.len());
+        if let Some(e) = st.queue.pop_front() {
+            if e.slice {
+                self.conn.sub_slice();
+            }
+            st.queued -= e.data.len();
+            self.conn.sub_recv_queued(e.data.len());
             taken(&mut st);
-            return Poll::Ready(Ok(Some(chunk)));
+            return Poll::Ready(Ok(Some(e.data)));
         }
         Self::poll_empty(&mut st, cx).map_ok(|()| None)
     }
@@ -376,12 +404,15 @@ impl Session {
         let before = st.queued;
         while buf.remaining() > 0 {
             let Some(front) = st.queue.front_mut() else { break };
-            let n = front.len().min(buf.remaining());
-            buf.put_slice(&front[..n]);
-            if n == front.len() {
+            let n = front.data.len().min(buf.remaining());
+            buf.put_slice(&front.data[..n]);
+            if n == front.data.len() {
+                if front.slice {
+                    self.conn.sub_slice();
+                }
                 st.queue.pop_front();
             } else {
-                bytes::Buf::advance(front, n);
+                bytes::Buf::advance(&mut front.data, n);
             }
             st.queued -= n;
         }
@@ -542,5 +573,64 @@ impl PacketConn for MuxPacket {
 
     async fn recv(&self) -> io::Result<Option<Bytes>> {
         poll_fn(|cx| self.session.poll_pop(cx)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mux::conn::Role;
+    use tokio::io::AsyncReadExt;
+
+    fn conn() -> (Arc<Conn>, tokio::io::DuplexStream) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        (Conn::start(Box::new(a), Role::Client, None), b)
+    }
+
+    fn push(s: &Arc<Session>, n: usize, byte: u8) {
+        let mut d = Some(Bytes::from(vec![byte; n]));
+        assert!(matches!(s.push(&mut d), Push::Done));
+    }
+
+    /// Large payloads into a short queue stay slices; behind SLICE_QUEUE, and below SLICE_MIN, they are
+    /// copied; every slice is released once read, and the bytes come out in order.
+    #[tokio::test]
+    async fn large_payloads_are_sliced_only_into_a_short_queue_and_released_when_read() {
+        let (c, _peer) = conn();
+        let s = Session::new(1, false, c.clone());
+        for i in 0..40u8 {
+            push(&s, 8192, i);
+        }
+        push(&s, 100, 40);
+        assert_eq!(c.slices(), SLICE_QUEUE / 8192, "only the first SLICE_QUEUE bytes are slices");
+        assert_eq!(c.recv_queued(), 40 * 8192 + 100);
+        let mut st = MuxStream::new(s.clone());
+        let mut got = vec![0u8; 40 * 8192 + 100];
+        st.read_exact(&mut got).await.unwrap();
+        assert!(got.chunks(8192).enumerate().all(|(i, c)| c.iter().all(|&b| b == i as u8)));
+        assert_eq!((c.slices(), c.recv_queued()), (0, 0));
+        // Small payloads are never slices.
+        push(&s, SLICE_MIN - 1, 1);
+        assert_eq!(c.slices(), 0);
+    }
+
+    /// The connection never holds more than MAX_SLICES slices, and dropped queues release theirs.
+    #[tokio::test]
+    async fn slices_are_capped_per_connection_and_released_with_the_queue() {
+        let (c, _peer) = conn();
+        let sessions: Vec<_> = (1..=MAX_SLICES as u16 + 10).map(|id| Session::new(id, false, c.clone())).collect();
+        for s in &sessions {
+            push(s, 8192, 7);
+        }
+        assert_eq!(c.slices(), MAX_SLICES);
+        let streams: Vec<_> = sessions.iter().map(|s| MuxStream::new(s.clone())).collect();
+        drop(streams);
+        assert_eq!((c.slices(), c.recv_queued()), (0, 0));
+        // A connection that dies releases them too.
+        let s = Session::new(999, false, c.clone());
+        push(&s, 8192, 1);
+        assert_eq!(c.slices(), 1);
+        s.on_conn_closed();
+        assert_eq!((c.slices(), c.recv_queued()), (0, 0));
     }
 }

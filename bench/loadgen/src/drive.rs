@@ -83,6 +83,9 @@ fn tail(p: &Path) -> String {
 pub struct Opts {
     pub oxray: Option<PathBuf>,
     pub v2ray: Option<PathBuf>,
+    pub rathole: Option<PathBuf>,
+    /// JSON object deep-merged into both configs of the "ops on" variant (issue 15's cost row).
+    pub ops_fragment: Option<PathBuf>,
     pub reps: usize,
     pub bulk_bytes: u64,
     pub ping_count: u32,
@@ -91,30 +94,81 @@ pub struct Opts {
     pub settle: Duration,
     pub out_dir: PathBuf,
     pub quick: bool,
+    /// A/B rig: the reverse setup's bulk steps only, no rathole or ops columns (compare two oxray
+    /// builds with `--v2ray bench/oxray-as-v2ray.sh` and OXRAY_B=the other binary).
+    pub rig: bool,
 }
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Oxray,
     V2ray,
+    Rathole,
+}
+
+/// What the pair of processes is. "bridge" and "portal" name the two roles throughout: for the
+/// forward setups the bridge is the server (inbound of the protocol, freedom out) and the portal the
+/// client (dokodemo-door in, the protocol's outbound to the server).
+#[derive(Clone, Copy, PartialEq)]
+enum Setup {
+    /// INTEROP.md §5: VMess + Mux over TCP (rathole: its own tunnel, plain TCP transport).
+    Reverse,
+    /// The same reverse pair, its interconn over WebSocket + TLS (issue 12).
+    ReverseWsTls,
+    /// dokodemo → Shadowsocks aes-128-gcm → freedom (issue 13).
+    Shadowsocks,
+    /// dokodemo → VLESS over plain TCP → freedom (issue 13).
+    Vless,
+}
+
+impl Setup {
+    fn runs(self, step: Step, ops: bool) -> bool {
+        match (self, step) {
+            (Setup::Reverse, Step::Bulk { .. }) => true,
+            // The ops variant exists for bulk and CPU per GiB only (issue 15).
+            (Setup::Reverse, _) => !ops,
+            (Setup::ReverseWsTls, Step::Bulk { .. } | Step::ConnRate) => true,
+            (Setup::Shadowsocks | Setup::Vless, Step::Bulk { .. }) => true,
+            _ => false,
+        }
+    }
 }
 
 struct Impl {
     kind: Kind,
+    /// The result column's key (`oxray`, `v2ray`, `rathole`, `oxray_wstls`, ...).
     name: &'static str,
     bin: PathBuf,
+    setup: Setup,
+    /// Ports of the ops listeners (bridge, portal): oxray with `--ops`, scraped once a second.
+    ops: Option<(u16, u16)>,
 }
 
 impl Impl {
     /// The command that runs this implementation on `cfg`, started on CPU 0 only when `pinned`.
-    fn command(&self, cfg: &Path, pinned: bool) -> Command {
+    /// `ops`: the ops listener's port for this process.
+    fn command(&self, cfg: &Path, pinned: bool, role: Role, ops: Option<u16>) -> Command {
         let mut c = if pinned { on_cpu0(&self.bin) } else { Command::new(&self.bin) };
         match self.kind {
             Kind::Oxray => c.arg("run").arg("-c").arg(cfg),
             Kind::V2ray => c.arg("-config").arg(cfg),
+            Kind::Rathole => c.arg(if role == Role::Bridge { "--client" } else { "--server" }).arg(cfg),
         };
+        if let Some(p) = ops {
+            c.arg("--ops").arg(format!("127.0.0.1:{p}"));
+        }
         c
     }
+
+    fn ext(&self) -> &'static str {
+        if self.kind == Kind::Rathole { "toml" } else { "json" }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Bridge,
+    Portal,
 }
 
 #[derive(Clone, Copy)]
@@ -189,7 +243,8 @@ const DOMAIN: &str = "test.v2fly.org";
 
 /// INTEROP.md §5, loopback only, loglevel warning. `internalDomain` is oxray's key for pairing
 /// with a V2Ray bridge; V2Ray ignores it, so both implementations read the very same files.
-fn portal_config(p: &Ports) -> String {
+/// `interconn` is the streamSettings of the tunnel's inbound (empty: plain TCP).
+fn portal_config(p: &Ports, interconn: &str) -> String {
     format!(
         r#"{{
   "log": {{"loglevel": "warning"}},
@@ -198,7 +253,7 @@ fn portal_config(p: &Ports) -> String {
     {{"tag": "external", "listen": "127.0.0.1", "port": {ext}, "protocol": "dokodemo-door",
       "settings": {{"address": "127.0.0.1", "port": 80, "network": "tcp"}}}},
     {{"tag": "interconn", "listen": "127.0.0.1", "port": {ic}, "protocol": "vmess",
-      "settings": {{"clients": [{{"id": "{UUID}"}}]}}}}
+      "settings": {{"clients": [{{"id": "{UUID}"}}]}}{interconn}}}
   ],
   "routing": {{"rules": [
     {{"type": "field", "inboundTag": ["external"], "outboundTag": "portal"}},
@@ -211,7 +266,7 @@ fn portal_config(p: &Ports) -> String {
     )
 }
 
-fn bridge_config(p: &Ports) -> String {
+fn bridge_config(p: &Ports, interconn: &str) -> String {
     format!(
         r#"{{
   "log": {{"loglevel": "warning"}},
@@ -219,7 +274,7 @@ fn bridge_config(p: &Ports) -> String {
   "outbounds": [
     {{"tag": "out", "protocol": "freedom", "settings": {{"redirect": "127.0.0.1:{svc}"}}}},
     {{"tag": "interconn", "protocol": "vmess",
-      "settings": {{"vnext": [{{"address": "127.0.0.1", "port": {ic}, "users": [{{"id": "{UUID}"}}]}}]}}}}
+      "settings": {{"vnext": [{{"address": "127.0.0.1", "port": {ic}, "users": [{{"id": "{UUID}"}}]}}]}}{interconn}}}
   ],
   "routing": {{"rules": [
     {{"type": "field", "inboundTag": ["bridge"], "domain": ["full:{DOMAIN}"], "outboundTag": "interconn"}},
@@ -230,6 +285,168 @@ fn bridge_config(p: &Ports) -> String {
         svc = p.service,
         ic = p.interconn
     )
+}
+
+/// The forward setups: the client side (portal role) is a dokodemo-door to the service through
+/// `outbound`; the server side (bridge role) is `inbound` on the interconn port, then freedom.
+fn forward_configs(p: &Ports, inbound: &str, outbound: &str) -> (String, String) {
+    let server = format!(
+        r#"{{
+  "log": {{"loglevel": "warning"}},
+  "inbounds": [{{"tag": "in", "listen": "127.0.0.1", "port": {ic}, {inbound}}}],
+  "outbounds": [{{"tag": "direct", "protocol": "freedom"}}]
+}}
+"#,
+        ic = p.interconn
+    );
+    let client = format!(
+        r#"{{
+  "log": {{"loglevel": "warning"}},
+  "inbounds": [{{"tag": "external", "listen": "127.0.0.1", "port": {ext}, "protocol": "dokodemo-door",
+    "settings": {{"address": "127.0.0.1", "port": {svc}, "network": "tcp"}}}}],
+  "outbounds": [{{"tag": "out", {outbound}}}]
+}}
+"#,
+        ext = p.external,
+        svc = p.service
+    );
+    (server, client)
+}
+
+const SS_PASSWORD: &str = "oxray-bench-password";
+const RATHOLE_TOKEN: &str = "oxray-bench-token";
+/// Name in the test certificate of the ws+tls rows (the bridge checks nothing: `allowInsecure`).
+const TLS_NAME: &str = "bench.oxray.test";
+
+/// (bridge, portal) config files' contents for one implementation and setup.
+fn configs(imp: &Impl, p: &Ports, dir: &Path, fragment: Option<&Value>) -> io::Result<(String, String)> {
+    if imp.kind == Kind::Rathole {
+        // rathole 0.5: the server (visitor side, the portal's place) binds the service port for
+        // visitors; the client (the bridge's place) dials it and forwards to the service. TCP transport.
+        let server = format!(
+            "[server]\nbind_addr = \"127.0.0.1:{ic}\"\n\n[server.services.svc]\ntoken = \"{RATHOLE_TOKEN}\"\nbind_addr = \"127.0.0.1:{ext}\"\n",
+            ic = p.interconn,
+            ext = p.external
+        );
+        let client = format!(
+            "[client]\nremote_addr = \"127.0.0.1:{ic}\"\n\n[client.services.svc]\ntoken = \"{RATHOLE_TOKEN}\"\nlocal_addr = \"127.0.0.1:{svc}\"\n",
+            ic = p.interconn,
+            svc = p.service
+        );
+        return Ok((client, server));
+    }
+    let (b, pt) = match imp.setup {
+        Setup::Reverse => (bridge_config(p, ""), portal_config(p, "")),
+        Setup::ReverseWsTls => {
+            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+            let server = format!(
+                r#",
+      "streamSettings": {{"network": "ws", "security": "tls", "wsSettings": {{"path": "/tunnel"}},
+        "tlsSettings": {{"certificates": [{{"certificateFile": "{}", "keyFile": "{}"}}]}}}}"#,
+                cert.display(),
+                key.display()
+            );
+            let client = format!(
+                r#",
+      "streamSettings": {{"network": "ws", "security": "tls", "wsSettings": {{"path": "/tunnel"}},
+        "tlsSettings": {{"serverName": "{TLS_NAME}", "allowInsecure": true}}}}"#
+            );
+            (bridge_config(p, &client), portal_config(p, &server))
+        }
+        Setup::Shadowsocks => forward_configs(
+            p,
+            &format!(
+                r#""protocol": "shadowsocks", "settings": {{"method": "aes-128-gcm", "password": "{SS_PASSWORD}", "network": "tcp"}}"#
+            ),
+            &format!(
+                r#""protocol": "shadowsocks", "settings": {{"servers": [{{"address": "127.0.0.1", "port": {}, "method": "aes-128-gcm", "password": "{SS_PASSWORD}"}}]}}"#,
+                p.interconn
+            ),
+        ),
+        Setup::Vless => forward_configs(
+            p,
+            &format!(r#""protocol": "vless", "settings": {{"clients": [{{"id": "{UUID}"}}], "decryption": "none"}}"#),
+            &format!(
+                r#""protocol": "vless", "settings": {{"vnext": [{{"address": "127.0.0.1", "port": {}, "users": [{{"id": "{UUID}", "encryption": "none"}}]}}]}}"#,
+                p.interconn
+            ),
+        ),
+    };
+    match fragment {
+        None => Ok((b, pt)),
+        Some(f) => Ok((merged(&b, f)?, merged(&pt, f)?)),
+    }
+}
+
+/// `base` (a JSON config) with `fragment` deep-merged in: objects merge key by key, anything else
+/// in the fragment replaces what the base had.
+fn merged(base: &str, fragment: &Value) -> io::Result<String> {
+    fn merge(into: &mut Value, from: &Value) {
+        match (into, from) {
+            (Value::Object(a), Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+            (a, b) => *a = b.clone(),
+        }
+    }
+    let mut v: Value = serde_json::from_str(base).map_err(|e| err(format!("bench config: {e}")))?;
+    merge(&mut v, fragment);
+    serde_json::to_string_pretty(&v).map_err(|e| err(e.to_string()))
+}
+
+/// A throw-away self-signed certificate for the ws+tls rows (openssl, P-256).
+fn make_cert(dir: &Path) -> io::Result<()> {
+    let st = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .args(["-subj", &format!("/CN={TLS_NAME}"), "-addext", &format!("subjectAltName=DNS:{TLS_NAME}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| err(format!("openssl (for the ws+tls certificate): {e}")))?;
+    if !st.success() {
+        return Err(err(format!("openssl req failed ({st}) making the ws+tls certificate")));
+    }
+    Ok(())
+}
+
+/// Once a second, GET /metrics and /status from each ops listener (what a Prometheus scraper and a
+/// dashboard would do). Counts answers that were not `200`.
+async fn scrape(
+    ports: Vec<u16>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    bad: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for &port in &ports {
+            for path in ["/metrics", "/status"] {
+                let r = tokio::time::timeout(Duration::from_secs(2), async {
+                    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                    s.write_all(
+                        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+                    )
+                    .await?;
+                    let mut v = Vec::new();
+                    s.read_to_end(&mut v).await?;
+                    io::Result::Ok(v.starts_with(b"HTTP/1.1 200") || v.starts_with(b"HTTP/1.0 200"))
+                })
+                .await;
+                match r {
+                    Ok(Ok(true)) => ok.fetch_add(1, Relaxed),
+                    _ => bad.fetch_add(1, Relaxed),
+                };
+            }
+        }
+    }
 }
 
 fn rss_kib(pid: u32) -> io::Result<u64> {
@@ -335,6 +552,7 @@ fn median(v: &[f64]) -> Option<f64> {
 
 struct Ctx {
     opts: Opts,
+    ops_fragment: Option<Value>,
     dir: PathBuf,
     service_pid: u32,
     ticks: f64,
@@ -361,21 +579,39 @@ impl Ctx {
     /// `pinned`: both processes start on CPU 0.
     async fn start_pair(&self, imp: &Impl, ports: &Ports, pinned: bool) -> io::Result<(Proc, Proc, f64)> {
         let name = if pinned { format!("{}-pinned", imp.name) } else { imp.name.to_string() };
-        let bcfg = self.dir.join(format!("{name}-bridge.json"));
-        let pcfg = self.dir.join(format!("{name}-portal.json"));
-        std::fs::write(&bcfg, bridge_config(ports))?;
-        std::fs::write(&pcfg, portal_config(ports))?;
+        let x = imp.ext();
+        let bcfg = self.dir.join(format!("{name}-bridge.{x}"));
+        let pcfg = self.dir.join(format!("{name}-portal.{x}"));
+        let fragment = if imp.ops.is_some() { self.ops_fragment.as_ref() } else { None };
+        let (bc, pc) = configs(imp, ports, &self.dir, fragment)?;
+        std::fs::write(&bcfg, bc)?;
+        std::fs::write(&pcfg, pc)?;
+        // Pinned pairs carry no ops listener: that variant only runs bulk.
+        let (bops, pops) = match imp.ops {
+            Some((b, p)) if !pinned => (Some(b), Some(p)),
+            _ => (None, None),
+        };
+        let spawn = |role: Role| {
+            let (r, cfg, ops) = match role {
+                Role::Bridge => ("bridge", &bcfg, bops),
+                Role::Portal => ("portal", &pcfg, pops),
+            };
+            Proc::spawn(
+                &format!("{name} {r}"),
+                imp.command(cfg, pinned, role, ops),
+                &self.dir.join(format!("{name}-{r}.log")),
+            )
+        };
         let t0 = Instant::now();
-        let b = Proc::spawn(
-            &format!("{name} bridge"),
-            imp.command(&bcfg, pinned),
-            &self.dir.join(format!("{name}-bridge.log")),
-        )?;
-        let p = Proc::spawn(
-            &format!("{name} portal"),
-            imp.command(&pcfg, pinned),
-            &self.dir.join(format!("{name}-portal.log")),
-        )?;
+        // Both started at once. rathole's client (bridge role) retries a refused dial only after a
+        // second, so its server goes first; V2Ray and oxray bridges start first as in INTEROP.md §5.
+        let (b, p) = if imp.kind == Kind::Rathole {
+            let p = spawn(Role::Portal)?;
+            (spawn(Role::Bridge)?, p)
+        } else {
+            let b = spawn(Role::Bridge)?;
+            (b, spawn(Role::Portal)?)
+        };
         let ext = SocketAddr::from(([127, 0, 0, 1], ports.external));
         // Poll every 5 ms; stop at once if either process dies (a config error, say).
         let mut last = String::from("never tried");
@@ -542,28 +778,77 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
         std::process::exit(130);
     });
 
+    // Every column of the run. The reverse setup has oxray, V2Ray and rathole; the other setups
+    // oxray and V2Ray (rathole has neither a TLS+WebSocket transport of this kind nor these protocols).
     let mut impls = Vec::new();
-    match &opts.oxray {
-        Some(b) => impls.push(Impl { kind: Kind::Oxray, name: "oxray", bin: b.clone() }),
-        None => eprintln!(
-            "\n!!!!!!!! oxray binary not given or missing: measuring V2Ray only; the oxray column will read \"pending\" !!!!!!!!\n"
-        ),
+    let push = |impls: &mut Vec<Impl>, kind, name, bin: &PathBuf, setup| {
+        impls.push(Impl { kind, name, bin: bin.clone(), setup, ops: None })
+    };
+    let columns = [
+        (Setup::Reverse, "oxray", "v2ray"),
+        (Setup::ReverseWsTls, "oxray_wstls", "v2ray_wstls"),
+        (Setup::Shadowsocks, "oxray_ss", "v2ray_ss"),
+        (Setup::Vless, "oxray_vless", "v2ray_vless"),
+    ];
+    if opts.oxray.is_none() {
+        eprintln!(
+            "\n!!!!!!!! oxray binary not given or missing: measuring the others only; the oxray columns will read \"pending\" !!!!!!!!\n"
+        );
     }
-    match &opts.v2ray {
-        Some(b) => impls.push(Impl { kind: Kind::V2ray, name: "v2ray", bin: b.clone() }),
-        None => eprintln!("\n!!!!!!!! v2ray not installed: no reference column, no ratios !!!!!!!!\n"),
+    if opts.v2ray.is_none() {
+        eprintln!("\n!!!!!!!! v2ray not installed: no V2Ray columns, no oxray/V2Ray ratios !!!!!!!!\n");
+    }
+    for (setup, ox, v2) in columns {
+        if opts.rig && setup != Setup::Reverse {
+            continue;
+        }
+        if let Some(b) = &opts.oxray {
+            push(&mut impls, Kind::Oxray, ox, b, setup);
+        }
+        if let Some(b) = &opts.v2ray {
+            push(&mut impls, Kind::V2ray, v2, b, setup);
+        }
+        if setup == Setup::Reverse && !opts.rig {
+            match &opts.rathole {
+                Some(b) => push(&mut impls, Kind::Rathole, "rathole", b, setup),
+                None => eprintln!("\n!!!!!!!! rathole not available: no rathole column !!!!!!!!\n"),
+            }
+            // The ops listener's cost (issue 15): the same oxray reverse pair with `--ops` on both
+            // processes and a scraper, alternating with the plain one.
+            if let Some(b) = &opts.oxray {
+                push(&mut impls, Kind::Oxray, "oxray_ops", b, setup);
+            }
+        }
     }
     if impls.is_empty() {
-        return Err(err("neither oxray nor v2ray available: nothing to measure"));
+        return Err(err("no implementation available: nothing to measure"));
     }
+    let ops_fragment = match &opts.ops_fragment {
+        None => None,
+        Some(f) => {
+            let t = std::fs::read_to_string(f).map_err(|e| err(format!("{}: {e}", f.display())))?;
+            let v: Value = serde_json::from_str(&t).map_err(|e| err(format!("{}: {e}", f.display())))?;
+            if !v.is_object() {
+                return Err(err(format!("{}: the ops fragment must be a JSON object", f.display())));
+            }
+            Some(v)
+        }
+    };
 
     let dir = std::env::temp_dir().join(format!("oxray-bench.{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    // All ports in one pick, so no two roles can draw the same one.
-    let all_ports = free_ports(4 + 4 * impls.len())?;
-    // The service, the service on CPU 0 (pinned pairs and baselines), the floor's two relays; then
-    // four per implementation.
+    if impls.iter().any(|i| i.setup == Setup::ReverseWsTls) {
+        make_cert(&dir)?;
+    }
+    // All ports in one pick, so no two roles can draw the same one: the service, the service on
+    // CPU 0 (pinned pairs and baselines), the floor's two relays; then four per column (external and
+    // interconn, unpinned and pinned), and two ops listeners.
+    let all_ports = free_ports(6 + 4 * impls.len())?;
     let [sp, pinned_sp, relay1, relay2] = [all_ports[0], all_ports[1], all_ports[2], all_ports[3]];
+    let ops_ports = (all_ports[4], all_ports[5]);
+    for i in impls.iter_mut().filter(|i| i.name == "oxray_ops") {
+        i.ops = Some(ops_ports);
+    }
     let exe = std::env::current_exe()?;
     let mut svc_cmd = Command::new(&exe);
     svc_cmd.args(["serve", "--port", &sp.to_string()]);
@@ -577,7 +862,7 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
     for a in [service, pinned_addr] {
         client::first_byte(a, Instant::now(), Duration::from_millis(5), Duration::from_secs(10)).await?;
     }
-    let ctx = Ctx { service_pid: svc.pid, opts, dir: dir.clone(), ticks: clk_tck() };
+    let ctx = Ctx { service_pid: svc.pid, opts, ops_fragment, dir: dir.clone(), ticks: clk_tck() };
 
     eprintln!("[direct] baseline round trips straight to the service ({} x 64 B)", ctx.opts.ping_count);
     let mut direct = Samples::new();
@@ -629,9 +914,9 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
     let started = Instant::now();
     let mut states: Vec<State> = Vec::new();
     for (i, imp) in impls.into_iter().enumerate() {
-        let ports = Ports { service: sp, external: all_ports[4 + 4 * i], interconn: all_ports[5 + 4 * i] };
+        let ports = Ports { service: sp, external: all_ports[6 + 4 * i], interconn: all_ports[7 + 4 * i] };
         let pinned_ports =
-            Ports { service: pinned_sp, external: all_ports[6 + 4 * i], interconn: all_ports[7 + 4 * i] };
+            Ports { service: pinned_sp, external: all_ports[8 + 4 * i], interconn: all_ports[9 + 4 * i] };
         states.push(State { imp, ports, pinned_ports, pair: None, samples: Samples::new(), failed: None });
     }
     let reps = ctx.opts.reps;
@@ -642,8 +927,10 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
     };
     // Implementations alternate inside every repetition, so a burst of background load (this
     // machine is shared) hits both columns alike instead of skewing one of them.
-    for r in 0..reps {
-        for st in states.iter_mut().filter(|s| s.failed.is_none()) {
+    for r in 0..if ctx.opts.rig { 0 } else { reps } {
+        for st in
+            states.iter_mut().filter(|s| s.failed.is_none() && s.imp.setup == Setup::Reverse && s.imp.ops.is_none())
+        {
             eprintln!(
                 "[{}] startup {}/{reps}: first byte, idle RSS, {} held connections",
                 st.imp.name,
@@ -661,18 +948,27 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
             Err(e) => fail(st, e),
         }
     }
-    // Every long-lived process, of both implementations, and the service.
-    let busy_pids: Vec<u32> = states
+    // The scraper of the ops variant, for as long as its pair runs.
+    let scrapes = (
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    );
+    let scraper = states
         .iter()
-        .filter_map(|s| s.pair.as_ref().map(|(b, p)| [b.pid, p.pid]))
-        .flatten()
-        .chain([ctx.service_pid])
-        .collect();
+        .find(|s| s.pair.is_some() && s.imp.ops.is_some())
+        .map(|_| tokio::spawn(scrape(vec![ops_ports.0, ops_ports.1], scrapes.0.clone(), scrapes.1.clone())));
+    let pair_pids = |s: &State| s.pair.as_ref().map(|(b, p)| vec![b.pid, p.pid]).unwrap_or_default();
+    // Tunnel processes whose work could still spill into the next measurement: the column measured
+    // last (V2Ray works on for ~2 s after a run), and the one about to be.
+    let mut last_pids: Vec<u32> = Vec::new();
     let mut steps = vec![
         (Step::Ping, "64 B ping-pong"),
         (Step::PingPinned, "64 B ping-pong on CPU 0"),
         (Step::ConnRate, "connection rate"),
     ];
+    if ctx.opts.rig {
+        steps.clear();
+    }
     for up in [true, false] {
         for conns in [1, 8] {
             steps.push((Step::Bulk { up, conns }, if up { "bulk upload" } else { "bulk download" }));
@@ -685,14 +981,22 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
             eprintln!("[all] {what} x {reps}");
         }
         for _ in 0..reps {
-            for st in states.iter_mut().filter(|s| s.failed.is_none()) {
-                quiesce(&busy_pids).await;
+            for st in states.iter_mut().filter(|s| s.failed.is_none() && s.imp.setup.runs(step, s.imp.ops.is_some())) {
+                let next = pair_pids(st);
+                let busy: Vec<u32> = last_pids.iter().chain(&next).copied().chain([ctx.service_pid]).collect();
+                quiesce(&busy).await;
                 if let Err(e) = ctx.measure(step, st, &direct).await {
                     fail(st, e);
                 }
+                last_pids = next;
             }
         }
     }
+    if let Some(t) = scraper {
+        t.abort();
+    }
+    let scrapes =
+        (scrapes.0.load(std::sync::atomic::Ordering::Relaxed), scrapes.1.load(std::sync::atomic::Ordering::Relaxed));
     let results: Vec<(&'static str, Result<Samples, String>)> = states
         .into_iter()
         .map(|st| {
@@ -708,7 +1012,7 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
     drop(svc);
     drop(pinned_svc);
 
-    let report = render(&ctx.opts, &direct, &results, started.elapsed(), &load_start);
+    let report = render(&ctx.opts, &direct, &results, started.elapsed(), &load_start, scrapes);
     println!("{}", report.table);
     std::fs::create_dir_all(&ctx.opts.out_dir)?;
     let md = ctx.opts.out_dir.join("latest.md");
@@ -723,57 +1027,135 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
     }
 }
 
-/// How to judge the oxray/V2Ray ratio of a row against the issue's targets.
+/// How to judge a ratio (and the numerator's own value) against the issues' targets.
+#[derive(Clone, Copy)]
 enum Target {
     None,
     AtLeast(f64),
     AtMost(f64),
-    /// Ratio at most `.0` and oxray's own value at most `.1` (unit of the row).
+    /// Ratio at most `.0` and the numerator's own value at most `.1` (unit of the row).
     AtMostAbs(f64, f64),
-    /// Only an absolute cap on oxray's value.
+    /// Only an absolute cap on the numerator's value.
     Abs(f64),
+    /// Ratio within 1 ± `.0` (a cost that should not show).
+    Within(f64),
 }
 
+impl Target {
+    fn judge(self, ratio: Option<f64>, value: Option<f64>) -> String {
+        let mark = |ok: bool| if ok { "✅" } else { "❌" };
+        match (self, ratio, value) {
+            (Target::None, _, _) => String::new(),
+            (Target::AtLeast(t), Some(r), _) => format!("≥ {t}× {}", mark(r >= t)),
+            (Target::AtMost(t), Some(r), _) => format!("≤ {t}× {}", mark(r <= t)),
+            (Target::AtMostAbs(t, a), Some(r), Some(o)) => format!("≤ {t}×, ≤ {a} {}", mark(r <= t && o <= a)),
+            (Target::Abs(a), _, Some(o)) => format!("≤ {a} {}", mark(o <= a)),
+            (Target::Within(t), Some(r), _) => format!("1 ± {t} {}", mark((r - 1.0).abs() <= t)),
+            (Target::AtLeast(t), None, _) => format!("≥ {t}× (pending)"),
+            (Target::AtMost(t), None, _) => format!("≤ {t}× (pending)"),
+            (Target::AtMostAbs(t, a), _, _) => format!("≤ {t}×, ≤ {a} (pending)"),
+            (Target::Abs(a), _, None) => format!("≤ {a} (pending)"),
+            (Target::Within(t), None, _) => format!("1 ± {t} (pending)"),
+        }
+    }
+}
+
+/// One row of a table: a sample key, its label, and one target per ratio column of the table.
 struct Row {
     key: &'static str,
     label: &'static str,
     decimals: usize,
-    target: Target,
+    targets: &'static [Target],
 }
 
-const ROWS: &[Row] = &[
-    Row { key: "bulk_up_1", label: "Bulk upload, 1 conn (MB/s)", decimals: 0, target: Target::AtLeast(2.0) },
-    Row { key: "bulk_up_8", label: "Bulk upload, 8 conns (MB/s)", decimals: 0, target: Target::AtLeast(2.0) },
-    Row { key: "bulk_down_1", label: "Bulk download, 1 conn (MB/s)", decimals: 0, target: Target::AtLeast(2.0) },
-    Row { key: "bulk_down_8", label: "Bulk download, 8 conns (MB/s)", decimals: 0, target: Target::AtLeast(2.0) },
-    Row {
-        key: "cpu_per_gib",
-        label: "Tunnel CPU-seconds per GiB (bridge+portal)",
-        decimals: 2,
-        target: Target::AtMost(0.35),
-    },
-    // Unpinned latency is bimodal on a busy 2-core box (even the direct baseline): shown, not judged.
-    Row { key: "rtt_p50_added", label: "64 B RTT p50 added by tunnel (µs)", decimals: 1, target: Target::None },
-    Row { key: "rtt_p50", label: "64 B RTT p50 (µs)", decimals: 1, target: Target::None },
-    Row { key: "rtt_p99", label: "64 B RTT p99 (µs)", decimals: 1, target: Target::None },
-    Row {
-        key: "rtt1_p50_added",
-        label: "64 B RTT p50 added, all on CPU 0 (µs)",
-        decimals: 1,
-        target: Target::AtMost(0.3),
-    },
-    Row { key: "rtt1_p50", label: "64 B RTT p50, all on CPU 0 (µs)", decimals: 1, target: Target::None },
-    Row { key: "rtt1_p99", label: "64 B RTT p99, all on CPU 0 (µs)", decimals: 1, target: Target::None },
-    Row { key: "connrate", label: "Sequential connections/s", decimals: 0, target: Target::AtLeast(3.0) },
-    Row {
-        key: "rss_per_conn_kib",
-        label: "RSS per held idle conn (KiB, 2,000 held)",
-        decimals: 1,
-        target: Target::AtMostAbs(0.15, 8.0),
-    },
-    Row { key: "idle_rss_mib", label: "Idle RSS, bridge+portal (MiB)", decimals: 1, target: Target::Abs(8.0) },
-    Row { key: "first_byte_ms", label: "Start to first byte (ms)", decimals: 0, target: Target::None },
-];
+/// One table of the report: value columns (result names) and ratio columns (numerator,
+/// denominator, header), each ratio followed by its target column.
+struct Table {
+    title: &'static str,
+    cols: &'static [(&'static str, &'static str)],
+    ratios: &'static [(&'static str, &'static str, &'static str)],
+    rows: &'static [Row],
+}
+
+const fn row(key: &'static str, label: &'static str, decimals: usize, targets: &'static [Target]) -> Row {
+    Row { key, label, decimals, targets }
+}
+
+const N: Target = Target::None;
+
+fn bulk_rows(t: &'static [Target], cpu: &'static [Target]) -> [Row; 5] {
+    [
+        row("bulk_up_1", "Bulk upload, 1 conn (MB/s)", 0, t),
+        row("bulk_up_8", "Bulk upload, 8 conns (MB/s)", 0, t),
+        row("bulk_down_1", "Bulk download, 1 conn (MB/s)", 0, t),
+        row("bulk_down_8", "Bulk download, 8 conns (MB/s)", 0, t),
+        row("cpu_per_gib", "CPU-seconds per GiB (both processes)", 2, cpu),
+    ]
+}
+
+/// Issue 16's targets (vs V2Ray, then vs rathole), issue 12's (ws+tls), 13's (Shadowsocks, VLESS)
+/// and 15's (ops listener on vs off).
+fn tables() -> Vec<Table> {
+    const REVERSE: &[Row] = &[
+        row("bulk_up_1", "Bulk upload, 1 conn (MB/s)", 0, &[Target::AtLeast(3.0), Target::AtLeast(1.0)]),
+        row("bulk_up_8", "Bulk upload, 8 conns (MB/s)", 0, &[Target::AtLeast(3.0), Target::AtLeast(1.0)]),
+        row("bulk_down_1", "Bulk download, 1 conn (MB/s)", 0, &[Target::AtLeast(3.0), Target::AtLeast(1.0)]),
+        row("bulk_down_8", "Bulk download, 8 conns (MB/s)", 0, &[Target::AtLeast(3.0), Target::AtLeast(1.0)]),
+        row(
+            "cpu_per_gib",
+            "Tunnel CPU-seconds per GiB (bridge+portal)",
+            2,
+            &[Target::AtMost(0.3), Target::AtMost(1.0)],
+        ),
+        // Unpinned latency is bimodal on a busy 2-core box (even the direct baseline): shown, not judged.
+        row("rtt_p50_added", "64 B RTT p50 added by tunnel (µs)", 1, &[N, N]),
+        row("rtt_p50", "64 B RTT p50 (µs)", 1, &[N, N]),
+        row("rtt_p99", "64 B RTT p99 (µs)", 1, &[N, N]),
+        row("rtt1_p50_added", "64 B RTT p50 added, all on CPU 0 (µs)", 1, &[Target::AtMost(0.3), Target::AtMost(1.0)]),
+        row("rtt1_p50", "64 B RTT p50, all on CPU 0 (µs)", 1, &[N, N]),
+        row("rtt1_p99", "64 B RTT p99, all on CPU 0 (µs)", 1, &[N, N]),
+        row("connrate", "Sequential connections/s", 0, &[Target::AtLeast(3.5), Target::AtLeast(1.0)]),
+        row("rss_per_conn_kib", "RSS per held idle conn (KiB, 2,000 held)", 1, &[Target::AtMostAbs(0.15, 8.0), N]),
+        row("idle_rss_mib", "Idle RSS, bridge+portal (MiB)", 1, &[Target::Abs(8.0), N]),
+        row("first_byte_ms", "Start to first byte (ms)", 0, &[N, N]),
+    ];
+    // Leaked once per run: the tables are built once, at the end.
+    let leak = |r: Vec<Row>| -> &'static [Row] { Box::leak(r.into_boxed_slice()) };
+    let mut wstls: Vec<Row> = bulk_rows(&[Target::AtLeast(2.0)], &[Target::AtMost(0.5)]).into();
+    wstls.push(row("connrate", "Sequential connections/s", 0, &[N]));
+    vec![
+        Table {
+            title: "Reverse tunnel (VMess + Mux over TCP; rathole: plain TCP, no encryption)",
+            cols: &[("oxray", "oxray"), ("v2ray", "V2Ray 4.34"), ("rathole", "rathole 0.5")],
+            ratios: &[("oxray", "v2ray", "oxray/V2Ray"), ("oxray", "rathole", "oxray/rathole")],
+            rows: REVERSE,
+        },
+        Table {
+            title: "Reverse tunnel over WebSocket + TLS (issue 12)",
+            cols: &[("oxray_wstls", "oxray"), ("v2ray_wstls", "V2Ray 4.34")],
+            ratios: &[("oxray_wstls", "v2ray_wstls", "oxray/V2Ray")],
+            rows: leak(wstls),
+        },
+        Table {
+            title: "Shadowsocks aes-128-gcm over TCP, dokodemo-door → server → freedom (issue 13)",
+            cols: &[("oxray_ss", "oxray"), ("v2ray_ss", "V2Ray 4.34")],
+            ratios: &[("oxray_ss", "v2ray_ss", "oxray/V2Ray")],
+            rows: leak(bulk_rows(&[Target::AtLeast(2.0)], &[N]).into()),
+        },
+        Table {
+            title: "VLESS over TCP (no TLS), dokodemo-door → server → freedom (issue 13)",
+            cols: &[("oxray_vless", "oxray"), ("v2ray_vless", "V2Ray 4.34")],
+            ratios: &[("oxray_vless", "v2ray_vless", "oxray/V2Ray")],
+            rows: leak(bulk_rows(&[Target::AtLeast(2.0)], &[N]).into()),
+        },
+        Table {
+            title: "Cost of the ops listener: oxray reverse pair with `--ops` + a scraper of /metrics and /status once a second (issue 15)",
+            cols: &[("oxray", "ops off"), ("oxray_ops", "ops on")],
+            ratios: &[("oxray_ops", "oxray", "on/off")],
+            rows: leak(bulk_rows(&[Target::Within(0.02)], &[Target::Within(0.02)]).into()),
+        },
+    ]
+}
 
 struct Report {
     table: String,
@@ -787,6 +1169,7 @@ fn render(
     results: &[(&'static str, Result<Samples, String>)],
     took: Duration,
     load_start: &str,
+    scrapes: (u64, u64),
 ) -> Report {
     let get = |name: &str, key: &str| -> Option<f64> {
         results.iter().find(|(n, _)| *n == name).and_then(|(_, r)| r.as_ref().ok()).and_then(|s| median(s.get(key)?))
@@ -798,56 +1181,66 @@ fn render(
             Some((_, Ok(_))) => get(name, key).map_or("–".into(), |v| format!("{v:.d$}")),
         }
     };
-    let mut rows: Vec<[String; 5]> = Vec::new();
-    for row in ROWS {
-        let (o, v) = (get("oxray", row.key), get("v2ray", row.key));
-        let ratio = match (o, v) {
-            (Some(o), Some(v)) if v != 0.0 => Some(o / v),
-            _ => None,
-        };
-        let rs = ratio.map_or("–".into(), |r| format!("{r:.2}×"));
-        let mark = |ok: bool| if ok { "✅" } else { "❌" };
-        let tgt = match (&row.target, ratio, o) {
-            (Target::None, _, _) => String::new(),
-            (Target::AtLeast(t), Some(r), _) => format!("≥ {t}× {}", mark(r >= *t)),
-            (Target::AtMost(t), Some(r), _) => format!("≤ {t}× {}", mark(r <= *t)),
-            (Target::AtMostAbs(t, a), Some(r), Some(o)) => format!("≤ {t}×, ≤ {a} {}", mark(r <= *t && o <= *a)),
-            (Target::Abs(a), _, Some(o)) => format!("≤ {a} {}", mark(o <= *a)),
-            (Target::AtLeast(t), None, _) => format!("≥ {t}× (pending)"),
-            (Target::AtMost(t), None, _) => format!("≤ {t}× (pending)"),
-            (Target::AtMostAbs(t, a), _, _) => format!("≤ {t}×, ≤ {a} (pending)"),
-            (Target::Abs(a), _, None) => format!("≤ {a} (pending)"),
-        };
-        rows.push([
-            row.label.into(),
-            cell("oxray", row.key, row.decimals),
-            cell("v2ray", row.key, row.decimals),
-            rs,
-            tgt,
-        ]);
-    }
-    let head = ["metric (median)", "oxray", "V2Ray 4.34", "oxray/V2Ray", "target"];
-    let mut w = head.map(|h| h.chars().count());
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.chars().count());
+    let mut table = String::new();
+    let mut md_tables = String::new();
+    for t in tables() {
+        let mut head: Vec<String> = vec!["metric (median)".into()];
+        head.extend(t.cols.iter().map(|c| c.1.to_string()));
+        for r in t.ratios {
+            head.push(r.2.into());
+            head.push("target".into());
+        }
+        let mut rows: Vec<Vec<String>> = Vec::new();
+        for row in t.rows {
+            let mut cells = vec![row.label.to_string()];
+            cells.extend(t.cols.iter().map(|c| cell(c.0, row.key, row.decimals)));
+            for (i, (num_k, den_k, _)) in t.ratios.iter().enumerate() {
+                let (o, v) = (get(num_k, row.key), get(den_k, row.key));
+                let ratio = match (o, v) {
+                    (Some(o), Some(v)) if v != 0.0 => Some(o / v),
+                    _ => None,
+                };
+                cells.push(ratio.map_or("–".into(), |r| format!("{r:.2}×")));
+                cells.push(row.targets.get(i).copied().unwrap_or(N).judge(ratio, o));
+            }
+            rows.push(cells);
+        }
+        let mut w: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+        for r in &rows {
+            for (i, c) in r.iter().enumerate() {
+                w[i] = w[i].max(c.chars().count());
+            }
+        }
+        let pad = |s: &str, n: usize| format!("{s}{}", " ".repeat(n.saturating_sub(s.chars().count())));
+        let line =
+            |cells: &[String]| cells.iter().enumerate().map(|(i, c)| pad(c, w[i])).collect::<Vec<_>>().join(" | ");
+        let _ = writeln!(table, "\n{}\n", t.title);
+        let _ = writeln!(table, "{}", line(&head));
+        let _ = writeln!(table, "{}", w.iter().map(|&n| "-".repeat(n)).collect::<Vec<_>>().join("-+-"));
+        for r in &rows {
+            let _ = writeln!(table, "{}", line(r));
+        }
+        let _ = writeln!(md_tables, "\n**{}**\n", t.title);
+        let _ = writeln!(md_tables, "| {} |", head.join(" | "));
+        let _ = writeln!(md_tables, "|{}", "---|".repeat(head.len()));
+        for r in &rows {
+            let _ = writeln!(md_tables, "| {} |", r.join(" | "));
         }
     }
-    let pad = |s: &str, n: usize| format!("{s}{}", " ".repeat(n.saturating_sub(s.chars().count())));
-    let mut table = String::new();
-    let line =
-        |cells: &[String; 5]| cells.iter().enumerate().map(|(i, c)| pad(c, w[i])).collect::<Vec<_>>().join(" | ");
-    let _ = writeln!(table, "{}", line(&head.map(String::from)));
-    let _ = writeln!(table, "{}", w.iter().map(|&n| "-".repeat(n)).collect::<Vec<_>>().join("-+-"));
-    for r in &rows {
-        let _ = writeln!(table, "{}", line(r));
-    }
     let dm = |k: &str| median(direct.get(k).map_or(&[][..], |v| v)).unwrap_or(f64::NAN);
+    let floor_added = dm("rtt1_floor_p50") - dm("rtt1_p50");
+    let vs_floor: Vec<String> = [("oxray", "oxray"), ("v2ray", "V2Ray"), ("rathole", "rathole")]
+        .iter()
+        .filter_map(|(k, label)| get(k, "rtt1_p50_added").map(|a| format!("{label} {:.2}×", a / floor_added)))
+        .collect();
+    let floor_ok = get("oxray", "rtt1_p50_added").map(|a| a / floor_added <= 1.15);
     let base = format!(
         "Direct to the service (no tunnel), 64 B RTT: p50 {:.1} µs, p99 {:.1} µs; all on CPU 0: p50 {:.1} µs, p99 {:.1} µs. \
          Direct bulk, 1 conn (the load generator's ceiling): upload {:.0} MB/s, download {:.0} MB/s.\n\n\
          Two plain relays (blocking, a thread per direction, no protocol), all on CPU 0: p50 {:.1} µs, added {:.1} µs: \
-         the floor under the pinned rows, whose four process hops a tunnel also crosses (`bench/relay-floor.sh`).",
+         the floor under the pinned rows, whose four process hops a tunnel also crosses (`bench/relay-floor.sh`). \
+         Pinned RTT added ÷ this floor: {} (target for oxray ≤ 1.15× {}).\n\n\
+         Ops listener scrapes during the run (2 listeners × /metrics + /status, once a second): {} answered 200, {} failed.",
         dm("rtt_p50"),
         dm("rtt_p99"),
         dm("rtt1_p50"),
@@ -855,7 +1248,15 @@ fn render(
         dm("bulk_up_1"),
         dm("bulk_down_1"),
         dm("rtt1_floor_p50"),
-        dm("rtt1_floor_p50") - dm("rtt1_p50")
+        floor_added,
+        if vs_floor.is_empty() { "–".to_string() } else { vs_floor.join(", ") },
+        match floor_ok {
+            Some(true) => "✅",
+            Some(false) => "❌",
+            None => "(pending)",
+        },
+        scrapes.0,
+        scrapes.1,
     );
     let _ = writeln!(table, "\n{base}");
     for (n, r) in results {
@@ -878,12 +1279,8 @@ fn render(
         opts.hold_conns,
         took.as_secs_f64()
     );
-    let _ = writeln!(md, "Machine: {machine}\n");
-    let _ = writeln!(md, "| {} |", head.join(" | "));
-    let _ = writeln!(md, "|{}", "---|".repeat(5));
-    for r in &rows {
-        let _ = writeln!(md, "| {} |", r.join(" | "));
-    }
+    let _ = writeln!(md, "Machine: {machine}");
+    md.push_str(&md_tables);
     let _ = writeln!(md, "\n{base}");
     for (n, r) in results {
         match r {
@@ -909,6 +1306,7 @@ fn render(
     j.insert("reps".into(), opts.reps.into());
     j.insert("bulk_bytes".into(), opts.bulk_bytes.into());
     j.insert("direct".into(), serde_json::to_value(direct).unwrap_or(Value::Null));
+    j.insert("ops_scrapes".into(), serde_json::json!({"ok": scrapes.0, "failed": scrapes.1}));
     for (n, r) in results {
         let v = match r {
             Ok(s) => serde_json::to_value(s).unwrap_or(Value::Null),

@@ -8,7 +8,7 @@
 //!   hold      --addr A [--conns 2000] [--max-secs 120]
 //!   firstbyte --addr A [--timeout-secs 20]
 //!   relay     --addr A --to B   (blocking, a thread per direction; for bench/relay-floor.sh)
-//!   drive     [--oxray BIN] [--v2ray BIN] [--reps R] [--quick] [--out DIR] ...
+//!   drive     [--oxray BIN] [--v2ray BIN] [--rathole BIN] [--ops-fragment JSON] [--reps R] [--quick] [--out DIR] ...
 
 mod client;
 mod drive;
@@ -161,6 +161,8 @@ async fn run(cmd: &str, rest: &[String]) -> Result<Option<String>, String> {
             let opts = drive::Opts {
                 oxray: existing("oxray"),
                 v2ray: existing("v2ray"),
+                rathole: existing("rathole"),
+                ops_fragment: existing("ops-fragment"),
                 reps: a.get("reps", Some(if quick { 1 } else { 5 }))?,
                 bulk_bytes: a.get("bulk-bytes", Some(if quick { 64u64 << 20 } else { 1 << 30 }))?,
                 ping_count: a.get("ping-count", Some(if quick { 2_000 } else { 10_000 }))?,
@@ -169,6 +171,7 @@ async fn run(cmd: &str, rest: &[String]) -> Result<Option<String>, String> {
                 settle: Duration::from_millis(a.get("settle-ms", Some(if quick { 500 } else { 1000 }))?),
                 out_dir: a.get("out", Some(PathBuf::from("bench/results")))?,
                 quick,
+                rig: a.flag("rig"),
             };
             if opts.reps == 0 || opts.reps > 50 || opts.hold_conns == 0 || opts.hold_conns > 50_000 {
                 return Err("--reps must be 1..=50 and --hold-conns 1..=50000".into());
