@@ -179,6 +179,7 @@ impl Instance {
                         .map_err(|e| InstanceError::Handler { path: ib.path.clone(), message: e.to_string() })?,
                 ),
             };
+            let handler = crate::dispatch::sniffing_inbound(handler, ib.sniffing.as_ref());
             let addrs = (ib.port.first..=ib.port.last).map(|p| SocketAddr::new(ib.listen, p)).collect();
             inbounds.push(InboundEntry {
                 path: ib.path.clone(),
