@@ -1259,13 +1259,3 @@ fn tuning(ctx: &mut Ctx<'_>, e: &Obj<'_>) -> ReverseTuning {
     }
     t
 }
-
-/// One plain CIDR/IP entry where geo lists are not wired in (the `dns` object's `expectIPs`).
-pub(crate) fn ip_matcher(s: &str) -> Result<ipnet::IpNet, String> {
-    for prefix in ["geoip:", "ext:", "ext-ip:"] {
-        if s.starts_with(prefix) {
-            return Err(format!("{s:?}: geoip lists in the dns object are not supported yet by oxray (use CIDRs)"));
-        }
-    }
-    parse_cidr(s)
-}
