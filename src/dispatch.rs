@@ -7,14 +7,86 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use tracing::{debug, info, warn};
 
-use crate::config::{LevelPolicy, PolicyConfig};
+use crate::config::{LevelPolicy, PolicyConfig, SniffingConfig};
 use crate::log::AccessLog;
 use crate::mux::server::{MuxHandler, MuxServer};
 use crate::mux::{MUX_COOL_DOMAIN, MuxPacket, MuxStream};
 use crate::ops::traffic::Traffic;
-use crate::proxy::{BoxPacketConn, BoxStream, Outbound, ProxyError, RelayStats, relay_packets};
+use crate::proxy::{BoxPacketConn, BoxStream, Inbound, Outbound, ProxyError, RelayStats, relay_packets};
 use crate::router::Router;
-use crate::session::Session;
+use crate::session::{Address, Network, Session};
+
+tokio::task_local! {
+    /// The `sniffing` of the inbound whose connection this task serves. Set by [`SniffingInbound`] around
+    /// the inbound's handshake and dispatch, so each inbound's setting reaches the dispatcher without
+    /// every protocol carrying it; Mux sub-sessions (other tasks) take their carrier's.
+    static SNIFFING: Arc<SniffingConfig>;
+}
+
+/// The sniffing in force for the current task, if any.
+fn current_sniffing() -> Option<Arc<SniffingConfig>> {
+    SNIFFING.try_with(Arc::clone).ok()
+}
+
+/// Wraps an inbound whose `sniffing` is enabled: every TCP flow it dispatches is sniffed first (4.34
+/// sniffs any inbound type, and each Mux sub-session). Without `sniffing` the inbound is returned as is.
+pub fn sniffing_inbound(inner: Arc<dyn Inbound>, sniffing: Option<&SniffingConfig>) -> Arc<dyn Inbound> {
+    match sniffing {
+        Some(s) => Arc::new(SniffingInbound { inner, sniffing: Arc::new(s.clone()) }),
+        None => inner,
+    }
+}
+
+struct SniffingInbound {
+    inner: Arc<dyn Inbound>,
+    sniffing: Arc<SniffingConfig>,
+}
+
+#[async_trait]
+impl Inbound for SniffingInbound {
+    async fn accept(&self, conn: crate::transport::Accepted, dispatcher: &Arc<Dispatcher>) {
+        SNIFFING.scope(self.sniffing.clone(), self.inner.accept(conn, dispatcher)).await
+    }
+
+    fn wants_original_dst(&self) -> bool {
+        self.inner.wants_original_dst()
+    }
+
+    fn tcp(&self) -> bool {
+        self.inner.tcp()
+    }
+
+    fn udp(&self) -> bool {
+        self.inner.udp()
+    }
+
+    fn bind_udp(&self, addr: std::net::SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+        self.inner.bind_udp(addr)
+    }
+
+    async fn serve_udp(&self, socket: Arc<tokio::net::UdpSocket>, dispatcher: Arc<Dispatcher>) {
+        // UDP is never sniffed (4.34).
+        self.inner.serve_udp(socket, dispatcher).await
+    }
+}
+
+/// Sniffs a TCP flow's first bytes before routing (PROXIES.md §5): the protocol goes to routing; a
+/// Host/SNI replaces the target address (port kept) when `destOverride` names the protocol.
+async fn sniff(sniffing: &SniffingConfig, session: &mut Session, stream: BoxStream) -> BoxStream {
+    let (stream, result) = crate::proxy::sniff::sniff_stream(stream).await;
+    let Some(r) = result else {
+        debug!(session = session.id, "sniffing found nothing");
+        return stream;
+    };
+    session.protocol = Some(r.protocol);
+    if let Some(domain) = r.domain
+        && sniffing.dest_override.iter().any(|p| r.protocol.starts_with(p.as_str()))
+    {
+        debug!(session = session.id, protocol = r.protocol, "sniffed domain: {domain}");
+        session.target.address = Address::parse(&domain);
+    }
+    stream
+}
 
 /// Routes flows to outbounds. Cheap to share (`Arc<Dispatcher>`). Routing, outbounds and per-tag
 /// counters sit in a [`Table`] that a reload swaps whole ([`Dispatcher::replace`]): flows already
@@ -170,17 +242,24 @@ impl Dispatcher {
     async fn run(
         self: &Arc<Self>,
         mut session: Session,
-        stream: BoxStream,
+        mut stream: BoxStream,
         adjust: impl FnOnce(&mut LevelPolicy),
         serve_mux: bool,
     ) -> Result<RelayStats, String> {
         self.prepare(&mut session);
         adjust(&mut session.policy);
+        let sniffing = current_sniffing();
         if serve_mux && session.target.address.domain() == Some(MUX_COOL_DOMAIN) {
-            // Every inbound serves Mux.Cool for this magic target, as V2Ray's do.
-            let handler = Arc::new(InboundMux { dispatcher: self.clone(), carrier: session });
+            // Every inbound serves Mux.Cool for this magic target, as V2Ray's do; the carrier itself is
+            // not sniffed, its sub-sessions are (4.34's Mux server dispatches them with its context).
+            let handler = Arc::new(InboundMux { dispatcher: self.clone(), carrier: session, sniffing });
             MuxServer::start(stream, handler).closed().await;
             return Ok(RelayStats::default());
+        }
+        if let Some(s) = &sniffing
+            && session.target.network == Network::Tcp
+        {
+            stream = sniff(s, &mut session, stream).await;
         }
         let table = self.table();
         let (tag, outbound) = match self.pick_in(&table, &session).await {
@@ -274,6 +353,8 @@ fn access_line(access: &AccessLog, session: &Session, outbound_tag: &str) {
 struct InboundMux {
     dispatcher: Arc<Dispatcher>,
     carrier: Session,
+    /// The carrier's inbound's `sniffing`, for each TCP sub-session.
+    sniffing: Option<Arc<SniffingConfig>>,
 }
 
 impl InboundMux {
@@ -289,7 +370,11 @@ impl MuxHandler for InboundMux {
     async fn stream(&self, target: crate::session::Destination, stream: MuxStream) {
         let mut session = self.session(target);
         session.carrier = Some(stream.carrier_hold());
-        self.dispatcher.dispatch_sub(session, Box::new(stream)).await;
+        let sub = self.dispatcher.dispatch_sub(session, Box::new(stream));
+        match &self.sniffing {
+            Some(s) => SNIFFING.scope(s.clone(), sub).await,
+            None => sub.await,
+        }
     }
 
     async fn packet(&self, target: crate::session::Destination, packet: MuxPacket) {

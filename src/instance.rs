@@ -325,6 +325,7 @@ fn build_inbound(ib: &InboundConfig) -> Result<InboundEntry, InstanceError> {
                 .map_err(|e| InstanceError::Handler { path: ib.path.clone(), message: e.to_string() })?,
         ),
     };
+    let handler = crate::dispatch::sniffing_inbound(handler, ib.sniffing.as_ref());
     let addrs = (ib.port.first..=ib.port.last).map(|p| SocketAddr::new(ib.listen, p)).collect();
     Ok(InboundEntry {
         path: ib.path.clone(),

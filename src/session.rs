@@ -163,6 +163,9 @@ pub struct Session {
     /// Set on sessions carried by a Mux connection: whether its reader is holding frames back on
     /// purpose, so the relay does not take the silence for an idle far end. None elsewhere.
     pub carrier: Option<Arc<CarrierHold>>,
+    /// The protocol the dispatcher sniffed from the first bytes (`http1`, `tls`, `bittorrent`), for the
+    /// `protocol` routing condition; None when not sniffed or nothing was recognised.
+    pub protocol: Option<&'static str>,
 }
 
 /// A session's live byte counts. The relay keeps plain totals on its own stack and stores them here
@@ -314,6 +317,7 @@ impl Session {
             meter: None,
             wear: None,
             carrier: None,
+            protocol: None,
         }
     }
 

@@ -32,6 +32,13 @@ fn cfg(routing: &str, extra: &str) -> String {
     format!("{{\"inbounds\": [{IN}],\n \"outbounds\": [{OUT}],\n \"routing\": {routing}{extra}}}")
 }
 
+/// One dokodemo inbound with `extra` members (sniffing keys).
+fn sniff(extra: &str) -> String {
+    format!(
+        "{{\"inbounds\": [{{\"listen\": \"127.0.0.1\", \"port\": 46990, \"protocol\": \"dokodemo-door\", \"settings\": {{\"address\": \"1.1.1.1\"}}, {extra}}}]}}"
+    )
+}
+
 fn cases() -> Vec<(&'static str, String, Want)> {
     let rule = |r: &str| cfg(&format!("{{\"rules\": [{r}]}}"), "");
     vec![
@@ -137,11 +144,13 @@ fn cases() -> Vec<(&'static str, String, Want)> {
             "{\"reverse\": {\"bridges\": [{\"tag\": \"\", \"domain\": \"a.example\"}]}}".to_string(),
             Refused("bridge tag is empty"),
         ),
-        (
-            "sniffing enabled",
-            "{\"inbounds\": [{\"listen\": \"127.0.0.1\", \"port\": 46990, \"protocol\": \"dokodemo-door\", \"settings\": {\"address\": \"1.1.1.1\"}, \"sniffing\": {\"enabled\": true}}]}".to_string(),
-            Unsupported("sniffing"),
-        ),
+        ("sniffing enabled", sniff(r#""sniffing": {"enabled": true}"#), Clean),
+        ("sniffing destOverride", sniff(r#""sniffing": {"enabled": true, "destOverride": ["http", "TLS", "ssl"]}"#), Clean),
+        ("sniffing destOverride as a comma string", sniff(r#""sniffing": {"enabled": true, "destOverride": "http,tls"}"#), Clean),
+        ("sniffing fakedns (v5/Xray)", sniff(r#""sniffing": {"enabled": true, "destOverride": ["http", "fakedns"]}"#), Refused("fakedns")),
+        ("sniffing disabled still checks destOverride", sniff(r#""sniffing": {"enabled": false, "destOverride": ["quic"]}"#), Refused("quic")),
+        ("legacy domainOverride", sniff(r#""domainOverride": ["http", "tls"]"#), Clean),
+        ("legacy domainOverride, unknown value", sniff(r#""domainOverride": ["bittorrent"]"#), Refused("bittorrent")),
     ]
 }
 

@@ -8,7 +8,8 @@ use ipnet::IpNet;
 use super::ctx::{Ctx, Obj, index, join};
 use super::json::{Node, Value};
 use super::types::DomainMatcher;
-use super::validate::{domain_matcher, ip_matcher};
+use super::validate::domain_entry;
+use super::values::parse_cidr;
 use crate::session::{Address, Network};
 
 /// `dns`: the built-in resolver. Present only when the config has a (non-null) `dns` object.
@@ -45,8 +46,10 @@ pub struct DnsServerConfig {
     pub kind: DnsServerKind,
     /// `domains`: names this server is asked first for (routing `domain` syntax).
     pub domains: Vec<DomainMatcher>,
-    /// `expectIPs`: only answers inside these networks count (empty: all).
+    /// `expectIPs`: only answers inside these networks count (empty, with `expect_geoip` empty: all).
     pub expect_ips: Vec<IpNet>,
+    /// `expectIPs` entries that name geoip lists (`geoip:cn`, `ext:file.dat:code`).
+    pub expect_geoip: Vec<std::sync::Arc<crate::router::geo::GeoIpList>>,
     /// `clientIp` of this server (or the top-level one).
     pub client_ip: Option<IpAddr>,
     /// JSON path, e.g. `dns.servers[1]`.
@@ -166,6 +169,7 @@ fn build_server(ctx: &mut Ctx<'_>, node: &Node, path: &str, top_client_ip: Optio
         kind: DnsServerKind::Localhost,
         domains: Vec::new(),
         expect_ips: Vec::new(),
+        expect_geoip: Vec::new(),
         client_ip: top_client_ip,
         path: path.to_string(),
     };
@@ -181,7 +185,8 @@ fn build_server(ctx: &mut Ctx<'_>, node: &Node, path: &str, top_client_ip: Optio
             let mut ok = true;
             if let Some(n) = o.get("domains") {
                 for (s, at, p) in ctx.string_list(n, &o.path_of("domains")).unwrap_or_default() {
-                    match domain_matcher(&s) {
+                    // geosite:/ext: lists too, read once per file and list like routing's.
+                    match domain_entry(ctx, &s) {
                         Ok(m) => server.domains.push(m),
                         Err(e) => {
                             ctx.error(at, &p, e);
@@ -192,8 +197,17 @@ fn build_server(ctx: &mut Ctx<'_>, node: &Node, path: &str, top_client_ip: Optio
             }
             if let Some(n) = o.get("expectIPs") {
                 for (s, at, p) in ctx.string_list(n, &o.path_of("expectIPs")).unwrap_or_default() {
-                    match ip_matcher(&s) {
-                        Ok(net) => server.expect_ips.push(net),
+                    let r = match crate::router::geo::ip_ref(&s) {
+                        Some(Ok(g)) => ctx
+                            .geo
+                            .ip(&s, &g.file, &g.code)
+                            .map(|l| server.expect_geoip.push(l))
+                            .map_err(|e| e.to_string()),
+                        Some(Err(e)) => Err(e),
+                        None => parse_cidr(&s).map(|net| server.expect_ips.push(net)),
+                    };
+                    match r {
+                        Ok(()) => {}
                         Err(e) => {
                             ctx.error(at, &p, e);
                             ok = false;

@@ -118,6 +118,16 @@ pub struct InboundConfig {
     pub stream: StreamSettings,
     /// JSON path of this inbound, e.g. `inbounds[1]`, for run-time messages.
     pub path: String,
+    /// `sniffing` (or the older `domainOverride`) when enabled; None: no sniffing.
+    pub sniffing: Option<SniffingConfig>,
+}
+
+/// An inbound's enabled `sniffing`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SniffingConfig {
+    /// `destOverride`, normalised as 4.34 does (`http`, `tls`): a sniffed protocol whose name starts
+    /// with an entry replaces the destination address. Empty: sniff for `protocol` rules only.
+    pub dest_override: Vec<String>,
 }
 
 /// An inclusive port range.
@@ -419,7 +429,7 @@ pub struct RuleConfig {
     pub source_geoip: Vec<std::sync::Arc<crate::router::geo::GeoIpList>>,
     /// `user` (emails).
     pub user: Vec<String>,
-    /// `protocol` (sniffed; oxray does not sniff yet, so such a rule never matches).
+    /// `protocol`: prefixes of the sniffed protocol name (`http1`, `tls`, `bittorrent`).
     pub protocol: Vec<String>,
     /// `attrs` (a Starlark expression over HTTP-inbound attributes; oxray has no HTTP inbound, so such a
     /// rule never matches, as in 4.34 for every other inbound).

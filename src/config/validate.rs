@@ -305,14 +305,14 @@ fn build_inbound(
     if let Some(n) = o.get("allocate") {
         check_allocate(ctx, n, &o.path_of("allocate"));
     }
-    if let Some(n) = o.get("sniffing") {
-        check_sniffing(ctx, n, &o.path_of("sniffing"));
-    }
-    if let Some(n) = o.get("domainOverride")
-        && !is_noop(n)
-    {
-        ctx.unsupported(n, &o.path_of("domainOverride"), "\"domainOverride\" (sniffing)");
-    }
+    // 4.34 uses `domainOverride` only when `sniffing` is absent, but checks both.
+    let sniffing = o.get("sniffing").map(|n| sniffing(ctx, n, &o.path_of("sniffing")));
+    let legacy = o.get("domainOverride").map(|n| domain_override(ctx, n, &o.path_of("domainOverride")));
+    let sniffing = match (sniffing, legacy) {
+        (Some(s), _) => s,
+        (None, Some(Some(list))) if !list.is_empty() => Some(SniffingConfig { dest_override: list }),
+        _ => None,
+    };
     let mut listen = Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     if let Some(s) = o.str(ctx, "listen") {
         let n = o.get("listen").unwrap_or(node);
@@ -370,7 +370,15 @@ fn build_inbound(
         }
         None => None,
     };
-    Some(InboundConfig { tag, listen: listen?, port: port?, protocol: protocol?, stream, path: path.to_string() })
+    Some(InboundConfig {
+        tag,
+        listen: listen?,
+        port: port?,
+        protocol: protocol?,
+        stream,
+        path: path.to_string(),
+        sniffing,
+    })
 }
 
 fn port_range(ctx: &mut Ctx<'_>, n: &Node, path: &str) -> Option<PortRange> {
@@ -420,18 +428,34 @@ fn check_allocate(ctx: &mut Ctx<'_>, n: &Node, path: &str) {
     }
 }
 
-fn check_sniffing(ctx: &mut Ctx<'_>, n: &Node, path: &str) {
-    let Some(o) = ctx.obj(n, path, &["enabled", "destOverride"]) else { return };
+/// `sniffing`: Some when enabled. `destOverride` values are lowercased and `https`/`ssl` become `tls`,
+/// as 4.34 does; any other value is its error (`fakedns`, `quic` are v5/Xray).
+fn sniffing(ctx: &mut Ctx<'_>, n: &Node, path: &str) -> Option<SniffingConfig> {
+    let o = ctx.obj(n, path, &["enabled", "destOverride"])?;
+    let mut dest_override = Vec::new();
     if let Some(d) = o.get("destOverride") {
         for (s, at, p) in ctx.string_list(d, &o.path_of("destOverride")).unwrap_or_default() {
-            if !["http", "tls", "https", "ssl"].contains(&s.to_ascii_lowercase().as_str()) {
-                ctx.error(at, &p, format!("unknown sniffing protocol {s:?}"));
+            match s.to_ascii_lowercase().as_str() {
+                "http" => dest_override.push("http".to_string()),
+                "tls" | "https" | "ssl" => dest_override.push("tls".to_string()),
+                _ => ctx.error(at, &p, format!("unknown sniffing protocol {s:?}")),
             }
         }
     }
-    if o.bool(ctx, "enabled") == Some(true) {
-        ctx.unsupported(o.get("enabled").unwrap_or(n), &o.path_of("enabled"), "sniffing");
+    (o.bool(ctx, "enabled") == Some(true)).then_some(SniffingConfig { dest_override })
+}
+
+/// The deprecated inbound-level `domainOverride` list (4.34: `http`, `tls`/`https`/`ssl`).
+fn domain_override(ctx: &mut Ctx<'_>, n: &Node, path: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for (s, at, p) in ctx.string_list(n, path)? {
+        match s.to_ascii_lowercase().as_str() {
+            "http" => out.push("http".to_string()),
+            "tls" | "https" | "ssl" => out.push("tls".to_string()),
+            _ => ctx.error(at, &p, format!("unknown domainOverride protocol {s:?}")),
+        }
     }
+    Some(out)
 }
 
 const DOKODEMO_KEYS: &[&str] = &["address", "port", "network", "timeout", "followRedirect", "userLevel"];
@@ -1227,14 +1251,4 @@ fn tuning(ctx: &mut Ctx<'_>, e: &Obj<'_>) -> ReverseTuning {
         t.connect_timeout = Duration::from_secs(v.into());
     }
     t
-}
-
-/// One plain CIDR/IP entry where geo lists are not wired in (the `dns` object's `expectIPs`).
-pub(crate) fn ip_matcher(s: &str) -> Result<ipnet::IpNet, String> {
-    for prefix in ["geoip:", "ext:", "ext-ip:"] {
-        if s.starts_with(prefix) {
-            return Err(format!("{s:?}: geoip lists in the dns object are not supported yet by oxray (use CIDRs)"));
-        }
-    }
-    parse_cidr(s)
 }

@@ -117,6 +117,7 @@ impl Resolver {
             kind: DnsServerKind::Localhost,
             domains: Vec::new(),
             expect_ips: Vec::new(),
+            expect_geoip: Vec::new(),
             client_ip: None,
             path: "dns".into(),
         }];
@@ -131,22 +132,25 @@ impl Resolver {
                 priority.extend(LOCAL_SUFFIXES.iter().map(|d| (i, Priority::Domain((*d).to_string()))));
             }
             for d in &s.domains {
-                let p = match d {
-                    DomainMatcher::Full(x) => Priority::Full(x.clone()),
-                    DomainMatcher::Domain(x) => Priority::Domain(x.clone()),
-                    DomainMatcher::Keyword(x) => Priority::Keyword(x.clone()),
-                    DomainMatcher::Regexp(x) => Priority::Regexp(
-                        regex::Regex::new(x).map_err(|e| DnsError { path: s.path.clone(), message: e.to_string() })?,
-                    ),
-                    // The dns loader refuses geosite entries (domain_matcher), so none reach here.
-                    DomainMatcher::Geo(_) => {
-                        return Err(DnsError {
-                            path: s.path.clone(),
-                            message: "geosite lists in dns domains are not supported yet by oxray".into(),
-                        });
-                    }
+                // A geosite list counts as its entries, in file order (4.34 expands it the same way).
+                let entries = match d {
+                    DomainMatcher::Geo(g) => &g.entries[..],
+                    one => std::slice::from_ref(one),
                 };
-                priority.push((i, p));
+                for e in entries {
+                    let p = match e {
+                        DomainMatcher::Full(x) => Priority::Full(x.clone()),
+                        DomainMatcher::Domain(x) => Priority::Domain(x.clone()),
+                        DomainMatcher::Keyword(x) => Priority::Keyword(x.clone()),
+                        DomainMatcher::Regexp(x) => Priority::Regexp(
+                            regex::Regex::new(x)
+                                .map_err(|e| DnsError { path: s.path.clone(), message: e.to_string() })?,
+                        ),
+                        // Geo lists hold plain entries only.
+                        DomainMatcher::Geo(_) => continue,
+                    };
+                    priority.push((i, p));
+                }
             }
         }
         let tag: Arc<str> = match &config.tag {

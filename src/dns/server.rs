@@ -58,6 +58,7 @@ struct Entry {
 pub(super) struct Server {
     kind: Kind,
     expect: Vec<IpNet>,
+    expect_geoip: Vec<std::sync::Arc<crate::router::geo::GeoIpList>>,
     client_ip: Option<IpAddr>,
     /// Key: the name as asked (case-sensitive, as 4.34).
     cache: Mutex<HashMap<Box<str>, Entry>>,
@@ -73,7 +74,14 @@ impl Server {
             }
             DnsServerKind::Localhost => (Kind::Local, "localhost".to_string()),
         };
-        Server { kind, expect: c.expect_ips.clone(), client_ip: c.client_ip, cache: Mutex::new(HashMap::new()), name }
+        Server {
+            kind,
+            expect: c.expect_ips.clone(),
+            expect_geoip: c.expect_geoip.clone(),
+            client_ip: c.client_ip,
+            cache: Mutex::new(HashMap::new()),
+            name,
+        }
     }
 
     /// Asks this server (or its cache) and applies `expectIPs`.
@@ -82,10 +90,15 @@ impl Server {
             Kind::Local => self.system(name, family, r.timeout).await?,
             Kind::Udp(ref dest) => self.udp(r, dest, name, wire, family).await?,
         };
-        if self.expect.is_empty() {
+        if self.expect.is_empty() && self.expect_geoip.is_empty() {
             return Ok(ips);
         }
-        let kept: Vec<IpAddr> = ips.into_iter().filter(|ip| self.expect.iter().any(|n| n.contains(ip))).collect();
+        let kept: Vec<IpAddr> = ips
+            .into_iter()
+            .filter(|ip| {
+                self.expect.iter().any(|n| n.contains(ip)) || self.expect_geoip.iter().any(|g| g.contains(*ip))
+            })
+            .collect();
         if kept.is_empty() {
             return Err(Failure::Next("no answer matched expectIPs".into()));
         }

@@ -23,6 +23,7 @@ fn server(r: &Responder) -> DnsServerConfig {
         kind: DnsServerKind::Udp { address: Address::from(r.addr.ip()), port: r.addr.port() },
         domains: Vec::new(),
         expect_ips: Vec::new(),
+        expect_geoip: Vec::new(),
         client_ip: None,
         path: "dns.servers[0]".into(),
     }

@@ -398,6 +398,7 @@ mod tests {
                 kind: DnsServerKind::Udp { address: Address::from(r.addr.ip()), port: r.addr.port() },
                 domains: vec![],
                 expect_ips: vec![],
+                expect_geoip: vec![],
                 client_ip: None,
                 path: "dns.servers[0]".into(),
             }],

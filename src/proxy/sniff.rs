@@ -1,5 +1,12 @@
-//! Sniffers of the first uplink bytes (PROXIES.md §5.3–§5.5): HTTP Host, TLS SNI, BitTorrent. Pure:
-//! no I/O. Not wired into the dispatcher yet (see docs/CONFIG.md, `sniffing`).
+//! Sniffers of the first uplink bytes (PROXIES.md §5.3–§5.5): HTTP Host, TLS SNI, BitTorrent, and the
+//! bounded read the dispatcher runs them on ([`sniff_stream`], §5.2). The sniffers themselves are pure.
+
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use super::BoxStream;
+use super::prefixed::Prefixed;
 
 /// What a sniffer says about the bytes so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +138,84 @@ pub fn bittorrent(data: &[u8]) -> Sniffed {
     if data.starts_with(MAGIC) { Sniffed::Found { protocol: "bittorrent", domain: None } } else { Sniffed::No }
 }
 
+/// 4.34's read attempts: at most two reads, each waiting at most [`SNIFF_WAIT`] for data.
+pub const SNIFF_ATTEMPTS: usize = 2;
+/// How long one attempt waits for data (returning as soon as some is there).
+pub const SNIFF_WAIT: Duration = Duration::from_millis(100);
+/// The sniffing window: bytes past it are never read before routing.
+pub const SNIFF_WINDOW: usize = 2048;
+
+type SnifferFn = fn(&[u8]) -> Sniffed;
+
+/// The sniffers still undecided, as 4.34 keeps them between attempts: one that said "not this
+/// protocol" is not asked again.
+pub struct Sniffer {
+    pending: Vec<SnifferFn>,
+}
+
+impl Default for Sniffer {
+    fn default() -> Self {
+        Sniffer { pending: vec![http, tls, bittorrent] }
+    }
+}
+
+impl Sniffer {
+    /// Runs the undecided sniffers, in order, on all bytes so far.
+    pub fn sniff(&mut self, data: &[u8]) -> Sniffed {
+        let mut still = Vec::with_capacity(self.pending.len());
+        for s in &self.pending {
+            match s(data) {
+                found @ Sniffed::Found { .. } => return found,
+                Sniffed::NeedMore => still.push(*s),
+                Sniffed::No => {}
+            }
+        }
+        self.pending = still;
+        if self.pending.is_empty() { Sniffed::No } else { Sniffed::NeedMore }
+    }
+}
+
+/// What [`sniff_stream`] learnt: the protocol and domain, if a sniffer recognised the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniffResult {
+    /// `http1`, `tls` or `bittorrent`.
+    pub protocol: &'static str,
+    /// Host or SNI (None for BitTorrent).
+    pub domain: Option<String>,
+}
+
+/// Reads the first uplink bytes of `stream` as 4.34's dispatcher does (at most [`SNIFF_ATTEMPTS`] reads
+/// of at most [`SNIFF_WAIT`] each, into at most [`SNIFF_WINDOW`] bytes) and sniffs them. Returns a stream
+/// that replays every byte read before the rest, so what is relayed is exactly what arrived; a timeout,
+/// EOF or read error only ends sniffing (the relay meets the EOF or error itself on its next read).
+pub async fn sniff_stream(mut stream: BoxStream) -> (BoxStream, Option<SniffResult>) {
+    let mut buf = vec![0u8; SNIFF_WINDOW];
+    let mut len = 0;
+    let mut sniffer = Sniffer::default();
+    let mut result = None;
+    for _ in 0..SNIFF_ATTEMPTS {
+        match tokio::time::timeout(SNIFF_WAIT, stream.read(&mut buf[len..])).await {
+            Ok(Ok(n)) if n > 0 => len += n,
+            Ok(_) => break,
+            Err(_) => continue,
+        }
+        match sniffer.sniff(&buf[..len]) {
+            Sniffed::Found { protocol, domain } => {
+                result = Some(SniffResult { protocol, domain });
+                break;
+            }
+            Sniffed::No => break,
+            Sniffed::NeedMore if len == SNIFF_WINDOW => break,
+            Sniffed::NeedMore => {}
+        }
+    }
+    if len == 0 {
+        return (stream, result);
+    }
+    buf.truncate(len);
+    (Box::new(Prefixed::new(buf, stream)), result)
+}
+
 /// Runs the sniffers in 4.34's order (HTTP, TLS, BitTorrent) on the bytes so far.
 pub fn sniff(data: &[u8]) -> Sniffed {
     let mut need = false;
@@ -201,6 +286,92 @@ mod tests {
         assert_eq!(sniff(&ch), found("tls", "SNI.TEST"));
         assert_eq!(sniff(b"\x13BitTorrent protocol\x00"), Sniffed::Found { protocol: "bittorrent", domain: None });
         assert_eq!(sniff(b"SSH-2.0-x\r\n"), Sniffed::No);
+    }
+
+    use tokio::io::AsyncWriteExt;
+
+    /// Runs `sniff_stream` on a pipe whose peer writes `pieces` (each after its delay), then reads all
+    /// that comes out of the returned stream. Time is paused, so the delays are exact.
+    async fn through(pieces: Vec<(u64, Vec<u8>)>) -> (Option<SniffResult>, Vec<u8>, Duration) {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let writer = tokio::spawn(async move {
+            for (delay, p) in pieces {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                client.write_all(&p).await.unwrap();
+            }
+            client.shutdown().await.unwrap();
+        });
+        let start = tokio::time::Instant::now();
+        let (mut stream, result) = sniff_stream(Box::new(server)).await;
+        let took = start.elapsed();
+        let mut all = Vec::new();
+        stream.read_to_end(&mut all).await.unwrap();
+        writer.await.unwrap();
+        (result, all, took)
+    }
+
+    fn result(p: &'static str, d: &str) -> Option<SniffResult> {
+        Some(SniffResult { protocol: p, domain: Some(d.to_string()) })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stream_sniffing_replays_every_byte() {
+        let ch = client_hello("sni.test");
+        let mut tail = ch.clone();
+        tail.extend_from_slice(&[0xAB; 5000]);
+        let (r, all, took) = through(vec![(0, tail.clone())]).await;
+        assert_eq!(r, result("tls", "sni.test"));
+        assert_eq!(all, tail);
+        assert!(took < Duration::from_millis(1), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stream_sniffing_waits_at_most_two_attempts() {
+        // Silent client (server speaks first): two 100 ms waits, then routed as is.
+        let (r, all, took) = through(vec![(1000, b"late".to_vec())]).await;
+        assert_eq!((r, all.as_slice()), (None, &b"late"[..]));
+        assert_eq!(took, 2 * SNIFF_WAIT);
+        // A ClientHello split with a 50 ms gap is sniffed, with a 300 ms gap it is not (4.34 alike).
+        let ch = client_hello("sni.test");
+        let (a, b) = ch.split_at(40);
+        let (r, all, took) = through(vec![(0, a.to_vec()), (50, b.to_vec())]).await;
+        assert_eq!((r, &all, took), (result("tls", "sni.test"), &ch, Duration::from_millis(50)));
+        let (r, all, took) = through(vec![(0, a.to_vec()), (300, b.to_vec())]).await;
+        assert_eq!((r, &all, took), (None, &ch, SNIFF_WAIT));
+        // A Host line 50 ms late is found; EOF ends sniffing at once.
+        let (r, _, _) =
+            through(vec![(0, b"GET / HTTP/1.1\r\n".to_vec()), (50, b"Host: a.test\r\n\r\n".to_vec())]).await;
+        assert_eq!(r, result("http1", "a.test"));
+        let (r, all, took) = through(vec![(0, b"GET / HTTP/1.1\r\n".to_vec())]).await;
+        assert_eq!((r, all.as_slice(), took), (None, &b"GET / HTTP/1.1\r\n"[..], Duration::ZERO));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stream_sniffing_reads_at_most_the_window() {
+        // A ClientHello record longer than the window is never sniffed, and no byte is lost.
+        let mut big = client_hello("sni.test");
+        let extra = SNIFF_WINDOW;
+        let len = u16::from_be_bytes([big[3], big[4]]) as usize + extra;
+        big[3..5].copy_from_slice(&(len as u16).to_be_bytes());
+        big.extend_from_slice(&vec![0; extra]);
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        client.write_all(&big).await.unwrap();
+        let (mut stream, r) = sniff_stream(Box::new(server)).await;
+        assert_eq!(r, None);
+        // Only the window was read: the rest is still in the pipe, behind the replayed prefix.
+        drop(client);
+        let mut all = Vec::new();
+        stream.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, big);
+    }
+
+    #[test]
+    fn a_sniffer_that_said_no_is_not_asked_again() {
+        let mut s = Sniffer::default();
+        // "\x16\x03" rules out HTTP and BitTorrent; TLS needs more.
+        assert_eq!(s.sniff(b"\x16\x03"), Sniffed::NeedMore);
+        assert_eq!(s.pending.len(), 1);
+        assert_eq!(s.sniff(b"\x16\x04"), Sniffed::No);
     }
 
     proptest! {

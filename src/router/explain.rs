@@ -93,7 +93,7 @@ impl Router {
 
 /// True when the verdict got as far as the `ip` condition (so IPOnDemand resolved for it).
 fn reaches_ip(v: &Verdict) -> bool {
-    matches!(v, Verdict::Matched | Verdict::Failed("ip" | "source" | "protocol/attrs", _))
+    matches!(v, Verdict::Matched | Verdict::Failed("ip" | "source" | "protocol" | "attrs", _))
 }
 
 fn verdict(
@@ -164,11 +164,17 @@ fn verdict(
     {
         return fail("source", "the source IP is not in the list".into());
     }
+    if let Some(protocols) = &r.protocol
+        && !s.protocol.is_some_and(|p| protocols.iter().any(|x| p.starts_with(&**x)))
+    {
+        let why = match s.protocol {
+            Some(p) => format!("the sniffed protocol {p:?} is not in the list"),
+            None => "nothing was sniffed (it needs sniffing on the inbound and a recognised first packet)".into(),
+        };
+        return fail("protocol", why);
+    }
     if r.dead {
-        return fail(
-            "protocol/attrs",
-            "oxray does not sniff and has no HTTP inbound, so a protocol or attrs condition never holds".into(),
-        );
+        return fail("attrs", "no oxray inbound gives attributes, so an attrs condition never holds".into());
     }
     Verdict::Matched
 }

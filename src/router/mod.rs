@@ -67,9 +67,11 @@ struct Rule {
     source_port: Option<PortSet>,
     source: Option<IpCond>,
     ip: Option<IpCond>,
+    /// `protocol`: prefixes of the sniffed protocol name.
+    protocol: Option<Box<[Box<str>]>>,
     /// Has a `domain` condition (kept in the index).
     has_domain: bool,
-    /// Can never match (a `protocol` condition: oxray does not sniff).
+    /// Can never match (an `attrs` condition: oxray's HTTP inbound gives no attributes).
     dead: bool,
     /// `balancerTag` (index into `Router::balancers`) when the rule has no `outboundTag`.
     balancer: Option<u32>,
@@ -110,6 +112,12 @@ impl Rule {
         }
         if let Some(users) = &self.user
             && !s.user.as_ref().and_then(|u| u.email.as_deref()).is_some_and(|e| users.contains(e))
+        {
+            return false;
+        }
+        // 4.34: each entry is a prefix of the sniffed name (`http` matches `http1`); nothing sniffed, no match.
+        if let Some(protocols) = &self.protocol
+            && !s.protocol.is_some_and(|p| protocols.iter().any(|x| p.starts_with(&**x)))
         {
             return false;
         }
@@ -182,8 +190,11 @@ impl Router {
             if r.domain.is_empty() && only_domain(r) {
                 return Err(invalid(r, i, "this rule has no effective fields"));
             }
-            // oxray does not sniff: a `protocol` condition can never hold, so the rule is dead.
-            let dead = !r.protocol.is_empty() || r.attrs.is_some();
+            // No inbound gives `attrs`, so such a condition can never hold and the rule is dead.
+            let dead = r.attrs.is_some();
+            // 4.34 drops empty entries but keeps the condition (which then never matches).
+            let protocol = (!r.protocol.is_empty())
+                .then(|| r.protocol.iter().filter(|p| !p.is_empty()).map(|p| Box::from(p.as_str())).collect());
             rules.push(Rule {
                 outbound_tag: Box::from(r.outbound_tag.as_str()),
                 inbound_tag: StringSet::new(&r.inbound_tag),
@@ -193,6 +204,7 @@ impl Router {
                 source_port: r.source_port.as_ref().map(port_set),
                 source: IpCond::new(&r.source, &r.source_geoip),
                 ip: IpCond::new(&r.ip, &r.geoip),
+                protocol,
                 has_domain: !r.domain.is_empty(),
                 dead,
                 balancer: if r.outbound_tag.is_empty() {

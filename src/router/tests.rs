@@ -215,14 +215,26 @@ fn empty_strings_never_match_like_v2ray() {
 }
 
 #[test]
-fn protocol_rules_never_match() {
+fn protocol_rules_match_a_prefix_of_the_sniffed_name() {
     let r = as_is(vec![
         RuleConfig { protocol: vec!["http".into()], ..domains("proto", &[Keyword("a".into())]) },
         RuleConfig { protocol: vec!["tls".into()], ..rule("proto2") },
+        RuleConfig { protocol: vec!["http2".into(), String::new()], ..rule("never") },
+        RuleConfig { protocol: vec!["bittorrent".into()], ..rule("bt") },
         domains("next", &[Keyword("a".into())]),
     ]);
+    // Nothing sniffed: no protocol rule matches.
     assert_eq!(pick_host(&r, "a.com").as_deref(), Some("next"));
     assert_eq!(pick_host(&r, "1.1.1.1"), None);
+    let with = |host: &str, p: &'static str| {
+        let mut s = session(host, 443);
+        s.protocol = Some(p);
+        pick(&r, &s)
+    };
+    assert_eq!(with("a.com", "http1").as_deref(), Some("proto"));
+    assert_eq!(with("b.com", "http1"), None, "http2 is no prefix of http1");
+    assert_eq!(with("1.1.1.1", "tls").as_deref(), Some("proto2"));
+    assert_eq!(with("1.1.1.1", "bittorrent").as_deref(), Some("bt"));
 }
 
 #[test]
@@ -382,7 +394,8 @@ fn naive_pick<'a>(rules: &'a [RuleConfig], s: &Session) -> Option<&'a str> {
             && r.port.as_ref().is_none_or(|p| p.contains(s.target.port))
             && r.source_port.as_ref().is_none_or(|p| s.source.is_some_and(|a| p.contains(a.port())))
             && r.network.is_none_or(|n| if s.target.network == Network::Tcp { n.tcp } else { n.udp })
-            && r.protocol.is_empty()
+            && (r.protocol.is_empty()
+                || s.protocol.is_some_and(|p| r.protocol.iter().any(|x| !x.is_empty() && p.starts_with(x.as_str()))))
     };
     rules.iter().find(|r| ok(r)).map(|r| r.outbound_tag.as_str())
 }
@@ -428,7 +441,7 @@ fn rule_strategy() -> impl Strategy<Value = RuleConfig> {
         ports(),
         ports(),
         prop::option::weighted(0.3, (any::<bool>(), any::<bool>()).prop_map(|(tcp, udp)| NetworkList { tcp, udp })),
-        prop::bool::weighted(0.05),
+        prop::option::weighted(0.2, prop::sample::select(vec!["tls", "http", "http2", "bit"])),
         0u32..1000,
     )
         .prop_map(|(domain, ip, tags, port, source_port, network, proto, n)| RuleConfig {
@@ -439,7 +452,7 @@ fn rule_strategy() -> impl Strategy<Value = RuleConfig> {
             port,
             source_port,
             network,
-            protocol: if proto { vec!["tls".into()] } else { vec![] },
+            protocol: proto.map(|p| vec![p.to_string()]).unwrap_or_default(),
             ..Default::default()
         })
         .prop_filter("needs a condition", |r| {
@@ -458,12 +471,22 @@ fn query() -> impl Strategy<Value = Session> {
         3 => name(),
         1 => prop::sample::select(vec!["1.2.3.4", "1.9.9.9", "3.0.0.1", "::1", "::2", "8000::1"]).prop_map(str::to_owned),
     ];
-    (host, 0u16..8, prop::option::of(0u16..8), any::<bool>(), prop::option::of(prop::sample::select(vec!["in", "x"])))
-        .prop_map(|(host, port, sport, udp, tag)| {
+    let sniffed = prop::option::of(prop::sample::select(vec!["tls", "http1", "bittorrent"]));
+    (
+        host,
+        0u16..8,
+        prop::option::of(0u16..8),
+        any::<bool>(),
+        prop::option::of(prop::sample::select(vec!["in", "x"])),
+        sniffed,
+    )
+        .prop_map(|(host, port, sport, udp, tag, sniffed)| {
             let addr = Address::parse(&host);
             let target = if udp { Destination::udp(addr, port) } else { Destination::tcp(addr, port) };
             let source = sport.map(|p| SocketAddr::new(IpAddr::from([9, 9, 9, 9]), p));
-            Session::new(tag.map(Arc::from), source, target)
+            let mut s = Session::new(tag.map(Arc::from), source, target);
+            s.protocol = sniffed;
+            s
         })
 }
 

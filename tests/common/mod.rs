@@ -265,6 +265,7 @@ pub fn vmess_server_config(users: &[([u8; 16], u16)], handshake: Option<Duration
         protocol: InboundProtocol::Vmess(VmessInboundConfig { clients, ..Default::default() }),
         stream: Default::default(),
         path: "inbounds[0]".into(),
+        sniffing: None,
     });
     cfg.outbounds.push(OutboundConfig {
         tag: Some("direct".into()),
@@ -305,6 +306,7 @@ pub fn vmess_client_config(
         }),
         stream: Default::default(),
         path: "inbounds[0]".into(),
+        sniffing: None,
     });
     cfg.outbounds.push(OutboundConfig {
         tag: Some("proxy".into()),
