@@ -47,8 +47,11 @@ pub struct Traffic {
     by_inbound: HashMap<String, Arc<TagTraffic>>,
     by_outbound: HashMap<String, Arc<TagTraffic>>,
     /// Per user email (V2Ray's `user>>>` counters), created on a user's first flow; None = not kept.
-    users: Option<Arc<Mutex<HashMap<Arc<str>, UserEntry>>>>,
+    users: Option<Arc<Users>>,
 }
+
+/// Per-user counters by email, shared by every generation of [`Traffic`] across reloads.
+type Users = Mutex<HashMap<Arc<str>, UserEntry>>;
 
 /// One user's counters and which directions its level asked for.
 #[derive(Debug, Clone)]
