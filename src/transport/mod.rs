@@ -7,6 +7,7 @@
 
 pub mod header;
 pub mod http_head;
+pub mod prefixed;
 pub mod proxy_protocol;
 pub mod settings;
 pub mod sockopt;
@@ -148,7 +149,7 @@ impl Incoming {
             if let Some(src) = src {
                 peer = src;
             }
-            Box::new(http_head::Prefixed::new(rest, tcp))
+            Box::new(prefixed::Prefixed::new(rest, tcp))
         } else {
             Box::new(tcp)
         };
