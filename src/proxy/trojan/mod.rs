@@ -190,31 +190,33 @@ impl TrojanOutbound {
     }
 }
 
-#[async_trait]
-impl Outbound for TrojanOutbound {
-    /// Sends the header at once (4.34 sends it only with the first payload, which hangs
-    /// server-speaks-first protocols).
-    async fn connect(&self, session: &Session) -> Result<BoxStream, ProxyError> {
-        let (address, port, hash) =
-            &self.servers[self.next.fetch_add(1, Ordering::Relaxed) % self.servers.len().max(1)];
-        let mut stream = self.dialer.dial(address, *port).await?;
-        let mut head = Vec::with_capacity(128);
-        codec::encode_request(&mut head, hash, codec::CMD_CONNECT, &session.target.address, session.target.port)
-            .map_err(|e| ProxyError::Refused(format!("trojan: {e}")))?;
-        stream.write_all(&head).await?;
-        Ok(stream)
-    }
-
-    /// One Trojan connection (command 3) per flow; every frame carries the flow's destination.
-    async fn connect_packet(&self, session: &Session) -> Result<BoxPacketConn, ProxyError> {
+impl TrojanOutbound {
+    /// Dials the next server and sends the request header for `cmd` to the session's target.
+    async fn open(&self, cmd: u8, session: &Session) -> Result<BoxStream, ProxyError> {
         let (address, port, hash) =
             &self.servers[self.next.fetch_add(1, Ordering::Relaxed) % self.servers.len().max(1)];
         let mut stream = self.dialer.dial(address, *port).await?;
         let t = &session.target;
         let mut head = Vec::with_capacity(128);
-        codec::encode_request(&mut head, hash, codec::CMD_UDP, &t.address, t.port)
+        codec::encode_request(&mut head, hash, cmd, &t.address, t.port)
             .map_err(|e| ProxyError::Refused(format!("trojan: {e}")))?;
         stream.write_all(&head).await?;
+        Ok(stream)
+    }
+}
+
+#[async_trait]
+impl Outbound for TrojanOutbound {
+    /// Sends the header at once (4.34 sends it only with the first payload, which hangs
+    /// server-speaks-first protocols).
+    async fn connect(&self, session: &Session) -> Result<BoxStream, ProxyError> {
+        self.open(codec::CMD_CONNECT, session).await
+    }
+
+    /// One Trojan connection (command 3) per flow; every frame carries the flow's destination.
+    async fn connect_packet(&self, session: &Session) -> Result<BoxPacketConn, ProxyError> {
+        let stream = self.open(codec::CMD_UDP, session).await?;
+        let t = &session.target;
         let (r, w) = tokio::io::split(stream);
         Ok(Box::new(TrojanPackets {
             reader: tokio::sync::Mutex::new((r, BytesMut::with_capacity(4096))),

@@ -253,6 +253,22 @@ impl VlessOutbound {
         let dialer = Dialer::new(stream, send_through).with_retries(&DIAL_WAITS);
         VlessOutbound { servers, dialer, next: AtomicUsize::new(0) }
     }
+
+    /// Dials the next server and sends the request header for `cmd` to the session's target, as one of
+    /// that server's users picked at random (4.34).
+    async fn open(&self, cmd: u8, session: &Session) -> Result<BoxStream, ProxyError> {
+        let (address, port, ids) = &self.servers[self.next.fetch_add(1, Ordering::Relaxed) % self.servers.len().max(1)];
+        let mut b = [0u8; 4];
+        let _ = aws_lc_rs::rand::fill(&mut b);
+        let id = ids[u32::from_le_bytes(b) as usize % ids.len().max(1)];
+        let mut stream = self.dialer.dial(address, *port).await?;
+        let t = &session.target;
+        let mut head = Vec::with_capacity(64);
+        codec::encode_request(&mut head, &id, cmd, &t.address, t.port)
+            .map_err(|e| ProxyError::Refused(format!("vless: {e}")))?;
+        stream.write_all(&head).await?;
+        Ok(stream)
+    }
 }
 
 #[async_trait]
@@ -260,33 +276,16 @@ impl Outbound for VlessOutbound {
     /// Sends the request header at once (4.34 waits up to 100 ms to add the first payload; a 4.34
     /// server accepts either).
     async fn connect(&self, session: &Session) -> Result<BoxStream, ProxyError> {
-        let (address, port, ids) = &self.servers[self.next.fetch_add(1, Ordering::Relaxed) % self.servers.len().max(1)];
-        let mut b = [0u8; 4];
-        let _ = aws_lc_rs::rand::fill(&mut b);
-        let id = ids[u32::from_le_bytes(b) as usize % ids.len().max(1)];
-        let mut stream = self.dialer.dial(address, *port).await?;
         let t = &session.target;
         let cmd = if t.address.domain() == Some(MUX_COOL_DOMAIN) { codec::CMD_MUX } else { codec::CMD_TCP };
-        let mut head = Vec::with_capacity(64);
-        codec::encode_request(&mut head, &id, cmd, &t.address, t.port)
-            .map_err(|e| ProxyError::Refused(format!("vless: {e}")))?;
-        stream.write_all(&head).await?;
+        let stream = self.open(cmd, session).await?;
         debug!(target = %t, "vless: request sent");
         Ok(Box::new(StripResponse { inner: stream, head: Some(BytesMut::new()) }))
     }
 
     /// One VLESS connection per UDP flow (command 2, destination fixed by the request, 4.34).
     async fn connect_packet(&self, session: &Session) -> Result<BoxPacketConn, ProxyError> {
-        let (address, port, ids) = &self.servers[self.next.fetch_add(1, Ordering::Relaxed) % self.servers.len().max(1)];
-        let mut b = [0u8; 4];
-        let _ = aws_lc_rs::rand::fill(&mut b);
-        let id = ids[u32::from_le_bytes(b) as usize % ids.len().max(1)];
-        let mut stream = self.dialer.dial(address, *port).await?;
-        let t = &session.target;
-        let mut head = Vec::with_capacity(64);
-        codec::encode_request(&mut head, &id, codec::CMD_UDP, &t.address, t.port)
-            .map_err(|e| ProxyError::Refused(format!("vless: {e}")))?;
-        stream.write_all(&head).await?;
+        let stream = self.open(codec::CMD_UDP, session).await?;
         Ok(Box::new(VlessPackets::new(stream, None, true, Some(session.policy.conn_idle))))
     }
 }
