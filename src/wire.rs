@@ -41,18 +41,24 @@ pub fn encoded_len(addr: &Address) -> usize {
 /// Appends `port(BE u16) ‖ atype ‖ addr` to `out`.
 pub fn put_port_addr(out: &mut Vec<u8>, port: u16, addr: &Address) -> Result<(), AddressError> {
     out.extend_from_slice(&port.to_be_bytes());
+    put_addr(out, addr, [ATYP_IPV4, ATYP_DOMAIN, ATYP_IPV6])
+}
+
+/// Appends `atype ‖ addr` with the protocol's type bytes for `[IPv4, domain, IPv6]` (VMess and SOCKS
+/// number them differently).
+pub fn put_addr(out: &mut Vec<u8>, addr: &Address, types: [u8; 3]) -> Result<(), AddressError> {
     match addr {
         Address::Ip(IpAddr::V4(v4)) => {
-            out.push(ATYP_IPV4);
+            out.push(types[0]);
             out.extend_from_slice(&v4.octets());
         }
         Address::Ip(IpAddr::V6(v6)) => {
-            out.push(ATYP_IPV6);
+            out.push(types[2]);
             out.extend_from_slice(&v6.octets());
         }
         Address::Domain(d) => {
             let len = u8::try_from(d.len()).map_err(|_| AddressError::DomainTooLong)?;
-            out.push(ATYP_DOMAIN);
+            out.push(types[1]);
             out.push(len);
             out.extend_from_slice(d.as_bytes());
         }

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::session::{Address, canonical_ip};
-use crate::wire::{AddressError, parse_domain};
+use crate::wire::{AddressError, parse_domain, put_addr};
 
 /// IPv4 address type.
 pub const ATYP_IPV4: u8 = 0x01;
@@ -44,33 +44,12 @@ pub fn decode(buf: &[u8], mask_high_nibble: bool) -> Result<Option<(Address, u16
     Ok(Some((addr, u16::from_be_bytes([p[0], p[1]]), 3 + len)))
 }
 
-/// Encoded length of the block for `addr`.
-pub fn encoded_len(addr: &Address) -> usize {
-    3 + match addr {
-        Address::Ip(IpAddr::V4(_)) => 4,
-        Address::Ip(IpAddr::V6(_)) => 16,
-        Address::Domain(d) => 1 + d.len(),
-    }
-}
+/// Encoded length of the block for `addr` (the same as VMess's port-first block).
+pub use crate::wire::encoded_len;
 
 /// Appends `ATYP ‖ ADDR ‖ PORT`; a domain is written as given (never resolved).
 pub fn encode(out: &mut Vec<u8>, addr: &Address, port: u16) -> Result<(), AddressError> {
-    match addr {
-        Address::Ip(IpAddr::V4(v4)) => {
-            out.push(ATYP_IPV4);
-            out.extend_from_slice(&v4.octets());
-        }
-        Address::Ip(IpAddr::V6(v6)) => {
-            out.push(ATYP_IPV6);
-            out.extend_from_slice(&v6.octets());
-        }
-        Address::Domain(d) => {
-            let n = u8::try_from(d.len()).map_err(|_| AddressError::DomainTooLong)?;
-            out.push(ATYP_DOMAIN);
-            out.push(n);
-            out.extend_from_slice(d.as_bytes());
-        }
-    }
+    put_addr(out, addr, [ATYP_IPV4, ATYP_DOMAIN, ATYP_IPV6])?;
     out.extend_from_slice(&port.to_be_bytes());
     Ok(())
 }
