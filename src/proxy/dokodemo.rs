@@ -214,6 +214,9 @@ mod tproxy {
 
     use tokio::net::UdpSocket;
 
+    #[cfg(target_os = "linux")]
+    use crate::transport::sockopt::set_int;
+
     /// Binds `addr` with `IP_TRANSPARENT` (needs CAP_NET_ADMIN; a failure is only logged, as 4.34) and
     /// `IP_RECVORIGDSTADDR`, so every datagram reports where it was sent.
     pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
@@ -265,22 +268,6 @@ mod tproxy {
         s.connect(&client.into())?;
         s.set_nonblocking(true)?;
         UdpSocket::from_std(s.into())
-    }
-
-    #[cfg(target_os = "linux")]
-    fn set_int(s: &socket2::Socket, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid fd for the call, a pointer to a live c_int and its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
     }
 
     /// Receives one datagram with its original destination (from the `IP_ORIGDSTADDR` control message).

@@ -45,6 +45,24 @@ pub trait PacketConn: Send + Sync {
     async fn recv(&self) -> io::Result<Option<Bytes>>;
 }
 
+/// Reads and throws away up to `n` bytes, until EOF, an error or `deadline`: how a server that refuses
+/// a prober keeps it from learning where the handshake failed.
+pub(crate) async fn discard<S: AsyncRead + Unpin + ?Sized>(
+    stream: &mut S,
+    mut n: usize,
+    deadline: tokio::time::Instant,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut sink = [0u8; 1024];
+    while n > 0 {
+        let want = n.min(sink.len());
+        match tokio::time::timeout_at(deadline, stream.read(&mut sink[..want])).await {
+            Ok(Ok(k)) if k > 0 => n -= k,
+            _ => break,
+        }
+    }
+}
+
 /// Boxed [`PacketConn`].
 pub type BoxPacketConn = Box<dyn PacketConn>;
 

@@ -175,8 +175,14 @@ fn set_keepalive(s: &SockRef<'_>, k: Keepalive) {
     }
 }
 
+/// setsockopt(2) with an int value, for options socket2 does not name.
 #[cfg(target_os = "linux")]
-fn set_int(s: &SockRef<'_>, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+pub(crate) fn set_int(
+    s: &socket2::Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: a valid fd borrowed for the call, a pointer to a live c_int and its size.
     let rc = unsafe {

@@ -221,15 +221,8 @@ impl ShadowsocksInbound {
         let (base, jitter_max) = self.drain;
         let mut b = [0u8; 2];
         let _ = aws_lc_rs::rand::fill(&mut b);
-        let mut left = (base + 16 + 38 + u16::from_le_bytes(b) as usize % jitter_max).saturating_sub(already);
-        let mut sink = [0u8; 1024];
-        while left > 0 {
-            let want = left.min(sink.len());
-            match timeout_at(deadline, stream.read(&mut sink[..want])).await {
-                Ok(Ok(n)) if n > 0 => left -= n,
-                _ => break,
-            }
-        }
+        let left = (base + 16 + 38 + u16::from_le_bytes(b) as usize % jitter_max).saturating_sub(already);
+        crate::proxy::discard(&mut stream, left, deadline).await;
     }
 }
 

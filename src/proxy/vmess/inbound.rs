@@ -63,15 +63,7 @@ impl VmessInbound {
     /// Reads and discards up to the drain size (counting what was already read), until EOF or the
     /// handshake deadline, then lets the caller close.
     async fn drain(&self, stream: &mut BoxStream, already: usize, deadline: Instant) {
-        let mut left = self.drain_size().saturating_sub(already);
-        let mut sink = [0u8; 1024];
-        while left > 0 {
-            let want = left.min(sink.len());
-            match timeout_at(deadline, stream.read(&mut sink[..want])).await {
-                Ok(Ok(n)) if n > 0 => left -= n,
-                _ => break,
-            }
-        }
+        crate::proxy::discard(stream, self.drain_size().saturating_sub(already), deadline).await;
     }
 }
 
