@@ -84,20 +84,6 @@ async fn status(addr: SocketAddr) -> Value {
     serde_json::from_str(&body).expect("status is JSON")
 }
 
-/// A tool from PATH, or None after a loud SKIPPED line; under CI=true a missing tool fails the test.
-fn tool(name: &str, package: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()))
-        .unwrap_or_default();
-    if found.is_none() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true but {name} is not installed (apt-get install {package})");
-        }
-        eprintln!("\n*** SKIPPED: {name} not found (apt-get install {package}); that part did not run ***\n");
-    }
-    found
-}
-
 /// A visitor connection held open through the portal's public entry.
 async fn visitor(external: u16, bytes: usize) -> TcpStream {
     let mut s = TcpStream::connect(local(external)).await.expect("connect visitor");

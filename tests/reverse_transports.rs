@@ -5,7 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::pki::Pki;
@@ -133,19 +133,6 @@ async fn v2ray_pair_over_ws_tls_control() {
     pairing(Impl::V2ray, Impl::V2ray, true, true).await;
 }
 
-/// Debian's nginx, or None (after saying so loudly). Under CI=true a missing nginx is a failure.
-fn nginx() -> Option<PathBuf> {
-    let candidates = [std::env::var_os("NGINX_BIN").map(PathBuf::from), Some(PathBuf::from("/usr/sbin/nginx"))];
-    if let Some(p) = candidates.into_iter().flatten().find(|p| p.is_file()) {
-        return Some(p);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true but nginx is not installed (apt-get install nginx): the nginx tests cannot run");
-    }
-    eprintln!("\n*** SKIPPED: nginx not found (install it with `apt-get install nginx`); nginx test did not run ***\n");
-    None
-}
-
 /// The nginx config of docs/DEPLOY-NGINX.md, with test paths and ports: TLS on `listen`, the exact
 /// WebSocket path proxied to the portal's plain WS inbound.
 fn nginx_config(dir: &Path, listen: u16, portal: u16, pki: &Pki) -> String {
@@ -186,7 +173,7 @@ http {{
 }
 
 async fn behind_nginx(bridge_impl: Impl) {
-    let Some(nginx_bin) = nginx() else { return };
+    let Some(nginx_bin) = tool("nginx", "nginx") else { return };
     if bridge_impl == Impl::V2ray && v2ray().is_none() {
         return;
     }

@@ -19,19 +19,6 @@ const ID: &str = "27848739-7e62-4138-9fd3-098a63964b6b";
 const REQUEST: &[u8] = b"GET /file HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: stats-test\r\nAccept: */*\r\n\r\n";
 const BODY_LEN: usize = 1 << 20;
 
-/// Debian's v2ctl, or None (loudly). Under CI=true a missing v2ctl is a failure.
-fn v2ctl() -> Option<PathBuf> {
-    let p = PathBuf::from(std::env::var_os("V2CTL_BIN").unwrap_or_else(|| "/usr/bin/v2ctl".into()));
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true but v2ctl is not installed (apt-get install v2ray): the stats API test cannot run");
-    }
-    eprintln!("\n*** SKIPPED: v2ctl not found (apt-get install v2ray); stats API test did not run ***\n");
-    None
-}
-
 struct Ports {
     api: u16,
     din: u16,
@@ -243,7 +230,7 @@ async fn run(which: Impl, bin: &PathBuf, target: SocketAddr, response_len: usize
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2ctl_reads_the_same_counters_from_oxray_as_from_v2ray() {
-    let Some(ctl_bin) = v2ctl() else { return };
+    let Some(ctl_bin) = common::tool("v2ctl", "v2ray") else { return };
     let Some(_) = common::v2ray() else { return };
     let target = common::http_server(common::payload(BODY_LEN, 7)).await;
     let response_len =
@@ -311,7 +298,7 @@ async fn v2ctl_reads_the_same_counters_from_oxray_as_from_v2ray() {
 /// is not served (v2ctl times out).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_stats_the_api_answers_with_4_34s_errors() {
-    let Some(ctl_bin) = v2ctl() else { return };
+    let Some(ctl_bin) = common::tool("v2ctl", "v2ray") else { return };
     let api = free_port();
     let dir = temp_dir("stats-api-nostats");
     let cfg = format!(
@@ -335,7 +322,7 @@ async fn without_stats_the_api_answers_with_4_34s_errors() {
 /// refused, oxray stays up, and the next v2ctl call works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_grpc_input_is_refused_without_harm() {
-    let Some(ctl_bin) = v2ctl() else { return };
+    let Some(ctl_bin) = common::tool("v2ctl", "v2ray") else { return };
     let api = free_port();
     let dir = temp_dir("stats-api-bad");
     let cfg = format!(
@@ -414,7 +401,7 @@ async fn bad_grpc_input_is_refused_without_harm() {
 /// live flow's bytes once a second), in both implementations.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_flow_is_counted_before_it_ends() {
-    let Some(ctl_bin) = v2ctl() else { return };
+    let Some(ctl_bin) = common::tool("v2ctl", "v2ray") else { return };
     let Some(_) = common::v2ray() else { return };
     let (echo, _task) = common::xor_echo_server().await;
     for which in [Impl::V2ray, Impl::Oxray] {

@@ -562,16 +562,28 @@ pub async fn until_served(entry: SocketAddr, attempt: Duration, deadline: Durati
     None
 }
 
-/// The curl binary, or None (after saying so loudly). Under CI=true a missing curl is a failure.
-pub fn curl() -> Option<PathBuf> {
-    let found = ["/usr/bin/curl", "/usr/local/bin/curl"].into_iter().map(PathBuf::from).find(|p| p.is_file());
+/// A real tool the test drives (curl, nginx, v2ctl, promtool, chromium): `$<NAME>_BIN`, else PATH, else
+/// /usr/sbin and /usr/bin; or None after a loud SKIPPED line. Under CI=true (where .ci/run installs
+/// `package`) a missing tool fails the test.
+pub fn tool(name: &str, package: &str) -> Option<PathBuf> {
+    let var = format!("{}_BIN", name.to_ascii_uppercase());
+    let from_env = std::env::var_os(&var).map(PathBuf::from);
+    let on_path =
+        std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()));
+    let usual = ["/usr/sbin", "/usr/bin"].iter().map(|d| Path::new(d).join(name)).find(|c| c.is_file());
+    let found = from_env.filter(|p| p.is_file()).or(on_path).or(usual);
     if found.is_none() {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true but curl is not installed (apt-get install curl)");
+            panic!("CI=true but {name} is not installed (apt-get install {package})");
         }
-        eprintln!("\n*** SKIPPED: curl not found (install it with `apt-get install curl`); test did not run ***\n");
+        eprintln!("\n*** SKIPPED: {name} not found (apt-get install {package}); that test did not run ***\n");
     }
     found
+}
+
+/// The curl binary, or None (loudly; a failure under CI=true).
+pub fn curl() -> Option<PathBuf> {
+    tool("curl", "curl")
 }
 
 /// A tiny HTTP/1.1 server on 127.0.0.1: every request gets `body` with a Content-Length, then the
