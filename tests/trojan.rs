@@ -66,30 +66,6 @@ async fn interop_with_v2ray_both_ways() {
     pair(Impl::Oxray, Impl::V2ray).await;
 }
 
-async fn logger(name: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut c, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut b = [0u8; 4096];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match c.read(&mut b).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => got.extend_from_slice(&b[..n]),
-                    }
-                }
-                let mut reply = format!("FB-{name} got: ").into_bytes();
-                reply.extend_from_slice(&got);
-                let _ = c.write_all(&reply).await;
-                let _ = c.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 async fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     let mut c = TcpStream::connect(addr).await.unwrap();
     let _ = c.write_all(data).await;
@@ -101,7 +77,7 @@ async fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fallbacks_probes_and_server_first() {
-    let (a, b) = (logger("a").await, logger("b").await);
+    let (a, b) = (fallback_target("a").await, fallback_target("b").await);
     let dir = temp_dir("trojan-fallback");
     let (with_fb, plain) = (free_port(), free_port());
     let fb = format!(r#", "fallbacks": [{{"dest": {}}}, {{"path": "/ws", "dest": {}}}]"#, a.port(), b.port());

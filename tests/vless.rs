@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const UUID: &str = "27848739-7e62-4138-9fd3-098a63964b6b";
 const ID: [u8; 16] = [0x27, 0x84, 0x87, 0x39, 0x7e, 0x62, 0x41, 0x38, 0x9f, 0xd3, 0x09, 0x8a, 0x63, 0x96, 0x4b, 0x6b];
@@ -73,31 +73,6 @@ async fn interop_with_v2ray_both_ways() {
     pair(Impl::V2ray, Impl::Oxray, true).await;
 }
 
-/// A fallback target that answers `FB-<name> got: <first bytes>` and closes.
-async fn logger(name: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut c, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut b = [0u8; 4096];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match c.read(&mut b).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => got.extend_from_slice(&b[..n]),
-                    }
-                }
-                let mut reply = format!("FB-{name} got: ").into_bytes();
-                reply.extend_from_slice(&got);
-                let _ = c.write_all(&reply).await;
-                let _ = c.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 async fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     let mut c = TcpStream::connect(addr).await.unwrap();
     c.write_all(data).await.unwrap();
@@ -108,7 +83,7 @@ async fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fallbacks_by_path_with_proxy_headers() {
-    let (a, b, c) = (logger("a").await, logger("b").await, logger("c").await);
+    let (a, b, c) = (fallback_target("a").await, fallback_target("b").await, fallback_target("c").await);
     let dir = temp_dir("vless-fallback");
     let sp = free_port();
     let fb = format!(
@@ -156,7 +131,7 @@ async fn fallbacks_by_path_with_proxy_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_header_is_still_vless_and_probes_get_nothing() {
     let (echo, _t) = xor_echo_server().await;
-    let fb = logger("fb").await;
+    let fb = fallback_target("fb").await;
     let dir = temp_dir("vless-split");
     let (with_fb, plain) = (free_port(), free_port());
     let s1 = spawn_impl(

@@ -738,3 +738,28 @@ pub async fn check_sizes(entry: SocketAddr, what: &str, sizes: &[usize], seed: u
         }
     }
 }
+
+/// A fallback target (VLESS/Trojan `fallbacks`) that answers `FB-<name> got: <request head>` and closes.
+pub async fn fallback_target(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut b = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut b).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&b[..n]),
+                    }
+                }
+                let mut reply = format!("FB-{name} got: ").into_bytes();
+                reply.extend_from_slice(&got);
+                let _ = c.write_all(&reply).await;
+                let _ = c.shutdown().await;
+            });
+        }
+    });
+    addr
+}
