@@ -397,12 +397,6 @@ async fn tuning_extensions_take_effect() {
 
 /// Open descriptors of `pid`. An unreadable /proc fails the test: a made-up count would make the leak
 /// check pass or fail for nothing.
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/fd is unreadable ({e}): cannot count descriptors"))
-        .count()
-}
-
 /// Like `xor_roundtrip` (half-close, every byte checked), counting the bytes received in `received`.
 async fn counted_roundtrip(
     addr: SocketAddr,
@@ -444,10 +438,10 @@ async fn no_socket_leaks_after_churn() {
     let pair = OxrayPair::start("reverse-leaks", "warning").await;
     let (portal, bridge, public) = (&pair.portal, &pair.bridge, pair.public());
     let settled =
-        |pid: u32, base: usize| wait_until(Duration::from_secs(10), move || async move { open_fds(pid) <= base });
+        |pid: u32, base: usize| wait_until(Duration::from_secs(10), move || async move { fd_count(pid) <= base });
     // Baseline now: the readiness probe's sockets may still count in it, which only loosens the check by
     // the probe's own descriptors.
-    let (pb, bb) = (open_fds(portal.pid()), open_fds(bridge.pid()));
+    let (pb, bb) = (fd_count(portal.pid()), fd_count(bridge.pid()));
 
     for i in 0..100u64 {
         xor_roundtrip(public, &payload(4096, i)).await.unwrap();
@@ -470,11 +464,11 @@ async fn no_socket_leaks_after_churn() {
     }
     let portal_ok = settled(portal.pid(), pb).await;
     let bridge_ok = settled(bridge.pid(), bb).await;
-    eprintln!("fds: portal {pb} -> {}, bridge {bb} -> {}", open_fds(portal.pid()), open_fds(bridge.pid()));
+    eprintln!("fds: portal {pb} -> {}, bridge {bb} -> {}", fd_count(portal.pid()), fd_count(bridge.pid()));
     // The burst may have made the bridge add a tunnel (more than 16 sessions per tunnel at a 2 s check):
     // that is one socket kept on purpose on each side.
-    assert!(portal_ok || open_fds(portal.pid()) <= pb + 1, "portal leaks: {pb} -> {}", open_fds(portal.pid()));
-    assert!(bridge_ok || open_fds(bridge.pid()) <= bb + 1, "bridge leaks: {bb} -> {}", open_fds(bridge.pid()));
+    assert!(portal_ok || fd_count(portal.pid()) <= pb + 1, "portal leaks: {pb} -> {}", fd_count(portal.pid()));
+    assert!(bridge_ok || fd_count(bridge.pid()) <= bb + 1, "bridge leaks: {bb} -> {}", fd_count(bridge.pid()));
 }
 
 async fn xor_roundtrip_owned(addr: SocketAddr, data: Vec<u8>) -> Result<(), String> {

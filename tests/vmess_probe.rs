@@ -22,12 +22,6 @@ const HANDSHAKE: Duration = Duration::from_secs(2);
 
 /// Open descriptors of this process. An unreadable /proc fails the test: a count of 0 would make the
 /// leak check below pass whatever leaks.
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap_or_else(|e| panic!("/proc/self/fd is unreadable ({e}): cannot count descriptors"))
-        .count()
-}
-
 fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
@@ -81,7 +75,7 @@ async fn probes_get_no_reply_and_nothing_leaks() {
         .unwrap();
     let entry = client.local_addrs()[0].1;
     xor_roundtrip(entry, &payload(1000, 1)).await.unwrap();
-    let fds_before = open_fds();
+    let fds_before = fd_count(std::process::id());
 
     let target = Destination::tcp(Address::from(echo.ip()), echo.port());
     let user = ClientUser::new(&ID, 0, VmessSecurity::Aes128Gcm);
@@ -188,8 +182,8 @@ async fn probes_get_no_reply_and_nothing_leaks() {
     eprintln!("{total} probes refused silently");
 
     xor_roundtrip(entry, &payload(100_000, 99)).await.expect("valid client after probing");
-    let settled = wait_until(Duration::from_secs(10), || async { open_fds() <= fds_before }).await;
-    assert!(settled, "fd leak: {} open before, {} after", fds_before, open_fds());
+    let settled = wait_until(Duration::from_secs(10), || async { fd_count(std::process::id()) <= fds_before }).await;
+    assert!(settled, "fd leak: {} open before, {} after", fds_before, fd_count(std::process::id()));
     client.shutdown(Duration::from_secs(1)).await;
     server.shutdown(Duration::from_secs(1)).await;
 }
