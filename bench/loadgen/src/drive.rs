@@ -94,9 +94,12 @@ pub struct Opts {
     pub settle: Duration,
     pub out_dir: PathBuf,
     pub quick: bool,
-    /// A/B rig: the reverse setup's bulk steps only, no rathole or ops columns (compare two oxray
+    /// A/B rig: bulk steps only (of the reverse setup unless `--setups` says), no rathole or ops columns (compare two oxray
     /// builds with `--v2ray bench/oxray-as-v2ray.sh` and OXRAY_B=the other binary).
     pub rig: bool,
+    /// `--setups reverse,wstls,ss,vless`: only these setups' columns (default: all; with `--rig`,
+    /// the reverse setup only).
+    pub setups: Option<Vec<String>>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -122,6 +125,16 @@ enum Setup {
 }
 
 impl Setup {
+    /// Its name for `--setups`.
+    fn short_name(self) -> &'static str {
+        match self {
+            Setup::Reverse => "reverse",
+            Setup::ReverseWsTls => "wstls",
+            Setup::Shadowsocks => "ss",
+            Setup::Vless => "vless",
+        }
+    }
+
     fn runs(self, step: Step, ops: bool) -> bool {
         match (self, step) {
             (Setup::Reverse, Step::Bulk { .. }) => true,
@@ -799,7 +812,11 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
         eprintln!("\n!!!!!!!! v2ray not installed: no V2Ray columns, no oxray/V2Ray ratios !!!!!!!!\n");
     }
     for (setup, ox, v2) in columns {
-        if opts.rig && setup != Setup::Reverse {
+        let wanted = match &opts.setups {
+            Some(list) => list.iter().any(|n| n == setup.short_name()),
+            None => !opts.rig || setup == Setup::Reverse,
+        };
+        if !wanted {
             continue;
         }
         if let Some(b) = &opts.oxray {

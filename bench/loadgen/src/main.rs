@@ -172,7 +172,13 @@ async fn run(cmd: &str, rest: &[String]) -> Result<Option<String>, String> {
                 out_dir: a.get("out", Some(PathBuf::from("bench/results")))?,
                 quick,
                 rig: a.flag("rig"),
+                setups: a.map.get("setups").map(|v| v.split(',').map(|s| s.trim().to_string()).collect()),
             };
+            if let Some(bad) =
+                opts.setups.iter().flatten().find(|s| !["reverse", "wstls", "ss", "vless"].contains(&s.as_str()))
+            {
+                return Err(format!("--setups: unknown setup {bad:?} (reverse, wstls, ss, vless)"));
+            }
             if opts.reps == 0 || opts.reps > 50 || opts.hold_conns == 0 || opts.hold_conns > 50_000 {
                 return Err("--reps must be 1..=50 and --hold-conns 1..=50000".into());
             }
