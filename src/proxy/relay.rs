@@ -37,11 +37,14 @@ thread_local! {
     static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
 }
 
-fn take_buf() -> Box<[u8]> {
+/// A relay-sized buffer from this thread's pool (or a new one). Also the read buffer of streams that
+/// decode in place (Shadowsocks).
+pub(crate) fn take_buf() -> Box<[u8]> {
     POOL.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| vec![0u8; RELAY_BUF].into_boxed_slice())
 }
 
-fn give_buf(buf: Box<[u8]>) {
+/// Returns a buffer from [`take_buf`] to this thread's pool.
+pub(crate) fn give_buf(buf: Box<[u8]>) {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         if p.len() < POOL_MAX {

@@ -210,6 +210,28 @@ pub enum Chunk {
     End,
 }
 
+/// One step of [`Decoder::decode_in_place`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InPlace {
+    /// More bytes are needed; `used` were consumed (salt, length blocks).
+    Need {
+        /// Bytes consumed from the front.
+        used: usize,
+    },
+    /// One chunk's plaintext, now at `plain` inside the buffer.
+    Data {
+        /// Bytes consumed from the front (through this chunk's tag).
+        used: usize,
+        /// Where its plaintext is.
+        plain: std::ops::Range<usize>,
+    },
+    /// The stream ended (a zero-length chunk).
+    End {
+        /// Bytes consumed from the front.
+        used: usize,
+    },
+}
+
 impl Decoder {
     /// A decoder for `method` with the master key.
     pub fn new(method: Method, master: &[u8]) -> Decoder {
@@ -264,6 +286,62 @@ impl Decoder {
                     block.truncate(n);
                     self.state = DecState::Length;
                     return Ok(Some(Chunk::Data(block.freeze())));
+                }
+            }
+        }
+    }
+
+    /// Decodes in place from the front of `buf` (no allocation, no copy): the salt, length blocks and
+    /// at most one payload chunk. The plaintext is left inside `buf` at [`InPlace::Data`]'s range;
+    /// `used` bytes of `buf` are consumed either way.
+    pub fn decode_in_place(&mut self, buf: &mut [u8]) -> Result<InPlace, SsError> {
+        if self.method == Method::None {
+            return Ok(if buf.is_empty() {
+                InPlace::Need { used: 0 }
+            } else {
+                InPlace::Data { used: buf.len(), plain: 0..buf.len() }
+            });
+        }
+        let mut used = 0;
+        loop {
+            let rest = &mut buf[used..];
+            match self.state {
+                DecState::End => return Ok(InPlace::End { used }),
+                DecState::Salt => {
+                    let n = self.method.key_len();
+                    if rest.len() < n {
+                        return Ok(InPlace::Need { used });
+                    }
+                    self.aead = Aead::new(self.method, &self.master, &rest[..n]);
+                    self.state = DecState::Length;
+                    used += n;
+                }
+                DecState::Length => {
+                    if rest.len() < 2 + TAG {
+                        return Ok(InPlace::Need { used });
+                    }
+                    let Some(aead) = &mut self.aead else { return Err(SsError::Auth) };
+                    let block = &mut rest[..2 + TAG];
+                    aead.open(block)?;
+                    let len = u16::from_be_bytes([block[0], block[1]]) as usize;
+                    used += 2 + TAG;
+                    if len == 0 {
+                        self.state = DecState::End;
+                        continue;
+                    }
+                    if len > MAX_PAYLOAD {
+                        return Err(SsError::TooLong(len));
+                    }
+                    self.state = DecState::Payload(len);
+                }
+                DecState::Payload(len) => {
+                    if rest.len() < len + TAG {
+                        return Ok(InPlace::Need { used });
+                    }
+                    let Some(aead) = &mut self.aead else { return Err(SsError::Auth) };
+                    let n = aead.open(&mut rest[..len + TAG])?;
+                    self.state = DecState::Length;
+                    return Ok(InPlace::Data { used: used + len + TAG, plain: used..used + n });
                 }
             }
         }
@@ -333,6 +411,13 @@ pub fn fuzz_chunks(data: &[u8]) {
     let mut buf = BytesMut::from(data.get(1..).unwrap_or_default());
     while let Ok(Some(Chunk::Data(p))) = d.decode(&mut buf) {
         let _ = crate::proxy::addr::decode(&p, true);
+    }
+    let mut d = Decoder::new(method, &master);
+    let mut buf = data.get(1..).unwrap_or_default().to_vec();
+    let mut pos = 0;
+    while let Ok(InPlace::Data { used, plain }) = d.decode_in_place(&mut buf[pos..]) {
+        let _ = crate::proxy::addr::decode(&buf[pos + plain.start..pos + plain.end], true);
+        pos += used;
     }
     if let Ok(p) = decode_packet(method, &master, data) {
         let _ = crate::proxy::addr::decode(&p, true);
@@ -451,6 +536,37 @@ mod tests {
             while let Some(Chunk::Data(p)) = d.decode(&mut buf).unwrap() { got.extend_from_slice(&p); }
             buf.extend_from_slice(&wire[cut..]);
             while let Some(Chunk::Data(p)) = d.decode(&mut buf).unwrap() { got.extend_from_slice(&p); }
+            prop_assert_eq!(got, data);
+        }
+
+        #[test]
+        fn in_place_decoding_matches_decode(data in proptest::collection::vec(any::<u8>(), 1..40_000), cut in 0usize..50_000, pick in 0..4u8) {
+            let m = [Method::Aes128Gcm, Method::Aes256Gcm, Method::Chacha20Poly1305, Method::None][pick as usize];
+            let master = master_key("pw", m.key_len());
+            let mut wire = BytesMut::new();
+            Encoder::new(m, &master).encode(&data, &mut wire);
+            // Fed in two parts, as a stream reads: what is not used yet stays for the next call.
+            let cut = cut.min(wire.len());
+            let mut d = Decoder::new(m, &master);
+            let mut buf = wire[..cut].to_vec();
+            let mut got = Vec::new();
+            let mut pos = 0;
+            for part in [&wire[cut..], &[][..]] {
+                loop {
+                    match d.decode_in_place(&mut buf[pos..]).unwrap() {
+                        InPlace::Data { used, plain } => {
+                            got.extend_from_slice(&buf[pos + plain.start..pos + plain.end]);
+                            pos += used;
+                        }
+                        InPlace::Need { used } => {
+                            pos += used;
+                            break;
+                        }
+                        InPlace::End { .. } => unreachable!(),
+                    }
+                }
+                buf.extend_from_slice(part);
+            }
             prop_assert_eq!(got, data);
         }
 

@@ -1,0 +1,103 @@
+//! Shadowsocks AEAD stream: sealing a relay buffer (63 KiB → four chunks) and opening it, the old way
+//! (`decode`: one `Bytes` per chunk split off the read buffer) against the stream's way now
+//! (`decode_in_place`: opened where it lies, no allocation).
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use oxray::proxy::shadowsocks::codec::{Chunk, Decoder, Encoder, InPlace, Method, master_key};
+
+/// What the relay hands a stream per write.
+const RELAY_WRITE: usize = 63 * 1024;
+/// Relay writes sealed per timed batch (each stream's nonces run in order, so a batch is sealed
+/// untimed, then opened timed).
+const BATCH: usize = 64;
+
+fn methods() -> [(Method, &'static str); 2] {
+    [(Method::Aes128Gcm, "aes-128-gcm"), (Method::Chacha20Poly1305, "chacha20-poly1305")]
+}
+
+fn seal(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ss_stream_seal");
+    for (m, name) in methods() {
+        let master = master_key("bench", m.key_len());
+        let payload = vec![0xabu8; RELAY_WRITE];
+        g.throughput(Throughput::Bytes(RELAY_WRITE as u64));
+        let mut enc = Encoder::new(m, &master);
+        let mut out = BytesMut::with_capacity(RELAY_WRITE + 256);
+        g.bench_function(BenchmarkId::new(name, RELAY_WRITE), |b| {
+            b.iter(|| {
+                out.clear();
+                enc.encode(std::hint::black_box(&payload), &mut out);
+                std::hint::black_box(&out[..]);
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Seals `BATCH` relay writes as one stream's wire bytes.
+fn wire(m: Method, master: &[u8]) -> BytesMut {
+    let mut enc = Encoder::new(m, master);
+    let mut w = BytesMut::new();
+    for _ in 0..BATCH {
+        enc.encode(&vec![0xabu8; RELAY_WRITE], &mut w);
+    }
+    w
+}
+
+fn open(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ss_stream_open");
+    for (m, name) in methods() {
+        let master = master_key("bench", m.key_len());
+        g.throughput(Throughput::Bytes((RELAY_WRITE * BATCH) as u64));
+        let sealed = wire(m, &master);
+        g.bench_function(BenchmarkId::new(format!("{name}/split-bytes"), RELAY_WRITE * BATCH), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let mut buf = sealed.clone();
+                    let mut out = vec![0u8; RELAY_WRITE];
+                    let mut d = Decoder::new(m, &master);
+                    let start = Instant::now();
+                    // As the stream read before: one chunk per call, copied out of its `Bytes`.
+                    while let Ok(Some(Chunk::Data(p))) = d.decode(&mut buf) {
+                        out[..p.len()].copy_from_slice(&p);
+                    }
+                    total += start.elapsed();
+                    std::hint::black_box(&out);
+                }
+                total
+            })
+        });
+        g.bench_function(BenchmarkId::new(format!("{name}/in-place"), RELAY_WRITE * BATCH), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let mut buf = sealed.to_vec();
+                    let mut out = vec![0u8; RELAY_WRITE];
+                    let mut d = Decoder::new(m, &master);
+                    let start = Instant::now();
+                    let mut pos = 0;
+                    while let Ok(InPlace::Data { used, plain }) = d.decode_in_place(&mut buf[pos..]) {
+                        let n = plain.len();
+                        out[..n].copy_from_slice(&buf[pos + plain.start..pos + plain.end]);
+                        pos += used;
+                    }
+                    total += start.elapsed();
+                    std::hint::black_box(&out);
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    targets = seal, open
+}
+criterion_main!(benches);
