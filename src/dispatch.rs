@@ -322,6 +322,10 @@ impl crate::dns::Upstream for Dispatcher {
         debug!(target = %session.target, outbound = &*out, "dns: query taking detour");
         outbound.connect_packet(&session).await
     }
+
+    async fn open_stream(&self, tag: Arc<str>, target: crate::session::Destination) -> Result<BoxStream, ProxyError> {
+        self.connect(Session::new(Some(tag), None, target)).await
+    }
 }
 
 /// V2Ray's access-log shape, `127.0.0.1:51860 accepted tcp:127.0.0.1:80 [external -> portal]`, with

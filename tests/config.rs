@@ -174,11 +174,11 @@ const BROKEN: &[Case] = &[
         "missing port",
     ),
     (
-        "DoH server not supported",
-        "{\"dns\": {\"servers\": [\"https://dns.example/dns-query\"]}}",
+        "DoH server without a host",
+        "{\"dns\": {\"servers\": [\"https:///dns-query\"]}}",
         "dns.servers[0]",
         (1, 22),
-        "DNS-over-HTTPS server \"https://dns.example/dns-query\" is not supported yet",
+        "DNS-over-HTTPS URL \"https:///dns-query\"",
     ),
     (
         "DNS server host:port",

@@ -361,8 +361,14 @@ fn dns_configs_accepted_and_refused_like_v2ray() {
         ("empty domain key", r#"{"hosts": {"domain:": "10.0.0.1"}}"#, false, false),
         ("clientIp domain", r#"{"clientIp": "x.test"}"#, false, false),
         ("hosts list value (4.34 panics)", r#"{"hosts": {"a.test": ["10.0.0.1"]}}"#, false, false),
+        (
+            "DoH",
+            r#"{"servers": ["https://1.1.1.1/dns-query", "https+local://dns.example:8443/q", {"address": "HTTPS://[::1]/dns-query", "port": 53}]}"#,
+            true,
+            true,
+        ),
+        ("hosts geosite key without geosite.dat", r#"{"hosts": {"geosite:nope": "10.0.0.1"}}"#, false, false),
         // Deviations: 4.34 loads these; oxray refuses them by name.
-        ("DoH", r#"{"servers": ["https://1.1.1.1/dns-query"]}"#, false, true),
         ("tcp:// scheme", r#"{"servers": ["tcp://1.1.1.1"]}"#, false, true),
     ];
     let dir = temp_dir("dns-config-table");

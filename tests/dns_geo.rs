@@ -47,6 +47,92 @@ async fn probe(port: u16) {
     let _ = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await;
 }
 
+/// The .dat files of both tests in `dir`: the spec's vectors plus `extip.dat` (NET 10.99/16) and
+/// `ext.dat` (N: full n.oxt).
+fn write_dat_files(dir: &Path) {
+    std::fs::write(dir.join("geoip.dat"), unhex(GEOIP_HEX)).unwrap();
+    std::fs::write(dir.join("geosite.dat"), unhex(GEOSITE_HEX)).unwrap();
+    let net: Vec<ipnet::IpNet> = vec!["10.99.0.0/16".parse().unwrap()];
+    std::fs::write(dir.join("extip.dat"), encode_ip_file(&[("NET", &net[..])])).unwrap();
+    let site = oxray::router::geo::encode_site_file(&[("N", &[(3, "n.oxt", &[])])]);
+    std::fs::write(dir.join("ext.dat"), site).unwrap();
+}
+
+fn impls() -> Vec<Impl> {
+    let mut impls = vec![Impl::Oxray];
+    if v2ray().is_some() {
+        impls.push(Impl::V2ray);
+    }
+    impls
+}
+
+/// Runs `which` with the `dns` object `dns` and one dokodemo probe per `want` entry (target host, port
+/// 1000+i), with the assets in `dir`; asserts each routing decision (`IPIfNonMatch`; outbounds by IP:
+/// geoip:xx → xx, 10.99/16 → hit99, 10.10/16 → hit10) and returns the running process.
+async fn run_probes(which: Impl, dir: &Path, dns: &str, want: &[(&str, &str)]) -> Proc {
+    write_dat_files(dir);
+    let ports: Vec<u16> = want.iter().map(|_| free_port()).collect();
+    let ready = free_port();
+    let mut inbounds: Vec<String> = want
+        .iter()
+        .zip(&ports)
+        .enumerate()
+        .map(|(i, ((host, _), port))| {
+            format!(
+                r#"{{"tag": "p{i}", "listen": "127.0.0.1", "port": {port}, "protocol": "dokodemo-door",
+                    "settings": {{"address": "{host}", "port": {}}}}}"#,
+                1000 + i
+            )
+        })
+        .collect();
+    inbounds.push(format!(
+        r#"{{"tag": "ready", "listen": "127.0.0.1", "port": {ready}, "protocol": "dokodemo-door",
+            "settings": {{"address": "127.0.0.1", "port": 9}}}}"#
+    ));
+    let access = dir.join("access.log");
+    let config = format!(
+        r#"{{"log": {{"loglevel": "debug", "access": "{access}", "error": "{error}"}},
+  "dns": {dns},
+  "inbounds": [{inbounds}],
+  "outbounds": [{{"protocol": "blackhole", "tag": "default"}}, {{"protocol": "blackhole", "tag": "hit10"}},
+                {{"protocol": "blackhole", "tag": "hit99"}}, {{"protocol": "blackhole", "tag": "xx"}},
+                {{"protocol": "freedom", "tag": "direct"}}],
+  "routing": {{"domainStrategy": "IPIfNonMatch", "rules": [
+    {{"type": "field", "inboundTag": ["dns-app"], "outboundTag": "direct"}},
+    {{"type": "field", "ip": ["geoip:xx"], "outboundTag": "xx"}},
+    {{"type": "field", "ip": ["10.99.0.0/16"], "outboundTag": "hit99"}},
+    {{"type": "field", "ip": ["10.10.0.0/16"], "outboundTag": "hit10"}}]}}}}"#,
+        access = access.display(),
+        error = dir.join("error.log").display(),
+        inbounds = inbounds.join(",\n"),
+    );
+    let cfg = common::write_file(dir, "config.json", &config);
+    let cfg = cfg.to_str().unwrap().to_string();
+    let assets = dir.to_str().unwrap().to_string();
+    let log = dir.join("run.log");
+    let env = [("V2RAY_LOCATION_ASSET", assets.as_str())];
+    let proc = match which {
+        Impl::Oxray => Proc::spawn("oxray", &common::oxray_bin(), &["run", "-c", &cfg], &log, &env),
+        Impl::V2ray => Proc::spawn("v2ray", &v2ray().unwrap(), &["-config", &cfg], &log, &env),
+    };
+    assert!(wait_port_async(local(ready), Duration::from_secs(10)).await, "{which:?}: {}", proc.log_text());
+    for (i, ((host, out), port)) in want.iter().zip(&ports).enumerate() {
+        probe(*port).await;
+        let got = decision(&access, &format!("tcp:{host}:{}", 1000 + i)).await;
+        assert_eq!(
+            got.as_deref(),
+            Some(*out),
+            "{which:?}: {host}\n{}",
+            std::fs::read_to_string(&access).unwrap_or_default()
+        );
+    }
+    proc
+}
+
+fn asked(r: &Responder, from: usize) -> Vec<String> {
+    r.seen()[from..].iter().map(|s| s.name.clone()).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn geo_lists_in_the_dns_object_work_like_v2ray() {
     // `main` answers every probe name inside 10.10/16; `special` answers inside XX or 10.99/16.
@@ -79,81 +165,18 @@ async fn geo_lists_in_the_dns_object_work_like_v2ray() {
         ("kw.oxt", "hit99"),
         ("n.oxt", "hit99"),
     ];
-    let mut impls = vec![Impl::Oxray];
-    if v2ray().is_some() {
-        impls.push(Impl::V2ray);
-    }
-    for which in impls {
+    for which in impls() {
         let dir = temp_dir(&format!("dns-geo-{which:?}"));
-        std::fs::write(dir.join("geoip.dat"), unhex(GEOIP_HEX)).unwrap();
-        std::fs::write(dir.join("geosite.dat"), unhex(GEOSITE_HEX)).unwrap();
-        let net: Vec<ipnet::IpNet> = vec!["10.99.0.0/16".parse().unwrap()];
-        std::fs::write(dir.join("extip.dat"), encode_ip_file(&[("NET", &net[..])])).unwrap();
-        let site = oxray::router::geo::encode_site_file(&[("N", &[(3, "n.oxt", &[])])]);
-        std::fs::write(dir.join("ext.dat"), site).unwrap();
-        let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
-        let ready = free_port();
-        let mut inbounds: Vec<String> = names
-            .iter()
-            .zip(&ports)
-            .enumerate()
-            .map(|(i, (host, port))| {
-                format!(
-                    r#"{{"tag": "p{i}", "listen": "127.0.0.1", "port": {port}, "protocol": "dokodemo-door",
-                        "settings": {{"address": "{host}", "port": {}}}}}"#,
-                    1000 + i
-                )
-            })
-            .collect();
-        inbounds.push(format!(
-            r#"{{"tag": "ready", "listen": "127.0.0.1", "port": {ready}, "protocol": "dokodemo-door",
-                "settings": {{"address": "127.0.0.1", "port": 9}}}}"#
-        ));
-        let access = dir.join("access.log");
-        let config = format!(
-            r#"{{"log": {{"loglevel": "debug", "access": "{access}", "error": "{error}"}},
-  "dns": {{"tag": "dns-app", "servers": [
+        let dns = format!(
+            r#"{{"tag": "dns-app", "servers": [
     {{"address": "127.0.0.1", "port": {main}}},
     {{"address": "127.0.0.1", "port": {special}, "domains": ["geosite:test", "ext:ext.dat:n"],
-      "expectIPs": ["geoip:xx", "ext-ip:extip.dat:net"]}}]}},
-  "inbounds": [{inbounds}],
-  "outbounds": [{{"protocol": "blackhole", "tag": "default"}}, {{"protocol": "blackhole", "tag": "hit10"}},
-                {{"protocol": "blackhole", "tag": "hit99"}}, {{"protocol": "blackhole", "tag": "xx"}},
-                {{"protocol": "freedom", "tag": "direct"}}],
-  "routing": {{"domainStrategy": "IPIfNonMatch", "rules": [
-    {{"type": "field", "inboundTag": ["dns-app"], "outboundTag": "direct"}},
-    {{"type": "field", "ip": ["geoip:xx"], "outboundTag": "xx"}},
-    {{"type": "field", "ip": ["10.99.0.0/16"], "outboundTag": "hit99"}},
-    {{"type": "field", "ip": ["10.10.0.0/16"], "outboundTag": "hit10"}}]}}}}"#,
-            access = access.display(),
-            error = dir.join("error.log").display(),
+      "expectIPs": ["geoip:xx", "ext-ip:extip.dat:net"]}}]}}"#,
             main = main.addr.port(),
             special = special.addr.port(),
-            inbounds = inbounds.join(",\n"),
         );
-        let cfg = common::write_file(&dir, "config.json", &config);
-        let cfg = cfg.to_str().unwrap().to_string();
-        let assets = dir.to_str().unwrap().to_string();
-        let log = dir.join("run.log");
-        let env = [("V2RAY_LOCATION_ASSET", assets.as_str())];
-        let mut proc = match which {
-            Impl::Oxray => Proc::spawn("oxray", &common::oxray_bin(), &["run", "-c", &cfg], &log, &env),
-            Impl::V2ray => Proc::spawn("v2ray", &v2ray().unwrap(), &["-config", &cfg], &log, &env),
-        };
-        assert!(wait_port_async(local(ready), Duration::from_secs(10)).await, "{which:?}: {}", proc.log_text());
         let (main_before, special_before) = (main.seen().len(), special.seen().len());
-        for (i, ((host, out), port)) in want.iter().zip(&ports).enumerate() {
-            probe(*port).await;
-            let got = decision(&access, &format!("tcp:{host}:{}", 1000 + i)).await;
-            assert_eq!(
-                got.as_deref(),
-                Some(*out),
-                "{which:?}: {host}\n{}",
-                std::fs::read_to_string(&access).unwrap_or_default()
-            );
-        }
-        let asked =
-            |r: &Responder, from: usize| -> Vec<String> { r.seen()[from..].iter().map(|s| s.name.clone()).collect() };
+        let mut proc = run_probes(which, &dir, &dns, want).await;
         let (m, s) = (asked(&main, main_before), asked(&special, special_before));
         for n in ["a.test", "x.b.test", "r7.test", "kw.oxt", "n.oxt"] {
             assert!(s.iter().any(|x| x == n), "{which:?}: {n} must go to the geosite server first: {s:?}");
@@ -161,6 +184,46 @@ async fn geo_lists_in_the_dns_object_work_like_v2ray() {
         assert!(!s.iter().any(|x| x == "c.oxt"), "{which:?}: c.oxt matches no list, main answers first: {s:?}");
         assert!(m.iter().any(|x| x == "x.b.test"), "{which:?}: expectIPs rejected special's answer: {m:?}");
         assert!(!m.iter().any(|x| x == "a.test"), "{which:?}: special's answer was inside geoip:xx: {m:?}");
+        proc.terminate(Duration::from_secs(5));
+    }
+}
+
+/// `geosite:` and `ext:` keys in `dns.hosts`: every entry of the list (full, domain, regexp, keyword) answers
+/// with the key's value, no server asked; a name the lists miss goes to the server. Same decisions on 4.34.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn geosite_keys_in_dns_hosts_work_like_v2ray() {
+    let names = ["a.test", "x.b.test", "r7.test", "c.oxt", "kw.oxt", "n.oxt", "b.test.oxt"];
+    let main = Responder::start(
+        names.iter().enumerate().map(|(i, n)| (n.to_string(), rec(&format!("10.10.0.{}", i + 1)))).collect(),
+        false,
+    )
+    .await
+    .unwrap();
+    // geosite:test → 10.99.0.9 (hit99); ext:ext.dat:n → 198.51.100.5 (xx); `b.test.oxt` contains the
+    // list's `domain:b.test` without being under it: the server answers (hit10).
+    let want: &[(&str, &str)] = &[
+        ("a.test", "hit99"),
+        ("x.b.test", "hit99"),
+        ("r7.test", "hit99"),
+        ("c.oxt", "hit10"),
+        ("kw.oxt", "hit99"),
+        ("n.oxt", "xx"),
+        ("b.test.oxt", "hit10"),
+    ];
+    for which in impls() {
+        let dir = temp_dir(&format!("dns-geo-hosts-{which:?}"));
+        let dns = format!(
+            r#"{{"tag": "dns-app", "servers": [{{"address": "127.0.0.1", "port": {main}}}],
+    "hosts": {{"geosite:test": "10.99.0.9", "ext:ext.dat:n": "198.51.100.5"}}}}"#,
+            main = main.addr.port(),
+        );
+        let before = main.seen().len();
+        let mut proc = run_probes(which, &dir, &dns, want).await;
+        let m = asked(&main, before);
+        for n in ["a.test", "x.b.test", "r7.test", "kw.oxt", "n.oxt"] {
+            assert!(!m.iter().any(|x| x == n), "{which:?}: {n} is in hosts, no server may be asked: {m:?}");
+        }
+        assert!(m.iter().any(|x| x == "c.oxt"), "{which:?}: c.oxt is in no list: {m:?}");
         proc.terminate(Duration::from_secs(5));
     }
 }

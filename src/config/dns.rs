@@ -37,6 +37,18 @@ pub enum DnsServerKind {
     },
     /// `"localhost"`: the system resolver, never routed.
     Localhost,
+    /// `"https://HOST[:PORT]/PATH"` (routed with the resolver's tag) or `"https+local://..."` (dialled
+    /// directly): DNS over HTTPS, RFC 8484 POST.
+    Doh {
+        /// The URL requests go to, scheme `https`.
+        url: String,
+        /// Its host (an IP is checked against the certificate's IP addresses).
+        host: Address,
+        /// Its port (default 443).
+        port: u16,
+        /// `https+local`: not routed.
+        local: bool,
+    },
 }
 
 /// One `servers` entry.
@@ -250,10 +262,11 @@ pub(crate) fn server_kind(address: &str, port: u16) -> Result<DnsServerKind, Str
         return Ok(DnsServerKind::Udp { address: Address::Ip(ip), port });
     }
     if let Some((scheme, _)) = address.split_once("://") {
+        let lower = scheme.to_ascii_lowercase();
+        if lower == "https" || lower == "https+local" {
+            return doh_kind(address, lower == "https+local");
+        }
         return Err(match scheme {
-            "https" | "https+local" => {
-                format!("DNS-over-HTTPS server {address:?} is not supported yet by oxray (use a plain UDP server)")
-            }
             "quic+local" => {
                 format!("DNS-over-QUIC server {address:?} is not supported by oxray (4.34 speaks an abandoned draft)")
             }
@@ -273,13 +286,32 @@ pub(crate) fn server_kind(address: &str, port: u16) -> Result<DnsServerKind, Str
     Ok(DnsServerKind::Udp { address: Address::parse(address), port })
 }
 
+/// A DoH URL (Go's `url.Parse` lower-cases the scheme; 4.34 sends the URL as written, `https+local`
+/// turned into `https`). `port` of the object form does not apply to it.
+fn doh_kind(address: &str, local: bool) -> Result<DnsServerKind, String> {
+    let rest = address.split_once("://").map_or("", |(_, r)| r);
+    let url = format!("https://{rest}");
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("invalid DNS-over-HTTPS URL {address:?}: {e}"))?;
+    let Some(authority) = uri.authority() else {
+        return Err(format!("DNS-over-HTTPS URL {address:?} has no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!("DNS-over-HTTPS URL {address:?}: user credentials in the URL are not supported"));
+    }
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("DNS-over-HTTPS URL {address:?} has no host"));
+    }
+    Ok(DnsServerKind::Doh { url, host: Address::parse(host), port: authority.port_u16().unwrap_or(443), local })
+}
+
 /// `hosts`: key → one string (IP or alias), keys sorted as 4.34 adds them.
 fn build_hosts(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Vec<HostEntry> {
     let Value::Object(members) = &node.value else {
         ctx.error(node, path, format!("expected an object, got {}", node.value.kind()));
         return Vec::new();
     };
-    let mut entries: Vec<(&str, HostEntry)> = Vec::new();
+    let mut entries: Vec<(&str, Vec<HostEntry>)> = Vec::new();
     for m in members {
         let p = join(path, &m.key);
         if matches!(m.node.value, Value::Null) {
@@ -295,26 +327,56 @@ fn build_hosts(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Vec<HostEntry> {
                 Address::Domain(d) => HostValue::Alias(d.to_string()),
             }
         };
-        match host_matcher(&m.key) {
-            Ok(matcher) => {
+        let matchers = if m.key.starts_with("geosite:") || m.key.starts_with("ext:") {
+            geo_host_matchers(ctx, &m.key)
+        } else {
+            host_matcher(&m.key).map(|m| vec![m])
+        };
+        match matchers {
+            Ok(matchers) => {
                 // A later duplicate key replaces an earlier one (a JSON object in Go).
                 entries.retain(|(k, _)| *k != m.key.as_str());
-                entries.push((m.key.as_str(), HostEntry { matcher, value }));
+                let list = matchers.into_iter().map(|matcher| HostEntry { matcher, value: value.clone() }).collect();
+                entries.push((m.key.as_str(), list));
             }
             Err(e) => ctx.error_pos(node.file, m.key_pos, &p, e),
         }
     }
     entries.sort_by(|a, b| a.0.cmp(b.0));
-    entries.into_iter().map(|(_, e)| e).collect()
+    entries.into_iter().flat_map(|(_, e)| e).collect()
 }
 
-/// A `hosts` key (`infra/conf/dns.go`): a bare key is an exact name here, unlike in routing.
+/// A `geosite:LIST[@ATTR]` or `ext:FILE:LIST[@ATTR]` hosts key: one entry per list entry, in file order,
+/// each with its own type (4.34 `DNSConfig.Build`; a plain geosite entry is a keyword there too).
+fn geo_host_matchers(ctx: &mut Ctx<'_>, key: &str) -> Result<Vec<HostMatcher>, String> {
+    if key == "geosite:" {
+        return Err(format!("empty geosite rule: {key:?}"));
+    }
+    let DomainMatcher::Geo(list) = domain_entry(ctx, key)? else {
+        return Err(format!("hosts key {key:?} is not a geosite list"));
+    };
+    Ok(list
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            DomainMatcher::Full(d) => Some(HostMatcher::Full(d.clone())),
+            DomainMatcher::Domain(d) => Some(HostMatcher::Domain(d.clone())),
+            DomainMatcher::Keyword(d) => Some(HostMatcher::Keyword(d.clone())),
+            DomainMatcher::Regexp(d) => Some(HostMatcher::Regexp(d.clone())),
+            // Lists hold plain entries only.
+            DomainMatcher::Geo(_) => None,
+        })
+        .collect())
+}
+
+/// A `hosts` key that is not a geosite list (`infra/conf/dns.go`): a bare key is an exact name here,
+/// unlike in routing.
 pub(crate) fn host_matcher(key: &str) -> Result<HostMatcher, String> {
     let nonempty = |body: &str, what: &str| {
         if body.is_empty() { Err(format!("empty {what} rule in hosts key {key:?}")) } else { Ok(body.to_string()) }
     };
     if key.starts_with("geosite:") || key.starts_with("ext:") {
-        return Err(format!("hosts key {key:?} is not supported yet by oxray (needs geosite.dat)"));
+        return Err(format!("hosts key {key:?} names a geosite list: it is read with the config (build_hosts)"));
     }
     if let Some(b) = key.strip_prefix("domain:") {
         return nonempty(b, "domain").map(HostMatcher::Domain);
@@ -365,9 +427,28 @@ mod tests {
         assert_eq!(server_kind("::1", 5353), Ok(udp("::1", 5353)));
         assert_eq!(server_kind("dns.example", 0), Ok(udp("dns.example", 53)));
         assert_eq!(server_kind("LocalHost", 0), Ok(DnsServerKind::Localhost));
-        for bad in ["8.8.8.8:53", "tcp://1.1.1.1", "quic+local://dns.example", "https://dns.example/dns-query", ""] {
+        for bad in ["8.8.8.8:53", "tcp://1.1.1.1", "quic+local://dns.example", "https:///dns-query", "https://u@h/", ""]
+        {
             assert!(server_kind(bad, 0).is_err(), "{bad}");
         }
+        let doh = |url: &str, host: &str, port, local| DnsServerKind::Doh {
+            url: url.to_string(),
+            host: Address::parse(host),
+            port,
+            local,
+        };
+        assert_eq!(
+            server_kind("https://dns.example/dns-query", 53),
+            Ok(doh("https://dns.example/dns-query", "dns.example", 443, false))
+        );
+        assert_eq!(
+            server_kind("https+local://127.0.0.1:8443/q?x=1", 0),
+            Ok(doh("https://127.0.0.1:8443/q?x=1", "127.0.0.1", 8443, true))
+        );
+        assert_eq!(
+            server_kind("HTTPS://[::1]:444/dns-query", 0),
+            Ok(doh("https://[::1]:444/dns-query", "::1", 444, false))
+        );
     }
 
     #[test]
@@ -379,6 +460,7 @@ mod tests {
         assert_eq!(host_matcher("dotless:"), Ok(HostMatcher::Dotless(String::new())));
         // `ext-domain:` is not a hosts prefix in 4.34: the key is a literal name.
         assert_eq!(host_matcher("ext-domain:x"), Ok(HostMatcher::Full("ext-domain:x".into())));
+        // geosite:/ext: keys are lists, read with the config (build_hosts), never single matchers.
         for bad in ["domain:", "full:", "regexp:(", "geosite:cn", "ext:f.dat:x", "dotless:a.b"] {
             assert!(host_matcher(bad).is_err(), "{bad}");
         }

@@ -59,6 +59,20 @@ pub fn parse_answer(bytes: &[u8], id: u16, name: &Name, rtype: RecordType) -> Op
     Some(answer_of(&m))
 }
 
+/// Reads a DoH response to the question `name`/`rtype`, whatever its id (the HTTP exchange already ties
+/// it to the query; RFC 8484 has the id 0). None if it is not a response to that question.
+pub fn parse_answer_any_id(bytes: &[u8], name: &Name, rtype: RecordType) -> Option<Answer> {
+    let m = Message::from_vec(bytes).ok()?;
+    if m.metadata.message_type != MessageType::Response {
+        return None;
+    }
+    let q = m.queries.first()?;
+    if q.query_type != rtype || !q.name.eq_ignore_root(name) {
+        return None;
+    }
+    Some(answer_of(&m))
+}
+
 /// The IPs, RCODE and TTL of a parsed response.
 pub fn answer_of(m: &Message) -> Answer {
     let mut ips = Vec::new();

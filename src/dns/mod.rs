@@ -3,9 +3,11 @@
 //! its own cache and a 4-second deadline; timeouts and `expectIPs` rejections fall back to the next
 //! server, any other answer (NXDOMAIN, an empty answer) is final.
 //!
-//! Queries to UDP servers are routed like any other flow (inbound tag = the `dns` tag) through an
-//! [`Upstream`], which the instance sets to its dispatcher; without one they go straight out.
+//! Queries to UDP and `https://` (DoH) servers are routed like any other flow (inbound tag = the `dns`
+//! tag) through an [`Upstream`], which the instance sets to its dispatcher; without one they go
+//! straight out, as `https+local://` and `localhost` always do.
 
+mod doh;
 pub mod hosts;
 pub mod message;
 #[doc(hidden)]
@@ -20,7 +22,7 @@ use async_trait::async_trait;
 use tracing::debug;
 
 use crate::config::{DnsConfig, DnsServerConfig, DnsServerKind, DomainMatcher};
-use crate::proxy::{BoxPacketConn, ProxyError};
+use crate::proxy::{BoxPacketConn, BoxStream, ProxyError};
 use crate::session::Destination;
 
 use hosts::{HostAnswer, Hosts, is_subdomain};
@@ -65,6 +67,9 @@ pub enum LookupError {
 pub trait Upstream: Send + Sync {
     /// A packet flow to `target`, routed as a flow from the inbound `tag` with no source address.
     async fn open_udp(&self, tag: Arc<str>, target: Destination) -> Result<BoxPacketConn, ProxyError>;
+    /// A stream to `target` (a DoH server), routed as a connection from the inbound `tag` with no
+    /// source address; the router does not resolve its domain (that would loop).
+    async fn open_stream(&self, tag: Arc<str>, target: Destination) -> Result<BoxStream, ProxyError>;
 }
 
 /// One `domains` entry of a server (or the built-in list of a `localhost` server).
@@ -125,7 +130,7 @@ impl Resolver {
         let mut servers = Vec::with_capacity(list.len());
         let mut priority = Vec::new();
         for (i, s) in list.iter().enumerate() {
-            servers.push(Server::new(s));
+            servers.push(Server::new(s).map_err(|message| DnsError { path: s.path.clone(), message })?);
             if s.kind == DnsServerKind::Localhost {
                 // Two `localhost` servers crash 4.34 (T5); here each simply gets the list.
                 priority.push((i, Priority::Dotless));

@@ -88,11 +88,21 @@ impl Responder {
     }
 }
 
+/// The answer to one query from `zone`, logged in `seen` (for a DoH responder a test runs).
+pub fn respond(
+    bytes: &[u8],
+    proto: &'static str,
+    zone: &HashMap<String, Rec>,
+    seen: &Mutex<Vec<Seen>>,
+) -> Option<Vec<u8>> {
+    answer(bytes, proto, zone, seen, false)
+}
+
 /// The answer to one query, or None to stay silent.
 fn answer(
     bytes: &[u8],
     proto: &'static str,
-    zone: &Zone,
+    zone: &HashMap<String, Rec>,
     seen: &Mutex<Vec<Seen>>,
     silent_all: bool,
 ) -> Option<Vec<u8>> {

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,6 +16,7 @@ use crate::config::{DnsServerConfig, DnsServerKind};
 use crate::proxy::{BoxPacketConn, PacketConn};
 use crate::session::{Address, Destination, canonical_ip};
 
+use super::doh::{Doh, Route};
 use super::message::{self, Answer};
 use super::{Family, LookupError, Resolver};
 
@@ -39,6 +40,7 @@ pub(super) enum Failure {
 
 enum Kind {
     Udp(Destination),
+    Doh(Arc<Doh>),
     Local,
 }
 
@@ -62,33 +64,38 @@ pub(super) struct Server {
     client_ip: Option<IpAddr>,
     /// Key: the name as asked (case-sensitive, as 4.34).
     cache: Mutex<HashMap<Box<str>, Entry>>,
-    /// For logs: `UDP:1.1.1.1:53`, `localhost`.
+    /// For logs: `UDP:1.1.1.1:53`, `DOH//dns.example`, `DOHL//dns.example`, `localhost` (4.34's names).
     pub name: String,
 }
 
 impl Server {
-    pub fn new(c: &DnsServerConfig) -> Server {
+    pub fn new(c: &DnsServerConfig) -> Result<Server, String> {
         let (kind, name) = match &c.kind {
             DnsServerKind::Udp { address, port } => {
                 (Kind::Udp(Destination::udp(address.clone(), *port)), format!("UDP:{address}:{port}"))
             }
+            DnsServerKind::Doh { url, host, port, local } => {
+                let doh = Doh::new(url, host, *port, *local).ok_or_else(|| format!("invalid DoH URL {url:?}"))?;
+                let prefix = if *local { "DOHL" } else { "DOH" };
+                (Kind::Doh(Arc::new(doh)), format!("{prefix}//{host}:{port}"))
+            }
             DnsServerKind::Localhost => (Kind::Local, "localhost".to_string()),
         };
-        Server {
+        Ok(Server {
             kind,
             expect: c.expect_ips.clone(),
             expect_geoip: c.expect_geoip.clone(),
             client_ip: c.client_ip,
             cache: Mutex::new(HashMap::new()),
             name,
-        }
+        })
     }
 
     /// Asks this server (or its cache) and applies `expectIPs`.
     pub async fn query(&self, r: &Resolver, name: &str, wire: &Name, family: Family) -> Result<Vec<IpAddr>, Failure> {
         let ips = match self.kind {
             Kind::Local => self.system(name, family, r.timeout).await?,
-            Kind::Udp(ref dest) => self.udp(r, dest, name, wire, family).await?,
+            Kind::Udp(_) | Kind::Doh(_) => self.remote(r, name, wire, family).await?,
         };
         if self.expect.is_empty() && self.expect_geoip.is_empty() {
             return Ok(ips);
@@ -125,17 +132,14 @@ impl Server {
         if ips.is_empty() { Err(Failure::Final(LookupError::Empty)) } else { Ok(ips) }
     }
 
-    async fn udp(
-        &self,
-        r: &Resolver,
-        dest: &Destination,
-        name: &str,
-        wire: &Name,
-        family: Family,
-    ) -> Result<Vec<IpAddr>, Failure> {
+    /// A UDP or DoH server: its cache, else a query.
+    async fn remote(&self, r: &Resolver, name: &str, wire: &Name, family: Family) -> Result<Vec<IpAddr>, Failure> {
+        let doh = matches!(self.kind, Kind::Doh(_));
         let types: &[RecordType] = match family {
             Family::V4 => &[RecordType::A],
             Family::V6 => &[RecordType::AAAA],
+            // 4.34 lists a DoH server's IPv6 addresses first, a UDP server's IPv4 ones.
+            Family::Both if doh => &[RecordType::AAAA, RecordType::A],
             Family::Both => &[RecordType::A, RecordType::AAAA],
         };
         // A cached family satisfies the lookup even if the other is missing (4.34, T10).
@@ -144,7 +148,14 @@ impl Server {
             tracing::debug!(domain = name, server = %self.name, "dns: cache HIT");
             return combine(&cached);
         }
-        let answers = self.ask(r, dest, wire, types).await;
+        let answers = match &self.kind {
+            Kind::Udp(dest) => self.ask(r, dest, wire, types).await,
+            Kind::Doh(d) => {
+                let route = Route { upstream: r.upstream(), tag: r.tag.clone() };
+                d.ask(&route, wire, types, self.client_ip, Instant::now() + r.timeout).await
+            }
+            Kind::Local => return Err(Failure::Next("not a remote server".into())),
+        };
         for (t, a) in types.iter().zip(&answers) {
             if let Some(a) = a {
                 self.store(name, *t, a.clone());
