@@ -8,7 +8,7 @@
 //!   hold      --addr A [--conns 2000] [--max-secs 120]
 //!   firstbyte --addr A [--timeout-secs 20]
 //!   relay     --addr A --to B   (blocking, a thread per direction; for bench/relay-floor.sh)
-//!   drive     [--oxray BIN] [--v2ray BIN] [--rathole BIN] [--ops-fragment JSON] [--reps R] [--quick] [--out DIR] ...
+//!   drive     [--oxray BIN] [--v2ray BIN] [--rathole BIN] [--ops-fragment JSON] [--reps R] [--quick] [--rig] [--memory] [--out DIR] ...
 
 mod client;
 mod drive;
@@ -172,6 +172,7 @@ async fn run(cmd: &str, rest: &[String]) -> Result<Option<String>, String> {
                 out_dir: a.get("out", Some(PathBuf::from("bench/results")))?,
                 quick,
                 rig: a.flag("rig"),
+                memory: a.flag("memory"),
             };
             if opts.reps == 0 || opts.reps > 50 || opts.hold_conns == 0 || opts.hold_conns > 50_000 {
                 return Err("--reps must be 1..=50 and --hold-conns 1..=50000".into());
