@@ -4,6 +4,8 @@
 #   bench/run.sh            # default: 5 repetitions per figure, medians (~2-3 min)
 #   bench/run.sh --quick    # 1 repetition, small sizes (~1 min): for checking the harness
 #   bench/run.sh --reps 5 --bulk-bytes 2147483648   # any other option goes to `loadgen drive`
+#   bench/run.sh --memory --reps 3   # the memory rows only (idle RSS, RSS per held conn; ~1 min)
+#   OXRAY_B=old/oxray V2RAY=bench/oxray-as-v2ray.sh bench/run.sh --memory   # the same, new vs old build
 #
 # Env: OXRAY=path (default target/<host triple>/release/oxray, built here; see .cargo/config.toml), V2RAY=path (default: v2ray on PATH),
 #      SKIP_OXRAY_BUILD=1 to use an existing binary as is,
@@ -62,7 +64,9 @@ v2ray="${V2RAY:-$(command -v v2ray || true)}"
 # Without --locked: its 0.5.0 lock file pins `time` 0.3.29, which no longer compiles on rustc >= 1.80.
 RATHOLE_VERSION=0.5.0
 rathole="${RATHOLE:-$here/.rathole/bin/rathole}"
-if [ -z "${RATHOLE:-}" ] && ! "$rathole" --version 2>/dev/null | grep -qF "$RATHOLE_VERSION"; then
+# The --rig and --memory runs have no rathole column.
+case " $* " in *" --rig "* | *" --memory "*) rathole="" ;; esac
+if [ -n "$rathole" ] && [ -z "${RATHOLE:-}" ] && ! "$rathole" --version 2>/dev/null | grep -qF "$RATHOLE_VERSION"; then
     echo "== installing rathole $RATHOLE_VERSION (cargo install, cached in bench/.rathole)" >&2
     if ! CARGO_TARGET_DIR="$here/.rathole/target" cargo install --quiet rathole --version "$RATHOLE_VERSION" \
         --no-default-features --features server,client --root "$here/.rathole" >"$here/.rathole.log" 2>&1; then

@@ -282,7 +282,9 @@ impl Outbound for Portal {
 
     async fn handle(&self, session: Session, stream: BoxStream) -> Result<RelayStats, ProxyError> {
         if session.target.address.domain() == Some(self.domain.as_str()) {
-            self.serve_tunnel(&session, stream).await;
+            // Boxed: the tunnel's state machine (heartbeats, tracking) would otherwise size every
+            // visitor session's future, which is the only kind held by the thousand.
+            Box::pin(self.serve_tunnel(&session, stream)).await;
             return Ok(RelayStats::default());
         }
         let (tunnel, upstream) = self.open(&session).await?;

@@ -132,6 +132,12 @@ impl Incoming {
 
     /// Runs the transport's server handshake. Callers bound it with a deadline.
     pub async fn handshake(self) -> io::Result<Accepted> {
+        // Boxed: the TLS, WebSocket, http-header and PROXY-protocol states are kilobytes, and inline
+        // they would size the task of every accepted connection for its whole life.
+        Box::pin(self.run_handshake()).await
+    }
+
+    async fn run_handshake(self) -> io::Result<Accepted> {
         let Incoming { tcp, peer, stack } = self;
         stack.opts.established(&tcp);
         let local = tcp.local_addr()?;

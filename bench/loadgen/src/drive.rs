@@ -100,6 +100,10 @@ pub struct Opts {
     /// `--setups reverse,wstls,ss,vless`: only these setups' columns (default: all; with `--rig`,
     /// the reverse setup only).
     pub setups: Option<Vec<String>>,
+    /// The memory rows only (idle RSS, RSS per held connection, first byte) of the reverse setup,
+    /// oxray and the V2Ray column (a second oxray build with `bench/oxray-as-v2ray.sh`): no
+    /// baselines, no rathole or ops columns, no latency, rate or bulk steps.
+    pub memory: bool,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -814,7 +818,7 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
     for (setup, ox, v2) in columns {
         let wanted = match &opts.setups {
             Some(list) => list.iter().any(|n| n == setup.short_name()),
-            None => !opts.rig || setup == Setup::Reverse,
+            None => !(opts.rig || opts.memory) || setup == Setup::Reverse,
         };
         if !wanted {
             continue;
@@ -825,7 +829,7 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
         if let Some(b) = &opts.v2ray {
             push(&mut impls, Kind::V2ray, v2, b, setup);
         }
-        if setup == Setup::Reverse && !opts.rig {
+        if setup == Setup::Reverse && !opts.rig && !opts.memory {
             match &opts.rathole {
                 Some(b) => push(&mut impls, Kind::Rathole, "rathole", b, setup),
                 None => eprintln!("\n!!!!!!!! rathole not available: no rathole column !!!!!!!!\n"),
@@ -881,44 +885,47 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
     }
     let ctx = Ctx { service_pid: svc.pid, opts, ops_fragment, dir: dir.clone(), ticks: clk_tck() };
 
-    eprintln!("[direct] baseline round trips straight to the service ({} x 64 B)", ctx.opts.ping_count);
     let mut direct = Samples::new();
-    for _ in 0..ctx.opts.reps {
-        let (p50, p99) = ctx.pingpong(service, false).await?;
-        direct.entry("rtt_p50").or_default().push(p50);
-        direct.entry("rtt_p99").or_default().push(p99);
-    }
-    for _ in 0..ctx.opts.reps {
-        let (p50, p99) = ctx.pingpong(pinned_addr, true).await?;
-        direct.entry("rtt1_p50").or_default().push(p50);
-        direct.entry("rtt1_p99").or_default().push(p99);
-    }
-    // The floor under the pinned row: the same four process hops as a tunnel (two relays, each
-    // crossed both ways) with no protocol at all, through the plainest relay there is.
-    eprintln!("[floor] round trips through two plain relays on CPU 0 ({} x 64 B)", ctx.opts.ping_count);
-    {
-        let relay = |name: &str, from: u16, to: u16| {
-            let mut c = on_cpu0(&exe);
-            c.args(["relay", "--addr", &format!("127.0.0.1:{from}")]);
-            c.args(["--to", &format!("127.0.0.1:{to}")]);
-            Proc::spawn(name, c, &dir.join(format!("{name}.log")))
-        };
-        let _second = relay("relay-2", relay2, pinned_sp)?;
-        let _first = relay("relay-1", relay1, relay2)?;
-        let entry = SocketAddr::from(([127, 0, 0, 1], relay1));
-        client::first_byte(entry, Instant::now(), Duration::from_millis(5), Duration::from_secs(10)).await?;
+    // The memory rows need none of the baselines.
+    if !ctx.opts.memory {
+        eprintln!("[direct] baseline round trips straight to the service ({} x 64 B)", ctx.opts.ping_count);
         for _ in 0..ctx.opts.reps {
-            let (p50, _) = ctx.pingpong(entry, true).await?;
-            direct.entry("rtt1_floor_p50").or_default().push(p50);
+            let (p50, p99) = ctx.pingpong(service, false).await?;
+            direct.entry("rtt_p50").or_default().push(p50);
+            direct.entry("rtt_p99").or_default().push(p99);
         }
-    }
-    // The load generator's own ceiling: a tunnel near this figure is limited by loadgen+service.
-    let bs = ctx.opts.bulk_bytes.to_string();
-    for _ in 0..ctx.opts.reps {
-        for (dir, key) in [("up", "bulk_up_1"), ("down", "bulk_down_1")] {
-            let a = ["bulk", "--conns", "1", "--bytes", &bs, "--dir", dir];
-            let v = run_json(false, &ctx.args(&a, service), Duration::from_secs(300)).await?;
-            direct.entry(key).or_default().push(num(&v, "mb_per_s")?);
+        for _ in 0..ctx.opts.reps {
+            let (p50, p99) = ctx.pingpong(pinned_addr, true).await?;
+            direct.entry("rtt1_p50").or_default().push(p50);
+            direct.entry("rtt1_p99").or_default().push(p99);
+        }
+        // The floor under the pinned row: the same four process hops as a tunnel (two relays, each
+        // crossed both ways) with no protocol at all, through the plainest relay there is.
+        eprintln!("[floor] round trips through two plain relays on CPU 0 ({} x 64 B)", ctx.opts.ping_count);
+        {
+            let relay = |name: &str, from: u16, to: u16| {
+                let mut c = on_cpu0(&exe);
+                c.args(["relay", "--addr", &format!("127.0.0.1:{from}")]);
+                c.args(["--to", &format!("127.0.0.1:{to}")]);
+                Proc::spawn(name, c, &dir.join(format!("{name}.log")))
+            };
+            let _second = relay("relay-2", relay2, pinned_sp)?;
+            let _first = relay("relay-1", relay1, relay2)?;
+            let entry = SocketAddr::from(([127, 0, 0, 1], relay1));
+            client::first_byte(entry, Instant::now(), Duration::from_millis(5), Duration::from_secs(10)).await?;
+            for _ in 0..ctx.opts.reps {
+                let (p50, _) = ctx.pingpong(entry, true).await?;
+                direct.entry("rtt1_floor_p50").or_default().push(p50);
+            }
+        }
+        // The load generator's own ceiling: a tunnel near this figure is limited by loadgen+service.
+        let bs = ctx.opts.bulk_bytes.to_string();
+        for _ in 0..ctx.opts.reps {
+            for (dir, key) in [("up", "bulk_up_1"), ("down", "bulk_down_1")] {
+                let a = ["bulk", "--conns", "1", "--bytes", &bs, "--dir", dir];
+                let v = run_json(false, &ctx.args(&a, service), Duration::from_secs(300)).await?;
+                direct.entry(key).or_default().push(num(&v, "mb_per_s")?);
+            }
         }
     }
 
@@ -959,7 +966,7 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
             }
         }
     }
-    for st in states.iter_mut().filter(|s| s.failed.is_none()) {
+    for st in states.iter_mut().filter(|s| s.failed.is_none() && !ctx.opts.memory) {
         match ctx.start_pair(&st.imp, &st.ports, false).await {
             Ok((b, p, _)) => st.pair = Some((b, p)),
             Err(e) => fail(st, e),
@@ -983,10 +990,11 @@ pub async fn drive(opts: Opts) -> io::Result<()> {
         (Step::PingPinned, "64 B ping-pong on CPU 0"),
         (Step::ConnRate, "connection rate"),
     ];
-    if ctx.opts.rig {
+    if ctx.opts.rig || ctx.opts.memory {
         steps.clear();
     }
-    for up in [true, false] {
+    for up in if ctx.opts.memory { &[][..] } else { &[true, false][..] } {
+        let up = *up;
         for conns in [1, 8] {
             steps.push((Step::Bulk { up, conns }, if up { "bulk upload" } else { "bulk download" }));
         }

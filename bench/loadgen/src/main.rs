@@ -8,7 +8,7 @@
 //!   hold      --addr A [--conns 2000] [--max-secs 120]
 //!   firstbyte --addr A [--timeout-secs 20]
 //!   relay     --addr A --to B   (blocking, a thread per direction; for bench/relay-floor.sh)
-//!   drive     [--oxray BIN] [--v2ray BIN] [--rathole BIN] [--ops-fragment JSON] [--reps R] [--quick] [--out DIR] ...
+//!   drive     [--oxray BIN] [--v2ray BIN] [--rathole BIN] [--ops-fragment JSON] [--reps R] [--quick] [--rig] [--memory] [--out DIR] ...
 
 mod client;
 mod drive;
@@ -173,6 +173,7 @@ async fn run(cmd: &str, rest: &[String]) -> Result<Option<String>, String> {
                 quick,
                 rig: a.flag("rig"),
                 setups: a.map.get("setups").map(|v| v.split(',').map(|s| s.trim().to_string()).collect()),
+                memory: a.flag("memory"),
             };
             if let Some(bad) =
                 opts.setups.iter().flatten().find(|s| !["reverse", "wstls", "ss", "vless"].contains(&s.as_str()))
