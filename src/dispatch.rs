@@ -262,7 +262,9 @@ impl Dispatcher {
             stream = sniff(s, &mut session, stream).await;
         }
         let table = self.table();
-        let (tag, outbound) = match self.pick_in(&table, &session).await {
+        // Boxed: routing's state (DNS lookups included) is the largest in this future, and an
+        // inline one would be carried by every flow's task for its whole life (~1.3 KiB).
+        let (tag, outbound) = match Box::pin(self.pick_in(&table, &session)).await {
             Ok(p) => p,
             Err(e) => {
                 warn!(session = session.id, target = %session.target, "rejected: {e}");
