@@ -289,9 +289,28 @@ async fn doh_servers_resolve_for_routing_and_freedom_like_v2ray() {
             );
             let mut proc = spawn(which, &dir, &config, &pki);
             assert!(wait_port_async(local(ready), Duration::from_secs(10)).await, "{which:?}: {}", proc.log_text());
+            // 4.34 dispatches each routed DoH query on its own pipe and sometimes loses one ("failed to
+            // retrieve response ... read/write on closed pipe" in its log, then a 4 s timeout): a 4.34
+            // bug, not a decision to compare. Only that logged loss excuses V2Ray; oxray is always held.
+            let v2ray_lost = || {
+                which == Impl::V2ray
+                    && scheme == "https"
+                    && std::fs::read_to_string(dir.join("error.log"))
+                        .unwrap_or_default()
+                        .contains("failed to retrieve response")
+            };
+            let mut lost = false;
             for (i, ((host, want), port)) in probes.iter().zip(&ports).enumerate() {
                 probe(*port).await;
                 let got = decision(&access, &format!("tcp:{host}:{}", 1000 + i), Duration::from_secs(10)).await;
+                if got.as_deref() != Some(*want) && v2ray_lost() {
+                    eprintln!(
+                        "!!!!!!!! V2Ray 4.34 lost its own routed DoH query for {host} (its log: \"failed to retrieve \
+                         response\"); the rest of its https comparison is skipped !!!!!!!!"
+                    );
+                    lost = true;
+                    break;
+                }
                 assert_eq!(
                     got.as_deref(),
                     Some(*want),
@@ -300,15 +319,23 @@ async fn doh_servers_resolve_for_routing_and_freedom_like_v2ray() {
                     proc.log_text()
                 );
             }
+            if lost {
+                continue;
+            }
             // freedom UseIPv4: an A query only, and the dial goes to its answer.
             let a_before = doh.seen.lock().unwrap().iter().filter(|s| s.name == "f.oxt").count();
             assert_eq!(a_before, 0, "{which:?}");
             let mut s = TcpStream::connect(local(fport)).await.unwrap();
             s.write_all(b"hi").await.unwrap();
             let mut buf = [0u8; 2];
-            tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
-                .await
-                .unwrap_or_else(|_| panic!("{which:?} {scheme}: no answer through freedom\n{}", proc.log_text()))
+            let read = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf)).await;
+            if !matches!(read, Ok(Ok(_))) && v2ray_lost() {
+                eprintln!(
+                    "!!!!!!!! V2Ray 4.34 lost its own routed DoH query for f.oxt; its freedom check is skipped !!!!!!!!"
+                );
+                continue;
+            }
+            read.unwrap_or_else(|_| panic!("{which:?} {scheme}: no answer through freedom\n{}", proc.log_text()))
                 .unwrap();
             let hit = tokio::time::timeout(Duration::from_secs(5), hit_rx.recv()).await.unwrap().unwrap();
             assert_eq!(hit.ip().to_string(), "127.0.0.5", "{which:?}");
