@@ -2,7 +2,7 @@
 
 use aws_lc_rs::aead::{AES_128_GCM, AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::hkdf;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use md5::{Digest, Md5};
 
 /// AEAD tag size of every method.
@@ -240,55 +240,24 @@ impl Decoder {
     }
 
     /// Decodes the next chunk from the front of `buf`: `Ok(None)` while more bytes are needed.
+    /// [`Decoder::decode_in_place`] with the consumed bytes split off `buf`.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Chunk>, SsError> {
-        if self.method == Method::None {
-            if buf.is_empty() {
-                return Ok(None);
+        Ok(match self.decode_in_place(buf)? {
+            InPlace::Need { used } => {
+                buf.advance(used);
+                None
             }
-            return Ok(Some(Chunk::Data(buf.split().freeze())));
-        }
-        loop {
-            match self.state {
-                DecState::End => return Ok(Some(Chunk::End)),
-                DecState::Salt => {
-                    let n = self.method.key_len();
-                    if buf.len() < n {
-                        return Ok(None);
-                    }
-                    let salt = buf.split_to(n);
-                    self.aead = Aead::new(self.method, &self.master, &salt);
-                    self.state = DecState::Length;
-                }
-                DecState::Length => {
-                    if buf.len() < 2 + TAG {
-                        return Ok(None);
-                    }
-                    let Some(aead) = &mut self.aead else { return Err(SsError::Auth) };
-                    let mut block = buf.split_to(2 + TAG);
-                    aead.open(&mut block)?;
-                    let len = u16::from_be_bytes([block[0], block[1]]) as usize;
-                    if len == 0 {
-                        self.state = DecState::End;
-                        continue;
-                    }
-                    if len > MAX_PAYLOAD {
-                        return Err(SsError::TooLong(len));
-                    }
-                    self.state = DecState::Payload(len);
-                }
-                DecState::Payload(len) => {
-                    if buf.len() < len + TAG {
-                        return Ok(None);
-                    }
-                    let Some(aead) = &mut self.aead else { return Err(SsError::Auth) };
-                    let mut block = buf.split_to(len + TAG);
-                    let n = aead.open(&mut block)?;
-                    block.truncate(n);
-                    self.state = DecState::Length;
-                    return Ok(Some(Chunk::Data(block.freeze())));
-                }
+            InPlace::End { used } => {
+                buf.advance(used);
+                Some(Chunk::End)
             }
-        }
+            InPlace::Data { used, plain } => {
+                let mut chunk = buf.split_to(used);
+                chunk.truncate(plain.end);
+                chunk.advance(plain.start);
+                Some(Chunk::Data(chunk.freeze()))
+            }
+        })
     }
 
     /// Decodes in place from the front of `buf` (no allocation, no copy): the salt, length blocks and
