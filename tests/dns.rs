@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Impl, free_port, local, spawn_impl, temp_dir, v2ray, wait_port_async, wait_until};
+use common::{decision, free_port, impls, local, probe, spawn_impl, temp_dir, v2ray, wait_port_async};
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use oxray::dns::responder::{Rec, Responder};
@@ -18,38 +18,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 fn rec(ips: &[&str]) -> Rec {
     Rec { ips: ips.iter().map(|s| s.parse().unwrap()).collect(), ttl: 300, ..Default::default() }
-}
-
-/// The implementations to compare: oxray always, V2Ray 4.34 when installed (CI requires it).
-fn impls() -> Vec<Impl> {
-    let mut v = vec![Impl::Oxray];
-    if v2ray().is_some() {
-        v.push(Impl::V2ray);
-    }
-    v
-}
-
-/// The outbound tag of the access line for `target` (`tcp:host:port`), waiting for it with a deadline.
-/// oxray writes `[in -> out]`, V2Ray `[out]`.
-async fn decision(access: &Path, target: &str, deadline: Duration) -> Option<String> {
-    let needle = format!(" accepted {target} ");
-    let find = || {
-        let text = std::fs::read_to_string(access).unwrap_or_default();
-        text.lines().find(|l| l.contains(&needle)).map(|l| {
-            let route = l.rsplit_once('[').map(|(_, r)| r.trim_end_matches(']')).unwrap_or("");
-            route.rsplit(" -> ").next().unwrap_or("").to_string()
-        })
-    };
-    wait_until(deadline, || async { find().is_some() }).await;
-    find()
-}
-
-/// Connects to a probe inbound, sends a byte, waits (bounded) for the outbound to close it.
-async fn probe(port: u16) {
-    let Ok(mut s) = TcpStream::connect(local(port)).await else { return };
-    let _ = s.write_all(b"x").await;
-    let mut buf = [0u8; 64];
-    let _ = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await;
 }
 
 /// An inbound that only tells when the process is up: listed last, so the others listen before it.

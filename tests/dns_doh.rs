@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::pki::Pki;
-use common::{Impl, Proc, free_port, local, temp_dir, v2ray, wait_port_async, wait_until};
+use common::{Impl, Proc, decision, free_port, impls, local, probe, probe_inbounds, temp_dir, v2ray, wait_port_async};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -154,34 +154,6 @@ impl DohServer {
     }
 }
 
-fn impls() -> Vec<Impl> {
-    let mut v = vec![Impl::Oxray];
-    if v2ray().is_some() {
-        v.push(Impl::V2ray);
-    }
-    v
-}
-
-async fn decision(access: &Path, target: &str, deadline: Duration) -> Option<String> {
-    let needle = format!(" accepted {target} ");
-    let find = || {
-        let text = std::fs::read_to_string(access).unwrap_or_default();
-        text.lines().find(|l| l.contains(&needle)).map(|l| {
-            let route = l.rsplit_once('[').map(|(_, r)| r.trim_end_matches(']')).unwrap_or("");
-            route.rsplit(" -> ").next().unwrap_or("").to_string()
-        })
-    };
-    wait_until(deadline, || async { find().is_some() }).await;
-    find()
-}
-
-async fn probe(port: u16) {
-    let Ok(mut s) = TcpStream::connect(local(port)).await else { return };
-    let _ = s.write_all(b"x").await;
-    let mut buf = [0u8; 64];
-    let _ = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await;
-}
-
 /// Writes and runs `config` with `which`, trusting the test CA through `SSL_CERT_FILE` (oxray's system
 /// roots and Go's both read it).
 fn spawn(which: Impl, dir: &Path, config: &str, pki: &Pki) -> Proc {
@@ -194,27 +166,6 @@ fn spawn(which: Impl, dir: &Path, config: &str, pki: &Pki) -> Proc {
         Impl::Oxray => Proc::spawn("oxray", &common::oxray_bin(), &["run", "-c", &cfg], &log, &env),
         Impl::V2ray => Proc::spawn("v2ray", &v2ray().unwrap(), &["-config", &cfg], &log, &env),
     }
-}
-
-/// Probe inbounds (dokodemo to `host:1000+i`) plus a `ready` inbound listed last.
-fn inbounds(hosts: &[&str], ports: &[u16], ready: u16) -> String {
-    let mut v: Vec<String> = hosts
-        .iter()
-        .zip(ports)
-        .enumerate()
-        .map(|(i, (host, port))| {
-            format!(
-                r#"{{"tag": "p{i}", "listen": "127.0.0.1", "port": {port}, "protocol": "dokodemo-door",
-                    "settings": {{"address": "{host}", "port": {}}}}}"#,
-                1000 + i
-            )
-        })
-        .collect();
-    v.push(format!(
-        r#"{{"tag": "ready", "listen": "127.0.0.1", "port": {ready}, "protocol": "dokodemo-door",
-            "settings": {{"address": "127.0.0.1", "port": 9}}}}"#
-    ));
-    v.join(",\n")
 }
 
 /// Routing with `IPIfNonMatch` and freedom `UseIPv4` through a DoH server: `https://` over HTTP/2 (its
@@ -285,7 +236,7 @@ async fn doh_servers_resolve_for_routing_and_freedom_like_v2ray() {
                 access = access.display(),
                 error = dir.join("error.log").display(),
                 doh = doh.addr.port(),
-                inbounds = inbounds(&hosts, &ports, ready),
+                inbounds = probe_inbounds(&hosts, &ports, ready),
             );
             let mut proc = spawn(which, &dir, &config, &pki);
             assert!(wait_port_async(local(ready), Duration::from_secs(10)).await, "{which:?}: {}", proc.log_text());
@@ -403,7 +354,7 @@ async fn stalled_doh_servers_fall_back_to_the_next_like_v2ray() {
             good = good.addr.port(),
             http = http.addr.port(),
             tls = tls.addr.port(),
-            inbounds = inbounds(&hosts, &ports, ready),
+            inbounds = probe_inbounds(&hosts, &ports, ready),
         );
         let mut proc = spawn(which, &dir, &config, &pki);
         assert!(wait_port_async(local(ready), Duration::from_secs(10)).await, "{which:?}: {}", proc.log_text());

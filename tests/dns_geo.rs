@@ -8,11 +8,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Impl, Proc, free_port, local, temp_dir, v2ray, wait_port_async, wait_until};
+use common::{Impl, Proc, decision, free_port, impls, local, probe, probe_inbounds, temp_dir, v2ray, wait_port_async};
 use oxray::dns::responder::{Rec, Responder};
 use oxray::router::geo::encode_ip_file;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// ROUTING-DATA.md §1.9 (geosite `TEST`: full a.test, domain b.test @ads, keyword kw, regexp ^r[0-9]+\.test$;
 /// geoip `PRIVATE` 10/8 + fc00::/7, `XX` 198.51.100.0/24).
@@ -27,26 +25,6 @@ fn rec(ip: &str) -> Rec {
     Rec { ips: vec![ip.parse().unwrap()], ttl: 300, ..Default::default() }
 }
 
-async fn decision(access: &Path, target: &str) -> Option<String> {
-    let needle = format!(" accepted {target} ");
-    let find = || {
-        let text = std::fs::read_to_string(access).unwrap_or_default();
-        text.lines().find(|l| l.contains(&needle)).map(|l| {
-            let route = l.rsplit_once('[').map(|(_, r)| r.trim_end_matches(']')).unwrap_or("");
-            route.rsplit(" -> ").next().unwrap_or("").to_string()
-        })
-    };
-    wait_until(Duration::from_secs(10), || async { find().is_some() }).await;
-    find()
-}
-
-async fn probe(port: u16) {
-    let Ok(mut s) = TcpStream::connect(local(port)).await else { return };
-    let _ = s.write_all(b"x").await;
-    let mut buf = [0u8; 64];
-    let _ = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await;
-}
-
 /// The .dat files of both tests in `dir`: the spec's vectors plus `extip.dat` (NET 10.99/16) and
 /// `ext.dat` (N: full n.oxt).
 fn write_dat_files(dir: &Path) {
@@ -58,14 +36,6 @@ fn write_dat_files(dir: &Path) {
     std::fs::write(dir.join("ext.dat"), site).unwrap();
 }
 
-fn impls() -> Vec<Impl> {
-    let mut impls = vec![Impl::Oxray];
-    if v2ray().is_some() {
-        impls.push(Impl::V2ray);
-    }
-    impls
-}
-
 /// Runs `which` with the `dns` object `dns` and one dokodemo probe per `want` entry (target host, port
 /// 1000+i), with the assets in `dir`; asserts each routing decision (`IPIfNonMatch`; outbounds by IP:
 /// geoip:xx → xx, 10.99/16 → hit99, 10.10/16 → hit10) and returns the running process.
@@ -73,22 +43,8 @@ async fn run_probes(which: Impl, dir: &Path, dns: &str, want: &[(&str, &str)]) -
     write_dat_files(dir);
     let ports: Vec<u16> = want.iter().map(|_| free_port()).collect();
     let ready = free_port();
-    let mut inbounds: Vec<String> = want
-        .iter()
-        .zip(&ports)
-        .enumerate()
-        .map(|(i, ((host, _), port))| {
-            format!(
-                r#"{{"tag": "p{i}", "listen": "127.0.0.1", "port": {port}, "protocol": "dokodemo-door",
-                    "settings": {{"address": "{host}", "port": {}}}}}"#,
-                1000 + i
-            )
-        })
-        .collect();
-    inbounds.push(format!(
-        r#"{{"tag": "ready", "listen": "127.0.0.1", "port": {ready}, "protocol": "dokodemo-door",
-            "settings": {{"address": "127.0.0.1", "port": 9}}}}"#
-    ));
+    let hosts: Vec<&str> = want.iter().map(|(h, _)| *h).collect();
+    let inbounds = probe_inbounds(&hosts, &ports, ready);
     let access = dir.join("access.log");
     let config = format!(
         r#"{{"log": {{"loglevel": "debug", "access": "{access}", "error": "{error}"}},
@@ -104,7 +60,6 @@ async fn run_probes(which: Impl, dir: &Path, dns: &str, want: &[(&str, &str)]) -
     {{"type": "field", "ip": ["10.10.0.0/16"], "outboundTag": "hit10"}}]}}}}"#,
         access = access.display(),
         error = dir.join("error.log").display(),
-        inbounds = inbounds.join(",\n"),
     );
     let cfg = common::write_file(dir, "config.json", &config);
     let cfg = cfg.to_str().unwrap().to_string();
@@ -118,7 +73,7 @@ async fn run_probes(which: Impl, dir: &Path, dns: &str, want: &[(&str, &str)]) -
     assert!(wait_port_async(local(ready), Duration::from_secs(10)).await, "{which:?}: {}", proc.log_text());
     for (i, ((host, out), port)) in want.iter().zip(&ports).enumerate() {
         probe(*port).await;
-        let got = decision(&access, &format!("tcp:{host}:{}", 1000 + i)).await;
+        let got = decision(&access, &format!("tcp:{host}:{}", 1000 + i), Duration::from_secs(10)).await;
         assert_eq!(
             got.as_deref(),
             Some(*out),

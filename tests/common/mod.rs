@@ -763,3 +763,58 @@ pub async fn fallback_target(name: &'static str) -> SocketAddr {
     });
     addr
 }
+
+/// Routing-decision probes (tests/dns*.rs): the implementations to compare, oxray always and V2Ray
+/// 4.34 when installed (CI requires it).
+pub fn impls() -> Vec<Impl> {
+    let mut v = vec![Impl::Oxray];
+    if v2ray().is_some() {
+        v.push(Impl::V2ray);
+    }
+    v
+}
+
+/// The outbound tag of the access line for `target` (`tcp:host:port`), waiting for it with a deadline.
+/// oxray writes `[in -> out]`, V2Ray `[out]`.
+pub async fn decision(access: &Path, target: &str, deadline: Duration) -> Option<String> {
+    let needle = format!(" accepted {target} ");
+    let find = || {
+        let text = std::fs::read_to_string(access).unwrap_or_default();
+        text.lines().find(|l| l.contains(&needle)).map(|l| {
+            let route = l.rsplit_once('[').map(|(_, r)| r.trim_end_matches(']')).unwrap_or("");
+            route.rsplit(" -> ").next().unwrap_or("").to_string()
+        })
+    };
+    wait_until(deadline, || async { find().is_some() }).await;
+    find()
+}
+
+/// Connects to a probe inbound, sends a byte, waits (bounded) for the outbound to close it.
+pub async fn probe(port: u16) {
+    let Ok(mut s) = TcpStream::connect(local(port)).await else { return };
+    let _ = s.write_all(b"x").await;
+    let mut buf = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await;
+}
+
+/// One dokodemo probe inbound per host (tag `p<i>`, to `host:1000+i`) plus a `ready` inbound listed
+/// last, so the others listen before it (waiting on a probe port would route a flow through it).
+pub fn probe_inbounds(hosts: &[&str], ports: &[u16], ready: u16) -> String {
+    let mut v: Vec<String> = hosts
+        .iter()
+        .zip(ports)
+        .enumerate()
+        .map(|(i, (host, port))| {
+            format!(
+                r#"{{"tag": "p{i}", "listen": "127.0.0.1", "port": {port}, "protocol": "dokodemo-door",
+                    "settings": {{"address": "{host}", "port": {}}}}}"#,
+                1000 + i
+            )
+        })
+        .collect();
+    v.push(format!(
+        r#"{{"tag": "ready", "listen": "127.0.0.1", "port": {ready}, "protocol": "dokodemo-door",
+            "settings": {{"address": "127.0.0.1", "port": 9}}}}"#
+    ));
+    v.join(",\n")
+}
