@@ -1,6 +1,7 @@
 //! The dispatcher: routes each flow to an outbound and hands it over.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -203,96 +204,121 @@ impl Dispatcher {
             .ok_or_else(|| ProxyError::Refused("no outbound configured".into()))
     }
 
+    // The entry points below are plain functions returning [`Dispatcher::run`]'s future, not `async
+    // fn`s awaiting it: an `async fn` keeps its arguments inside its future for its whole life (the
+    // session, ~250 bytes), and one wrapping another keeps them once per level. Every flow's task
+    // carries this future until the flow ends, and thousands of held flows carry it at once.
+
     /// Routes a stream and lets the chosen outbound carry it to the end. Logs one access line.
-    pub async fn dispatch(self: &Arc<Self>, session: Session, stream: BoxStream) {
-        let _ = self.run(session, stream, |_| {}, true).await;
+    pub fn dispatch(self: &Arc<Self>, session: Session, stream: BoxStream) -> impl Future<Output = ()> + Send + '_ {
+        self.run(Box::new(session), stream, |_| {}, true, drop)
     }
 
     /// [`Dispatcher::dispatch`], returning what the flow moved or why it ended.
-    pub async fn dispatch_outcome(self: &Arc<Self>, session: Session, stream: BoxStream) -> Result<RelayStats, String> {
-        self.run(session, stream, |_| {}, true).await
-    }
-
-    /// [`Dispatcher::dispatch_sub`], returning what the flow moved or why it ended.
-    pub async fn dispatch_sub_outcome(
+    pub fn dispatch_outcome(
         self: &Arc<Self>,
         session: Session,
         stream: BoxStream,
-    ) -> Result<RelayStats, String> {
-        self.run(session, stream, |_| {}, false).await
+    ) -> impl Future<Output = Result<RelayStats, String>> + Send + '_ {
+        self.run(Box::new(session), stream, |_| {}, true, std::convert::identity)
+    }
+
+    /// [`Dispatcher::dispatch_sub`], returning what the flow moved or why it ended.
+    pub fn dispatch_sub_outcome(
+        self: &Arc<Self>,
+        session: Box<Session>,
+        stream: BoxStream,
+    ) -> impl Future<Output = Result<RelayStats, String>> + Send + '_ {
+        self.run(session, stream, |_| {}, false, std::convert::identity)
     }
 
     /// Dispatches a session that arrived inside a Mux.Cool connection (a Mux sub-session, or a session
     /// the portal opened on a bridge): routed like any flow, but never served as Mux.Cool again. V2Ray's
     /// Mux server dispatches sub-sessions plainly too; nesting would let one peer stack connections.
-    pub async fn dispatch_sub(self: &Arc<Self>, session: Session, stream: BoxStream) {
-        let _ = self.run(session, stream, |_| {}, false).await;
+    pub fn dispatch_sub(self: &Arc<Self>, session: Session, stream: BoxStream) -> impl Future<Output = ()> + Send + '_ {
+        self.run(Box::new(session), stream, |_| {}, false, drop)
     }
 
     /// [`Dispatcher::dispatch`], letting the inbound adjust the session's policy (dokodemo `timeout`).
-    pub async fn dispatch_with(
+    pub fn dispatch_with(
         self: &Arc<Self>,
         session: Session,
         stream: BoxStream,
         adjust: impl FnOnce(&mut LevelPolicy),
-    ) {
-        let _ = self.run(session, stream, adjust, true).await;
+    ) -> impl Future<Output = ()> + Send + '_ {
+        self.run(Box::new(session), stream, adjust, true, drop)
     }
 
-    async fn run(
+    /// The flow's work up to routing is done here, synchronously; the future holds the session on the
+    /// heap until it is handed to the outbound (whose future then holds it), so what stays in this one
+    /// for the flow's life is a few pointers. Sniffing and Mux serving are boxed for the same reason:
+    /// their states are larger than the relay's wait and would otherwise size every flow's future.
+    fn run<R: Send + 'static>(
         self: &Arc<Self>,
-        mut session: Session,
-        mut stream: BoxStream,
+        mut session: Box<Session>,
+        stream: BoxStream,
         adjust: impl FnOnce(&mut LevelPolicy),
         serve_mux: bool,
-    ) -> Result<RelayStats, String> {
+        finish: fn(Result<RelayStats, String>) -> R,
+    ) -> impl Future<Output = R> + Send + '_ {
         self.prepare(&mut session);
         adjust(&mut session.policy);
         let sniffing = current_sniffing();
-        if serve_mux && session.target.address.domain() == Some(MUX_COOL_DOMAIN) {
-            // Every inbound serves Mux.Cool for this magic target, as V2Ray's do; the carrier itself is
-            // not sniffed, its sub-sessions are (4.34's Mux server dispatches them with its context).
-            let handler = Arc::new(InboundMux { dispatcher: self.clone(), carrier: session, sniffing });
-            MuxServer::start(stream, handler).closed().await;
-            return Ok(RelayStats::default());
-        }
-        if let Some(s) = &sniffing
-            && session.target.network == Network::Tcp
-        {
-            stream = sniff(s, &mut session, stream).await;
-        }
-        let table = self.table();
-        // Boxed: routing's state (DNS lookups included) is the largest in this future, and an
-        // inline one would be carried by every flow's task for its whole life (~1.3 KiB).
-        let (tag, outbound) = match Box::pin(self.pick_in(&table, &session)).await {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(session = session.id, target = %session.target, "rejected: {e}");
-                return Err(format!("rejected: {e}"));
+        let dispatcher = self;
+        async move {
+            let mut stream = stream;
+            if serve_mux && session.target.address.domain() == Some(MUX_COOL_DOMAIN) {
+                // Every inbound serves Mux.Cool for this magic target, as V2Ray's do; the carrier itself
+                // is not sniffed, its sub-sessions are (4.34's Mux server dispatches them with its context).
+                let handler = Arc::new(InboundMux { dispatcher: dispatcher.clone(), carrier: *session, sniffing });
+                Box::pin(async move { MuxServer::start(stream, handler).closed().await }).await;
+                return finish(Ok(RelayStats::default()));
             }
-        };
-        access_line(&self.access, &session, &tag);
-        let id = session.id;
-        let target = session.target.clone();
-        let user = session.user.as_ref().and_then(|u| u.email.as_ref());
-        let (p, inbound) = (&session.policy, session.inbound_tag.as_deref());
-        let flow =
-            table.traffic.user_flow(inbound, &tag, user.map(|e| (e, p.stats_user_uplink, p.stats_user_downlink)));
-        drop(table);
-        if self.metering && session.meter.is_none() {
-            session.meter = Some(Arc::new(crate::session::Meter::new()));
-        }
-        let meter = session.meter.clone();
-        // Adds the flow's bytes to `flow` (once a second while it lives, with meter), however it ends.
-        match crate::stats::run_flushing(outbound.handle(session, stream), &flow, meter.as_deref()).await {
-            Ok(stats) => {
-                debug!(session = id, %target, up = stats.uplink, down = stats.downlink, "closed");
-                Ok(stats)
+            if let Some(s) = &sniffing
+                && session.target.network == Network::Tcp
+            {
+                stream = Box::pin(sniff(s, &mut session, stream)).await;
             }
-            Err(e) => {
-                info!(session = id, %target, outbound = &*tag, "connection ends: {e}");
-                Err(e.to_string())
+            let table = dispatcher.table();
+            // Boxed: routing's state (DNS lookups included) is the largest in this future, and an
+            // inline one would be carried by every flow's task for its whole life (~1.3 KiB).
+            let (tag, outbound) = match Box::pin(dispatcher.pick_in(&table, &session)).await {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(session = session.id, target = %session.target, "rejected: {e}");
+                    return finish(Err(format!("rejected: {e}")));
+                }
+            };
+            access_line(&dispatcher.access, &session, &tag);
+            let user = session.user.as_ref().and_then(|u| u.email.as_ref());
+            let (p, inbound) = (&session.policy, session.inbound_tag.as_deref());
+            let flow =
+                table.traffic.user_flow(inbound, &tag, user.map(|e| (e, p.stats_user_uplink, p.stats_user_downlink)));
+            drop(table);
+            if dispatcher.metering && session.meter.is_none() {
+                session.meter = Some(Arc::new(crate::session::Meter::new()));
             }
+            let (id, target, meter) = (session.id, session.target.clone(), session.meter.clone());
+            // Adds the flow's bytes to `flow` (once a second while it lives when metering), however it
+            // ends. The flushing loop's timer is boxed, so a flow without one does not carry its space.
+            let handled = outbound.handle(*session, stream);
+            let result = if dispatcher.metering {
+                Box::pin(crate::stats::run_flushing(handled, &flow, meter.as_deref())).await
+            } else {
+                let r = handled.await;
+                crate::stats::settle(&r, &flow, meter.as_deref(), (0, 0));
+                r
+            };
+            finish(match result {
+                Ok(stats) => {
+                    debug!(session = id, %target, up = stats.uplink, down = stats.downlink, "closed");
+                    Ok(stats)
+                }
+                Err(e) => {
+                    info!(session = id, %target, outbound = &*tag, "connection ends: {e}");
+                    Err(e.to_string())
+                }
+            })
         }
     }
 

@@ -1,6 +1,7 @@
 //! `dokodemo-door`: every accepted connection (TCP) or client (UDP) goes to one fixed target, or to its
 //! original destination with `followRedirect` (REDIRECT/TPROXY for TCP, TPROXY for UDP).
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,23 +69,36 @@ impl Inbound for Dokodemo {
     }
 
     async fn accept(&self, conn: Accepted, dispatcher: &Arc<Dispatcher>) {
+        // The flow is set up by a plain function: locals of this future (the session) would stay in
+        // it, and so in every held connection's task, for the connection's life.
+        if let Some(flow) = self.flow(conn, dispatcher) {
+            flow.await
+        }
+    }
+}
+
+impl Dokodemo {
+    /// The dispatch of one accepted TCP connection, or None (logged) when it has nowhere to go.
+    fn flow<'a>(
+        &self,
+        conn: Accepted,
+        dispatcher: &'a Arc<Dispatcher>,
+    ) -> Option<impl Future<Output = ()> + Send + 'a> {
         let peer = conn.peer;
         let Some(target) = self.target(&conn) else {
             warn!(%peer, "dokodemo-door: no original destination and no address configured");
-            return;
+            return None;
         };
         let mut session = Session::new(self.tag.clone(), Some(peer), target);
         if self.config.user_level != 0 {
             session.user = Some(crate::session::User { email: None, level: self.config.user_level });
         }
         let timeout = self.config.timeout.filter(|_| self.config.user_level == 0);
-        dispatcher
-            .dispatch_with(session, conn.stream, move |p: &mut LevelPolicy| {
-                if let Some(t) = timeout {
-                    p.conn_idle = t;
-                }
-            })
-            .await;
+        Some(dispatcher.dispatch_with(session, conn.stream, move |p: &mut LevelPolicy| {
+            if let Some(t) = timeout {
+                p.conn_idle = t;
+            }
+        }))
     }
 }
 

@@ -553,7 +553,9 @@ impl MuxHandler for Handler {
             // Shutting down: the session ends at once (dropping the stream sends End).
             return;
         }
-        let mut session = self.session(target);
+        // On the heap until the outbound takes it: a session held inline here would stay in this
+        // session's task for its whole life.
+        let mut session = Box::new(self.session(target));
         session.carrier = Some(stream.carrier_hold());
         self.dispatcher.assign_id(&mut session);
         let guard = self.tunnel.upgrade().map(|t| t.track.open(&mut session));

@@ -280,23 +280,35 @@ impl Outbound for Portal {
         Ok(self.open(session).await?.1)
     }
 
-    async fn handle(&self, session: Session, stream: BoxStream) -> Result<RelayStats, ProxyError> {
-        if session.target.address.domain() == Some(self.domain.as_str()) {
-            // Boxed: the tunnel's state machine (heartbeats, tracking) would otherwise size every
-            // visitor session's future, which is the only kind held by the thousand.
-            Box::pin(self.serve_tunnel(&session, stream)).await;
-            return Ok(RelayStats::default());
-        }
-        let (tunnel, upstream) = self.open(&session).await?;
-        let mut session = session;
-        session.carrier = Some(tunnel.client.carrier_hold());
-        let guard = tunnel.track.open(&mut session);
-        let result = relay_session(stream, upstream, &session).await;
-        match &result {
-            Ok(_) => guard.finish("done"),
-            Err(e) => guard.finish(&e.to_string()),
-        }
-        Ok(result?)
+    // `async_trait`'s expansion written out: its `async fn` would hold the session twice in the
+    // future (once as captured, once as its local), and every visitor session keeps this future for
+    // its whole life. Here the block uses the captured session itself.
+    fn handle<'life0, 'async_trait>(
+        &'life0 self,
+        mut session: Session,
+        stream: BoxStream,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<RelayStats, ProxyError>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            if session.target.address.domain() == Some(self.domain.as_str()) {
+                // Boxed: the tunnel's state machine (heartbeats, tracking) would otherwise size every
+                // visitor session's future, which is the only kind held by the thousand.
+                Box::pin(self.serve_tunnel(&session, stream)).await;
+                return Ok(RelayStats::default());
+            }
+            let (tunnel, upstream) = self.open(&session).await?;
+            session.carrier = Some(tunnel.client.carrier_hold());
+            let guard = tunnel.track.open(&mut session);
+            let result = relay_session(stream, upstream, &session).await;
+            match &result {
+                Ok(_) => guard.finish("done"),
+                Err(e) => guard.finish(&e.to_string()),
+            }
+            Ok(result?)
+        })
     }
 
     async fn connect_packet(&self, session: &Session) -> Result<BoxPacketConn, ProxyError> {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::status::{ClosedSession, Role, SessionStatus, TagStatus, TunnelStatus};
-use crate::session::{Meter, Session};
+use crate::session::{Destination, Meter, Session};
 
 /// Ended sessions kept per tag for `/status`.
 const CLOSED_SESSIONS_KEPT: usize = 32;
@@ -32,10 +32,12 @@ fn from_unix_ms(ms: u64) -> Option<SystemTime> {
     (ms > 0).then(|| UNIX_EPOCH + Duration::from_millis(ms))
 }
 
+/// What a live session shows. Kept as the session has it (no strings made at open): every held
+/// connection keeps one of these for its whole life, and only a status snapshot needs the text.
 struct LiveSession {
-    target: String,
-    inbound: Option<String>,
-    source: Option<String>,
+    target: Destination,
+    inbound: Option<Arc<str>>,
+    source: Option<SocketAddr>,
     meter: Arc<Meter>,
 }
 
@@ -43,9 +45,9 @@ impl LiveSession {
     fn status(&self, id: u64) -> SessionStatus {
         SessionStatus {
             id,
-            target: self.target.clone(),
-            inbound: self.inbound.clone(),
-            source: self.source.clone(),
+            target: self.target.to_string(),
+            inbound: self.inbound.as_deref().map(str::to_string),
+            source: self.source.map(|s| s.to_string()),
             age: self.meter.age(),
             uplink: self.meter.uplink(),
             downlink: self.meter.downlink(),
@@ -92,9 +94,9 @@ impl TunnelTrack {
         }
         let meter = session.meter.get_or_insert_with(|| Arc::new(Meter::new())).clone();
         let live = LiveSession {
-            target: session.target.to_string(),
-            inbound: session.inbound_tag.as_deref().map(str::to_string),
-            source: session.source.map(|s| s.to_string()),
+            target: session.target.clone(),
+            inbound: session.inbound_tag.clone(),
+            source: session.source,
             meter,
         };
         lock(&self.live).insert(session.id, live);

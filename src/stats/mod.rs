@@ -141,6 +141,8 @@ pub fn api_outbound(
 
 /// Runs a flow's outbound future, adding what its meter shows to `flow` every [`FLUSH_PERIOD`] (so
 /// counters move for long-lived flows), and the rest when it ends. One timer per flow, nothing per byte.
+/// Only for flows whose counters someone reads while they run (an ops listener or stats): without, the
+/// dispatcher awaits the flow and calls [`settle`], so a held idle flow has no timer to carry or wake.
 pub(crate) async fn run_flushing(
     handled: impl Future<Output = Result<RelayStats, ProxyError>>,
     flow: &FlowGuard,
@@ -165,12 +167,23 @@ pub(crate) async fn run_flushing(
         }
         None => handled.await,
     };
-    let (up, down) = match &result {
+    settle(&result, flow, meter, done);
+    result
+}
+
+/// Adds what an ended flow moved to `flow`, past `done` (already added): its totals, or what its meter
+/// saw when it ended in an error.
+pub(crate) fn settle(
+    result: &Result<RelayStats, ProxyError>,
+    flow: &FlowGuard,
+    meter: Option<&Meter>,
+    done: (u64, u64),
+) {
+    let (up, down) = match result {
         Ok(s) => (s.uplink, s.downlink),
         Err(_) => meter.map(|m| (m.uplink(), m.downlink())).unwrap_or_default(),
     };
     flow.bytes(up.saturating_sub(done.0), down.saturating_sub(done.1));
-    result
 }
 
 #[cfg(test)]
