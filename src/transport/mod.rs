@@ -139,7 +139,7 @@ impl Incoming {
 
     async fn run_handshake(self) -> io::Result<Accepted> {
         let Incoming { tcp, peer, stack } = self;
-        stack.opts.established(&tcp);
+        stack.opts.accepted(&tcp);
         let local = tcp.local_addr()?;
         let original_dst = match (stack.original_dst, stack.opts.tproxy) {
             (false, _) => None,

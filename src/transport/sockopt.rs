@@ -94,10 +94,14 @@ impl SocketOpts {
         SocketOpts { keepalive: Some(TUNNEL_KEEPALIVE), user_timeout: Some(TUNNEL_USER_TIMEOUT), ..self }
     }
 
-    /// Options set before `connect` (they must be on the socket before the SYN goes out).
+    /// Options set before `connect` (they must be on the socket before the SYN goes out). On Linux
+    /// this is all of them (they stay through the handshake), so [`SocketOpts::dialed`] has nothing
+    /// left to do: five system calls fewer per dialled connection.
     pub fn before_connect(&self, socket: &TcpSocket) {
         let s = SockRef::from(socket);
         self.mark_and_keepalive(&s);
+        #[cfg(target_os = "linux")]
+        self.nodelay_and_user_timeout(&s);
         #[cfg(target_os = "linux")]
         if let Some(on) = self.fast_open
             && let Err(e) = set_int(&s, libc::IPPROTO_TCP, TCP_FASTOPEN_CONNECT, on as libc::c_int)
@@ -107,9 +111,14 @@ impl SocketOpts {
     }
 
     /// Options set on a listening socket before `listen`.
+    /// On Linux accepted sockets inherit keepalive, TCP_NODELAY and TCP_USER_TIMEOUT from the
+    /// listener, so they are set here once instead of on each accepted connection
+    /// ([`SocketOpts::accepted`]).
     pub fn before_listen(&self, socket: &TcpSocket) {
         let s = SockRef::from(socket);
         self.mark_and_keepalive(&s);
+        #[cfg(target_os = "linux")]
+        self.nodelay_and_user_timeout(&s);
         #[cfg(target_os = "linux")]
         // The value is the queue length of pending fast-open requests (4.34 sets 1, or 0 to turn it off).
         if let Some(on) = self.fast_open
@@ -119,21 +128,42 @@ impl SocketOpts {
         }
     }
 
-    /// Options set on an established connection (accepted or dialed).
+    /// Options set on a connection dialled after [`SocketOpts::before_connect`]: none on Linux.
+    pub fn dialed(&self, stream: &TcpStream) {
+        #[cfg(target_os = "linux")]
+        let _ = stream;
+        #[cfg(not(target_os = "linux"))]
+        self.established(stream);
+    }
+
+    /// Options set on a connection accepted from a listener set up with
+    /// [`SocketOpts::before_listen`] with these options: none on Linux (inherited).
+    pub fn accepted(&self, stream: &TcpStream) {
+        #[cfg(target_os = "linux")]
+        let _ = stream;
+        #[cfg(not(target_os = "linux"))]
+        self.established(stream);
+    }
+
+    /// Options set on an established connection (accepted or dialed), whatever its socket had.
     pub fn established(&self, stream: &TcpStream) {
         self.established_ref(&SockRef::from(stream));
     }
 
     /// [`SocketOpts::established`] on a borrowed socket.
     pub(crate) fn established_ref(&self, s: &SockRef<'_>) {
+        // Accepted sockets do not inherit keepalive timers on every OS: set them again.
+        if let Some(k) = self.keepalive {
+            set_keepalive(s, k);
+        }
+        self.nodelay_and_user_timeout(s);
+    }
+
+    fn nodelay_and_user_timeout(&self, s: &SockRef<'_>) {
         if self.nodelay
             && let Err(e) = s.set_tcp_nodelay(true)
         {
             debug!("set_nodelay failed: {e}");
-        }
-        // Accepted sockets do not inherit keepalive timers on every OS: set them again.
-        if let Some(k) = self.keepalive {
-            set_keepalive(s, k);
         }
         #[cfg(any(target_os = "linux", target_os = "android"))]
         if let Some(t) = self.user_timeout
@@ -215,7 +245,19 @@ mod tests {
         let (c, _) = tokio::join!(socket.connect(addr), l.accept());
         let c = c.unwrap();
         opts.established(&c);
-        let s = SockRef::from(&c);
+        check(&c);
+    }
+
+    fn opts() -> SocketOpts {
+        SocketOpts {
+            keepalive: Some(Keepalive { idle: Duration::from_secs(7), interval: Duration::from_secs(3), retries: 4 }),
+            user_timeout: Some(Duration::from_millis(4500)),
+            ..SocketOpts::default()
+        }
+    }
+
+    fn check(c: &TcpStream) {
+        let s = SockRef::from(c);
         assert!(c.nodelay().unwrap());
         assert!(s.keepalive().unwrap());
         #[cfg(target_os = "linux")]
@@ -225,5 +267,25 @@ mod tests {
             assert_eq!(s.tcp_keepalive_retries().unwrap(), 4);
             assert_eq!(s.tcp_user_timeout().unwrap(), Some(Duration::from_millis(4500)));
         }
+    }
+
+    /// `dialed` and `accepted` set nothing on Linux: the options set before connect, and those the
+    /// accepted socket inherits from its listener, must all be there.
+    #[tokio::test]
+    async fn dialed_and_accepted_sockets_carry_every_option() {
+        let opts = opts();
+        let ls = TcpSocket::new_v4().unwrap();
+        opts.before_listen(&ls);
+        ls.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let l = ls.listen(8).unwrap();
+        let addr = l.local_addr().unwrap();
+        let socket = TcpSocket::new_v4().unwrap();
+        opts.before_connect(&socket);
+        let (c, a) = tokio::join!(socket.connect(addr), l.accept());
+        let (c, (a, _)) = (c.unwrap(), a.unwrap());
+        opts.dialed(&c);
+        opts.accepted(&a);
+        check(&c);
+        check(&a);
     }
 }

@@ -72,7 +72,7 @@ pub(super) async fn dial_once(
         opts.before_connect(&socket);
         match tokio::time::timeout(timeout, socket.connect(sa)).await {
             Ok(Ok(s)) => {
-                opts.established(&s);
+                opts.dialed(&s);
                 return Ok(s);
             }
             Ok(Err(e)) => last_err = Some(e),
