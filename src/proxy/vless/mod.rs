@@ -14,6 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, info};
 
@@ -22,7 +23,7 @@ use crate::dispatch::Dispatcher;
 use crate::mux::MUX_COOL_DOMAIN;
 use crate::proxy::fallback::Fallbacks;
 use crate::proxy::prefixed::Prefixed;
-use crate::proxy::{BoxPacketConn, BoxStream, Inbound, Outbound, PacketConn, ProxyError, relay_packets};
+use crate::proxy::{AsyncStream, BoxPacketConn, BoxStream, Inbound, Outbound, PacketConn, ProxyError, relay_packets};
 use crate::session::{Address, Destination, Session, User};
 use crate::transport::{Accepted, Dialer, StreamSettings};
 
@@ -157,6 +158,15 @@ impl<S: AsyncWrite + Unpin> HeaderOnFirstWrite<S> {
     }
 }
 
+impl<S: AsyncStream> AsyncStream for HeaderOnFirstWrite<S> {
+    fn raw_read(&self) -> Option<&TcpStream> {
+        self.inner.raw_read()
+    }
+    fn raw_write(&self) -> Option<&TcpStream> {
+        if self.header.is_none() && self.pending.is_empty() { self.inner.raw_write() } else { None }
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for HeaderOnFirstWrite<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -190,6 +200,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HeaderOnFirstWrite<S> {
 struct StripResponse<S> {
     inner: S,
     head: Option<BytesMut>,
+}
+
+impl<S: AsyncStream> AsyncStream for StripResponse<S> {
+    fn raw_read(&self) -> Option<&TcpStream> {
+        if self.head.is_none() { self.inner.raw_read() } else { None }
+    }
+    fn raw_write(&self) -> Option<&TcpStream> {
+        self.inner.raw_write()
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for StripResponse<S> {
