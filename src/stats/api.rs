@@ -92,7 +92,11 @@ impl ApiOutbound {
                 }
             }
         }
-        RelayStats { uplink: moved.read.load(Ordering::Relaxed), downlink: moved.written.load(Ordering::Relaxed) }
+        RelayStats {
+            uplink: moved.read.load(Ordering::Relaxed),
+            downlink: moved.written.load(Ordering::Relaxed),
+            spliced: 0,
+        }
     }
 }
 
