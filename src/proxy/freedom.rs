@@ -125,7 +125,9 @@ impl Outbound for Freedom {
         if let Some(p) = self.level_policy {
             session.policy = p;
         }
-        let upstream = self.connect(&session).await?;
+        // Boxed: the dial's state (resolution, connect attempts) is over before the relay starts, and
+        // inline it would be carried by every flow for its whole life.
+        let upstream = Box::pin(self.connect(&session)).await?;
         Ok(relay_session(stream, upstream, &session).await?)
     }
 

@@ -236,22 +236,32 @@ impl Half {
 /// has ended the limit becomes `downlinkOnly`, once the downlink has ended it becomes `uplinkOnly`.
 /// Unlike 4.34, time while the open direction's sink holds back bytes already read counts against
 /// `connIdle` only: back-pressure is not silence.
-pub async fn relay<A, B>(client: A, target: B, policy: &LevelPolicy) -> io::Result<RelayStats>
+// Plain functions returning the relay's future: an `async fn` wrapper would keep a second copy of
+// both streams in every flow's task for its whole life.
+pub fn relay<'a, A, B>(
+    client: A,
+    target: B,
+    policy: &'a LevelPolicy,
+) -> impl Future<Output = io::Result<RelayStats>> + 'a
 where
     A: AsyncStream,
     B: AsyncStream,
 {
-    relay_metered(client, target, policy, None, None).await
+    relay_metered(client, target, policy, None, None)
 }
 
 /// [`relay`] for a session: its policy, and its totals stored into its meter (if any) after every poll
 /// that moved data, so the operations view sees live bytes without a wrapper around either stream.
-pub async fn relay_session<A, B>(client: A, target: B, session: &Session) -> io::Result<RelayStats>
+pub fn relay_session<'a, A, B>(
+    client: A,
+    target: B,
+    session: &'a Session,
+) -> impl Future<Output = io::Result<RelayStats>> + 'a
 where
     A: AsyncStream,
     B: AsyncStream,
 {
-    relay_metered(client, target, &session.policy, session.meter.as_deref(), session.carrier.as_deref()).await
+    relay_metered(client, target, &session.policy, session.meter.as_deref(), session.carrier.as_deref())
 }
 
 async fn relay_metered<A, B>(
