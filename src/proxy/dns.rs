@@ -122,7 +122,7 @@ impl Outbound for DnsOutbound {
         if tokio::time::timeout(Duration::from_secs(1), &mut writer).await.is_err() {
             writer.abort();
         }
-        Ok(RelayStats { uplink: up, downlink: down.load(Ordering::Relaxed), spliced: 0 })
+        Ok(RelayStats { uplink: up, downlink: down.load(Ordering::Relaxed) })
     }
 
     async fn connect_packet(&self, session: &Session) -> Result<BoxPacketConn, ProxyError> {

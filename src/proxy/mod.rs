@@ -18,74 +18,20 @@ pub mod vless;
 pub mod vmess;
 
 mod relay;
-mod splice;
 
 use std::io;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use crate::session::Session;
 
 pub use relay::{RelayStats, relay, relay_packets, relay_session};
 
 /// A bidirectional byte stream; `poll_shutdown` is a half-close (EOF to the peer, reading goes on).
-///
-/// A stream with a plain TCP socket underneath says so with [`AsyncStream::raw_read`] and
-/// [`AsyncStream::raw_write`] once nothing it buffers or transforms is left on that side; between two
-/// such sockets the relay moves bytes with splice(2) and they never enter user space.
-pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// The socket that reading this stream reads, byte for byte, from now on.
-    fn raw_read(&self) -> Option<&TcpStream> {
-        None
-    }
-    /// The socket that writing this stream writes, byte for byte, from now on.
-    fn raw_write(&self) -> Option<&TcpStream> {
-        None
-    }
-}
-
-impl AsyncStream for TcpStream {
-    fn raw_read(&self) -> Option<&TcpStream> {
-        Some(self)
-    }
-    fn raw_write(&self) -> Option<&TcpStream> {
-        Some(self)
-    }
-}
-
-impl<S: AsyncStream + ?Sized> AsyncStream for Box<S> {
-    fn raw_read(&self) -> Option<&TcpStream> {
-        (**self).raw_read()
-    }
-    fn raw_write(&self) -> Option<&TcpStream> {
-        (**self).raw_write()
-    }
-}
-
-/// Streams that transform or buffer every byte (TLS, WebSocket, Mux, ciphers...): never raw.
-macro_rules! opaque_stream {
-    ($($t:ty),* $(,)?) => { $(impl $crate::proxy::AsyncStream for $t {})* };
-}
-pub(crate) use opaque_stream;
-
-opaque_stream!(tokio::io::DuplexStream, tokio::net::UnixStream, crate::mux::MuxStream);
-
-/// Generic wrappers that transform every byte of their inner stream: never raw either.
-macro_rules! opaque_wrapper {
-    ($($t:ident)::+) => {
-        impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncStream for $($t)::+<S> {}
-    };
-}
-opaque_wrapper!(tokio_rustls::server::TlsStream);
-opaque_wrapper!(tokio_rustls::client::TlsStream);
-opaque_wrapper!(crate::transport::ws::WsStream);
-opaque_wrapper!(crate::transport::header::HeaderStream);
-opaque_wrapper!(crate::testing::WriteLog);
-opaque_wrapper!(crate::proxy::vmess::stream::VmessStream);
-opaque_wrapper!(crate::proxy::shadowsocks::SsStream);
+pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncStream for T {}
 
 /// The stream type handed between inbounds, the dispatcher and outbounds.
 pub type BoxStream = Box<dyn AsyncStream>;

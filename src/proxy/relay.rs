@@ -13,12 +13,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::ReadBuf;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::config::LevelPolicy;
-use crate::proxy::splice::{Moved, Spliced};
-use crate::proxy::{AsyncStream, PacketConn};
+use crate::proxy::PacketConn;
 use crate::session::{CarrierHold, Meter, Session};
 
 /// Relay buffer per busy direction. Large buffers mean fewer syscalls and fewer, larger VMess/Mux chunks.
@@ -32,7 +31,7 @@ const MIN_READ: usize = 2 * 1024;
 /// Idle buffers kept per thread for reuse (beyond that they are freed).
 const POOL_MAX: usize = 8;
 /// Read/write rounds per direction per poll before yielding to other tasks.
-pub(crate) const ROUNDS_PER_POLL: usize = 16;
+const ROUNDS_PER_POLL: usize = 16;
 
 thread_local! {
     static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
@@ -61,8 +60,6 @@ pub struct RelayStats {
     pub uplink: u64,
     /// Target → client.
     pub downlink: u64,
-    /// Of both, the bytes moved socket to socket with splice(2).
-    pub spliced: u64,
 }
 
 /// One direction: read from `from`, write to `to`.
@@ -81,9 +78,6 @@ struct Half {
     /// Shutdown done: this direction is finished.
     done: bool,
     total: u64,
-    /// The kernel path, taken while both ends are plain TCP sockets with nothing buffered above.
-    splice: Spliced,
-    spliced: u64,
 }
 
 impl Half {
@@ -97,68 +91,26 @@ impl Half {
             unflushed: false,
             done: false,
             total: 0,
-            splice: Spliced::default(),
-            spliced: 0,
         }
     }
 
     /// Bytes read from the source wait for the sink.
     fn in_flight(&self) -> bool {
-        self.pos < self.end || self.splice.piped > 0
+        self.pos < self.end
     }
 
-    /// Copies ([`Half::poll_copy`]) until both ends are raw sockets with no copied byte waiting, then
-    /// splices. Same results as `poll_copy`.
-    fn poll_move<R, W>(
-        &mut self,
-        cx: &mut Context<'_>,
-        from: &mut R,
-        to: &mut W,
-        progress: &mut bool,
-    ) -> Poll<io::Result<()>>
-    where
-        R: AsyncStream + ?Sized,
-        W: AsyncStream + ?Sized,
-    {
-        loop {
-            if !self.splice.unavailable
-                && self.pos == self.end
-                && let (Some(r), Some(w)) = (from.raw_read(), to.raw_write())
-            {
-                if !self.eof {
-                    let before = self.total;
-                    let moved = self.splice.poll_move(cx, r, w, self.cap, &mut self.total, progress);
-                    self.spliced += self.total - before;
-                    match ready!(moved)? {
-                        Moved::Eof => self.eof = true,
-                        // No pipe to be had (descriptor limit): copy from here on.
-                        Moved::Unavailable => continue,
-                    }
-                }
-                // Half-close, as the copy path does.
-                ready!(Pin::new(to).poll_shutdown(cx))?;
-                self.done = true;
-                return Poll::Ready(Ok(()));
-            }
-            if !ready!(self.poll_copy(cx, Pin::new(&mut *from), Pin::new(&mut *to), progress))? {
-                return Poll::Ready(Ok(()));
-            }
-        }
-    }
-
-    /// Moves data until the source has nothing more now (Pending), the direction ends (Ready(Ok(false)))
-    /// or fails, or both ends have become raw sockets with nothing copied left to write
-    /// (Ready(Ok(true)): splice from here). Sets `progress` when any byte moved.
+    /// Moves data until the source has nothing more now (Pending), the direction ends (Ready(Ok)) or
+    /// fails. Sets `progress` when any byte moved.
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         mut from: Pin<&mut R>,
         mut to: Pin<&mut W>,
         progress: &mut bool,
-    ) -> Poll<io::Result<bool>>
+    ) -> Poll<io::Result<()>>
     where
-        R: AsyncStream + ?Sized,
-        W: AsyncStream + ?Sized,
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
     {
         for _ in 0..ROUNDS_PER_POLL {
             while self.pos < self.end {
@@ -182,13 +134,7 @@ impl Half {
                 // Half-close: tell the other side we are done writing, keep the other direction going.
                 ready!(to.as_mut().poll_shutdown(cx))?;
                 self.done = true;
-                return Poll::Ready(Ok(false));
-            }
-            if !self.splice.unavailable && from.raw_read().is_some() && to.raw_write().is_some() {
-                if let Some(b) = self.buf.take() {
-                    give_buf(b);
-                }
-                return Poll::Ready(Ok(true));
+                return Poll::Ready(Ok(()));
             }
             let buf = self.buf.get_or_insert_with(take_buf);
             let mut rb = ReadBuf::new(&mut buf[..self.cap]);
@@ -244,8 +190,8 @@ pub fn relay<'a, A, B>(
     policy: &'a LevelPolicy,
 ) -> impl Future<Output = io::Result<RelayStats>> + 'a
 where
-    A: AsyncStream,
-    B: AsyncStream,
+    A: AsyncRead + AsyncWrite + Unpin + Send,
+    B: AsyncRead + AsyncWrite + Unpin + Send,
 {
     relay_metered(client, target, policy, None, None)
 }
@@ -258,8 +204,8 @@ pub fn relay_session<'a, A, B>(
     session: &'a Session,
 ) -> impl Future<Output = io::Result<RelayStats>> + 'a
 where
-    A: AsyncStream,
-    B: AsyncStream,
+    A: AsyncRead + AsyncWrite + Unpin + Send,
+    B: AsyncRead + AsyncWrite + Unpin + Send,
 {
     relay_metered(client, target, &session.policy, session.meter.as_deref(), session.carrier.as_deref())
 }
@@ -272,8 +218,8 @@ async fn relay_metered<A, B>(
     carrier: Option<&CarrierHold>,
 ) -> io::Result<RelayStats>
 where
-    A: AsyncStream,
-    B: AsyncStream,
+    A: AsyncRead + AsyncWrite + Unpin + Send,
+    B: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut up = Half::new(policy.buffer_size);
     let mut down = Half::new(policy.buffer_size);
@@ -287,10 +233,10 @@ where
         let mut progress = false;
         // A finished direction (Ready(Ok)) sets its `done`; the other keeps going.
         if !up.done {
-            let _ = up.poll_move(cx, &mut client, &mut target, &mut progress)?;
+            let _ = up.poll_copy(cx, Pin::new(&mut client), Pin::new(&mut target), &mut progress)?;
         }
         if !down.done {
-            let _ = down.poll_move(cx, &mut target, &mut client, &mut progress)?;
+            let _ = down.poll_copy(cx, Pin::new(&mut target), Pin::new(&mut client), &mut progress)?;
         }
         // The short half-close limits are for a far end with nothing more to say; bytes already read
         // but not yet taken by the sink, or a Mux carrier whose reader holds every session back, are
@@ -328,7 +274,7 @@ where
             give_buf(b);
         }
     }
-    result.map(|()| RelayStats { uplink: up.total, downlink: down.total, spliced: up.spliced + down.spliced })
+    result.map(|()| RelayStats { uplink: up.total, downlink: down.total })
 }
 
 /// Copies datagrams both ways between two packet flows.
@@ -517,151 +463,5 @@ mod idle_tests {
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
         let took = t0.elapsed();
         assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(2), "{took:?}");
-    }
-}
-
-#[cfg(test)]
-mod splice_tests {
-    use super::*;
-    use crate::proxy::prefixed::Prefixed;
-    use crate::proxy::splice::pipe_counts;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
-
-    /// Both ends of one loopback TCP connection.
-    async fn tcp_pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (s, _) = l.accept().await.unwrap();
-        (c, s)
-    }
-
-    fn pattern(len: usize, seed: u32) -> Vec<u8> {
-        (0..len as u32).map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8).collect()
-    }
-
-    /// Sends `data` and half-closes, while reading everything the other way.
-    async fn talk(mut s: TcpStream, data: Vec<u8>) -> Vec<u8> {
-        let (mut r, mut w) = s.split();
-        let send = async {
-            w.write_all(&data).await.unwrap();
-            w.shutdown().await.unwrap();
-        };
-        let mut got = Vec::new();
-        let recv = r.read_to_end(&mut got);
-        let ((), n) = tokio::join!(send, recv);
-        n.unwrap();
-        got
-    }
-
-    /// Between two raw sockets every byte goes through splice, both ways, half-close included, and no
-    /// pipe outlives the relay.
-    #[tokio::test]
-    async fn raw_sockets_are_spliced_byte_for_byte_with_half_close() {
-        let (client, relay_client) = tcp_pair().await;
-        let (relay_target, target) = tcp_pair().await;
-        let (up, down) = (pattern(3 << 20, 1), pattern(5 << 20, 2));
-        let task = tokio::spawn(async move { relay(relay_client, relay_target, &LevelPolicy::default()).await });
-        let (at_target, at_client) = tokio::join!(talk(target, down.clone()), talk(client, up.clone()));
-        assert!(at_target == up && at_client == down, "bytes differ");
-        let stats = task.await.unwrap().unwrap();
-        assert_eq!((stats.uplink, stats.downlink), (up.len() as u64, down.len() as u64));
-        assert_eq!(stats.spliced, stats.uplink + stats.downlink);
-        let (live, pooled) = pipe_counts();
-        assert_eq!(live, pooled, "a pipe outlived its relay");
-    }
-
-    /// Bytes read past a handshake come first (copied), then the socket's own (spliced).
-    #[tokio::test]
-    async fn a_replayed_head_is_copied_before_the_socket_is_spliced() {
-        let (client, relay_client) = tcp_pair().await;
-        let (relay_target, target) = tcp_pair().await;
-        let head = b"read past the handshake ".to_vec();
-        let rest = pattern(1 << 20, 3);
-        let task = tokio::spawn(async move {
-            relay(Prefixed::new(head, relay_client), relay_target, &LevelPolicy::default()).await
-        });
-        let (at_target, _) = tokio::join!(talk(target, Vec::new()), talk(client, rest.clone()));
-        let want = [&b"read past the handshake "[..], &rest].concat();
-        assert!(at_target == want, "bytes differ");
-        let stats = task.await.unwrap().unwrap();
-        assert_eq!(stats.uplink, want.len() as u64);
-        assert_eq!(stats.spliced, rest.len() as u64);
-    }
-
-    /// A stream that transforms its bytes (here: any opaque stream) is always copied.
-    #[tokio::test]
-    async fn an_opaque_end_is_copied() {
-        let (client, relay_client) = tcp_pair().await;
-        let (relay_target, mut target) = tokio::io::duplex(1 << 16);
-        let data = pattern(1 << 20, 4);
-        let task = tokio::spawn(async move { relay(relay_client, relay_target, &LevelPolicy::default()).await });
-        let reader = async {
-            let mut got = Vec::new();
-            target.read_to_end(&mut got).await.unwrap();
-            target.shutdown().await.unwrap();
-            got
-        };
-        let (got, _) = tokio::join!(reader, talk(client, data.clone()));
-        assert!(got == data, "bytes differ");
-        let stats = task.await.unwrap().unwrap();
-        assert_eq!(stats.spliced, 0);
-    }
-
-    /// While a spliced connection is idle it holds no pipe: the pipe is back in the pool.
-    #[tokio::test]
-    async fn an_idle_spliced_relay_holds_no_pipe() {
-        let (mut client, relay_client) = tcp_pair().await;
-        let (relay_target, mut target) = tcp_pair().await;
-        let task = tokio::spawn(async move { relay(relay_client, relay_target, &LevelPolicy::default()).await });
-        for round in 0..3u8 {
-            client.write_all(&[round; 1000]).await.unwrap();
-            let mut got = [0u8; 1000];
-            target.read_exact(&mut got).await.unwrap();
-            assert_eq!(got, [round; 1000]);
-            target.write_all(&[round; 10]).await.unwrap();
-            let mut back = [0u8; 10];
-            client.read_exact(&mut back).await.unwrap();
-            // Single-threaded runtime: the relay's poll that delivered the bytes has ended.
-            let (live, pooled) = pipe_counts();
-            assert!(live >= 1 && live == pooled, "round {round}: {live} pipes open, {pooled} pooled");
-        }
-        drop((client, target));
-        let _ = task.await.unwrap();
-    }
-
-    /// A target that never reads: once the socket buffers and the pipe are full nothing moves, and
-    /// `connIdle` ends the relay (no hang, no busy loop).
-    #[tokio::test]
-    async fn a_sink_that_never_reads_is_cut_at_conn_idle() {
-        let (mut client, relay_client) = tcp_pair().await;
-        let (relay_target, _target) = tcp_pair().await;
-        let policy = LevelPolicy { conn_idle: Duration::from_millis(500), ..LevelPolicy::default() };
-        let t0 = Instant::now();
-        let task = tokio::spawn(async move { relay(relay_client, relay_target, &policy).await });
-        let chunk = vec![7u8; 64 * 1024];
-        // The relay stops taking bytes when the target's buffers are full; stop writing when we are stuck too.
-        while tokio::time::timeout(Duration::from_millis(300), client.write_all(&chunk)).await.is_ok() {
-            assert!(t0.elapsed() < Duration::from_secs(20), "the relay kept taking bytes nobody reads");
-        }
-        let err = tokio::time::timeout(Duration::from_secs(10), task).await.expect("relay hung").unwrap().unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        let (live, pooled) = pipe_counts();
-        assert_eq!(live, pooled, "a pipe outlived its relay");
-    }
-
-    /// Many relays in a row: every pipe is closed or pooled, the pool stays bounded.
-    #[tokio::test]
-    async fn pipes_do_not_leak_over_many_relays() {
-        for i in 0..40 {
-            let (client, relay_client) = tcp_pair().await;
-            let (relay_target, target) = tcp_pair().await;
-            let task = tokio::spawn(async move { relay(relay_client, relay_target, &LevelPolicy::default()).await });
-            let (a, b) = tokio::join!(talk(target, pattern(70_000, i)), talk(client, pattern(90_000, i)));
-            assert!(a == pattern(90_000, i) && b == pattern(70_000, i), "relay {i}: bytes differ");
-            task.await.unwrap().unwrap();
-        }
-        let (live, pooled) = pipe_counts();
-        assert!(live == pooled && pooled <= 8, "{live} pipes open, {pooled} pooled");
     }
 }

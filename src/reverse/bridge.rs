@@ -482,8 +482,6 @@ struct HeardStream {
     heard: Arc<Heard>,
 }
 
-crate::proxy::opaque_stream!(HeardStream);
-
 impl AsyncRead for HeardStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();

@@ -92,11 +92,7 @@ impl ApiOutbound {
                 }
             }
         }
-        RelayStats {
-            uplink: moved.read.load(Ordering::Relaxed),
-            downlink: moved.written.load(Ordering::Relaxed),
-            spliced: 0,
-        }
+        RelayStats { uplink: moved.read.load(Ordering::Relaxed), downlink: moved.written.load(Ordering::Relaxed) }
     }
 }
 

@@ -372,11 +372,6 @@ impl Dialer {
 /// on top (VMess, Mux) mark their own ends; the connection closes when it is dropped.
 struct NoHalfClose<S>(S);
 
-impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> crate::proxy::AsyncStream
-    for NoHalfClose<S>
-{
-}
-
 impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for NoHalfClose<S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,

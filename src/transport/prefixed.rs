@@ -21,15 +21,6 @@ impl<S> Prefixed<S> {
     }
 }
 
-impl<S: crate::proxy::AsyncStream> crate::proxy::AsyncStream for Prefixed<S> {
-    fn raw_read(&self) -> Option<&tokio::net::TcpStream> {
-        if self.head.is_empty() { self.inner.raw_read() } else { None }
-    }
-    fn raw_write(&self) -> Option<&tokio::net::TcpStream> {
-        self.inner.raw_write()
-    }
-}
-
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if !self.head.is_empty() {

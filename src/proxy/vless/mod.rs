@@ -14,7 +14,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, info};
 
@@ -23,7 +22,7 @@ use crate::dispatch::Dispatcher;
 use crate::mux::MUX_COOL_DOMAIN;
 use crate::proxy::fallback::Fallbacks;
 use crate::proxy::prefixed::Prefixed;
-use crate::proxy::{AsyncStream, BoxPacketConn, BoxStream, Inbound, Outbound, PacketConn, ProxyError, relay_packets};
+use crate::proxy::{BoxPacketConn, BoxStream, Inbound, Outbound, PacketConn, ProxyError, relay_packets};
 use crate::session::{Address, Destination, Session, User};
 use crate::transport::{Accepted, Dialer, StreamSettings};
 
@@ -158,15 +157,6 @@ impl<S: AsyncWrite + Unpin> HeaderOnFirstWrite<S> {
     }
 }
 
-impl<S: AsyncStream> AsyncStream for HeaderOnFirstWrite<S> {
-    fn raw_read(&self) -> Option<&TcpStream> {
-        self.inner.raw_read()
-    }
-    fn raw_write(&self) -> Option<&TcpStream> {
-        if self.header.is_none() && self.pending.is_empty() { self.inner.raw_write() } else { None }
-    }
-}
-
 impl<S: AsyncRead + Unpin> AsyncRead for HeaderOnFirstWrite<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -200,15 +190,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HeaderOnFirstWrite<S> {
 struct StripResponse<S> {
     inner: S,
     head: Option<BytesMut>,
-}
-
-impl<S: AsyncStream> AsyncStream for StripResponse<S> {
-    fn raw_read(&self) -> Option<&TcpStream> {
-        if self.head.is_none() { self.inner.raw_read() } else { None }
-    }
-    fn raw_write(&self) -> Option<&TcpStream> {
-        self.inner.raw_write()
-    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for StripResponse<S> {
@@ -375,68 +356,5 @@ impl PacketConn for VlessPackets {
                 return Ok(None);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod splice_tests {
-    use super::*;
-    use crate::config::LevelPolicy;
-    use crate::proxy::relay;
-    use tokio::net::TcpListener;
-
-    async fn tcp_pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (s, _) = l.accept().await.unwrap();
-        (c, s)
-    }
-
-    /// The server's and the client's relays, as the inbound and the outbound compose them: the
-    /// response header is written (server) and stripped (client) by the wrappers, every byte after it
-    /// is spliced, and what crosses is exact.
-    #[tokio::test]
-    async fn the_wrappers_hand_over_to_splice_once_the_header_is_through() {
-        // client app -> [client relay: plain socket ⇄ StripResponse] -> wire -> [server relay:
-        // HeaderOnFirstWrite(Prefixed) ⇄ plain socket] -> service
-        let (mut app, client_in) = tcp_pair().await;
-        let (client_out, server_in) = tcp_pair().await;
-        let (server_out, mut service) = tcp_pair().await;
-        let early = b"bytes read with the request header".to_vec();
-        let server_side = HeaderOnFirstWrite::new(&[0, 0], Prefixed::new(early.clone(), server_in));
-        let client_side = StripResponse { inner: Box::new(client_out) as BoxStream, head: Some(BytesMut::new()) };
-        let p = LevelPolicy::default();
-        let server = tokio::spawn(async move { relay(server_side, server_out, &p).await });
-        let client = tokio::spawn(async move { relay(client_in, client_side, &p).await });
-
-        let up: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
-        let down: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
-        let (up2, down2) = (up.clone(), down.clone());
-        let app_task = tokio::spawn(async move {
-            let (mut r, mut w) = app.split();
-            let send = async {
-                w.write_all(&up2).await?;
-                w.shutdown().await
-            };
-            let mut got = Vec::new();
-            let (s, n) = tokio::join!(send, r.read_to_end(&mut got));
-            s.and(n).map(|_| got)
-        });
-        let (mut r, mut w) = service.split();
-        let send = async {
-            w.write_all(&down2).await?;
-            w.shutdown().await
-        };
-        let mut at_service = Vec::new();
-        let (s, n) = tokio::join!(send, r.read_to_end(&mut at_service));
-        s.and(n).unwrap();
-        let at_app = app_task.await.unwrap().unwrap();
-        assert!(at_service == [&early[..], &up].concat(), "uplink bytes differ");
-        assert!(at_app == down, "downlink bytes differ");
-        let (s, c) = (server.await.unwrap().unwrap(), client.await.unwrap().unwrap());
-        // Server: the replayed head is copied, the first downlink write carries the header; the rest
-        // is spliced. Client: the first read strips the header; the rest is spliced.
-        assert!(s.spliced >= s.uplink - early.len() as u64 + s.downlink - 64 * 1024, "server {s:?}");
-        assert!(c.spliced >= c.uplink + c.downlink - 64 * 1024, "client {c:?}");
     }
 }
