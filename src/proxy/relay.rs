@@ -190,8 +190,8 @@ pub fn relay<'a, A, B>(
     policy: &'a LevelPolicy,
 ) -> impl Future<Output = io::Result<RelayStats>> + 'a
 where
-    A: AsyncRead + AsyncWrite + Unpin + Send,
-    B: AsyncRead + AsyncWrite + Unpin + Send,
+    A: AsyncRead + AsyncWrite + Unpin + Send + 'a,
+    B: AsyncRead + AsyncWrite + Unpin + Send + 'a,
 {
     relay_metered(client, target, policy, None, None)
 }
@@ -204,8 +204,8 @@ pub fn relay_session<'a, A, B>(
     session: &'a Session,
 ) -> impl Future<Output = io::Result<RelayStats>> + 'a
 where
-    A: AsyncRead + AsyncWrite + Unpin + Send,
-    B: AsyncRead + AsyncWrite + Unpin + Send,
+    A: AsyncRead + AsyncWrite + Unpin + Send + 'a,
+    B: AsyncRead + AsyncWrite + Unpin + Send + 'a,
 {
     relay_metered(client, target, &session.policy, session.meter.as_deref(), session.carrier.as_deref())
 }
