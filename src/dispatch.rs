@@ -263,9 +263,11 @@ impl Dispatcher {
     ) -> impl Future<Output = R> + Send + '_ {
         self.prepare(&mut session);
         adjust(&mut session.policy);
-        let sniffing = current_sniffing();
         let dispatcher = self;
         async move {
+            // Read when first polled, not when the future is made: Mux sub-sessions are created outside
+            // the inbound's sniffing scope and run inside it (InboundMux::stream).
+            let sniffing = current_sniffing();
             let mut stream = stream;
             if serve_mux && session.target.address.domain() == Some(MUX_COOL_DOMAIN) {
                 // Every inbound serves Mux.Cool for this magic target, as V2Ray's do; the carrier itself

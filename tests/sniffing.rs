@@ -374,3 +374,50 @@ async fn sniffed_domains_route_like_v2ray_4_34() {
         assert_eq!(Some(&d), by_probe.get(PROBES[i]), "{}: oxray and V2Ray differ", PROBES[i]);
     }
 }
+
+/// A sniffing VMess inbound sniffs each Mux.Cool sub-session (4.34 does): a ClientHello for sni.test,
+/// sent through an oxray client's muxed VMess outbound to an IP destination, is routed by its SNI on
+/// the server (oxray and V2Ray 4.34), byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mux_sub_sessions_are_sniffed() {
+    let s = servers().await;
+    const ID: &str = "b831381d-6324-4d53-ad4f-8cda48b30811";
+    for which in common::impls() {
+        let dir = temp_dir(&format!("sniffing-mux-{which:?}"));
+        let (vm, entry) = (free_port(), free_port());
+        let server = format!(
+            r#"{{"log": {{"loglevel": "warning"}},
+ "inbounds": [{{"tag": "vm", "listen": "127.0.0.1", "port": {vm}, "protocol": "vmess",
+   "settings": {{"clients": [{{"id": "{ID}", "alterId": 0}}]}},
+   "sniffing": {{"enabled": true, "destOverride": ["tls"]}}}}],
+ "outbounds": [{{"tag": "direct", "protocol": "freedom"}},
+   {{"tag": "fbA", "protocol": "freedom", "settings": {{"redirect": "{fb}"}}}}],
+ "routing": {{"rules": [{{"type": "field", "domain": ["full:sni.test"], "outboundTag": "fbA"}}]}}}}"#,
+            fb = s.fb[0]
+        );
+        let client = format!(
+            r#"{{"log": {{"loglevel": "warning"}},
+ "inbounds": [{{"listen": "127.0.0.1", "port": {entry}, "protocol": "dokodemo-door",
+   "settings": {{"address": "127.0.0.1", "port": {t}, "network": "tcp"}}}}],
+ "outbounds": [{{"protocol": "vmess", "mux": {{"enabled": true, "concurrency": 8}},
+   "settings": {{"vnext": [{{"address": "127.0.0.1", "port": {vm}, "users": [{{"id": "{ID}", "alterId": 0}}]}}]}}}}]}}"#,
+            t = s.target
+        );
+        let mut srv = spawn_impl(which, "server", &dir, &server);
+        let mut cli = spawn_impl(Impl::Oxray, "client", &dir, &client);
+        for (port, p) in [(vm, &srv), (entry, &cli)] {
+            assert!(
+                common::wait_port_async(local(port), Duration::from_secs(10)).await,
+                "{which:?}: not listening:\n{}",
+                p.log_text()
+            );
+        }
+        // Two sub-sessions on one carrier: the sniffed one goes to fbA, the plain one to its IP.
+        let (_, sniffed) = probe(Via::Doko(entry), &client_hello("sni.test")).await;
+        let (_, plain) = probe(Via::Doko(entry), b"HELLO there\r\n\r\n").await;
+        assert_eq!(sniffed.as_deref(), Some("fbA"), "{which:?}: the sub-session was not routed by its SNI");
+        assert_eq!(plain.as_deref(), Some("orig"), "{which:?}");
+        cli.kill();
+        srv.kill();
+    }
+}
