@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use oxray::dns::responder::{Rec, Responder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 fn rec(ips: &[&str]) -> Rec {
     Rec { ips: ips.iter().map(|s| s.parse().unwrap()).collect(), ttl: 300, ..Default::default() }
@@ -149,22 +149,7 @@ async fn routing_through_the_dns_object_hosts_and_fallback_match_v2ray() {
 /// `clientIp` subnet in the query.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn freedom_use_ipv4_dials_the_resolved_address_like_v2ray() {
-    let target_port = free_port();
-    let listener = TcpListener::bind(("127.0.0.5", target_port)).await.unwrap();
-    let (hit_tx, mut hit_rx) = tokio::sync::mpsc::channel::<SocketAddr>(8);
-    let accept = tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let local = s.local_addr().unwrap();
-            let mut hi = [0u8; 2];
-            // Read what the client sent before closing, so the close is a FIN and not a reset.
-            if s.read_exact(&mut hi).await.is_ok() {
-                let _ = s.write_all(b"ok").await;
-                let _ = s.shutdown().await;
-                let _ = s.read(&mut hi).await;
-            }
-            let _ = hit_tx.send(local).await;
-        }
-    });
+    let (target_port, mut hit_rx, accept) = common::hit_recorder([127, 0, 0, 5]).await;
     let mut zone = HashMap::new();
     zone.insert("f.oxt".to_string(), rec(&["127.0.0.5", "::1"]));
     let dns = Responder::start(zone, false).await.unwrap();

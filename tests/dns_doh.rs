@@ -176,21 +176,7 @@ async fn doh_servers_resolve_for_routing_and_freedom_like_v2ray() {
     let dir0 = temp_dir("dns-doh-pki");
     let pki = Pki::new(&dir0);
     // freedom UseIPv4 dials f.oxt's A record, 127.0.0.5.
-    let target_port = free_port();
-    let listener = TcpListener::bind(("127.0.0.5", target_port)).await.unwrap();
-    let (hit_tx, mut hit_rx) = tokio::sync::mpsc::channel::<SocketAddr>(8);
-    let accept = tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let local = s.local_addr().unwrap();
-            let mut hi = [0u8; 2];
-            if s.read_exact(&mut hi).await.is_ok() {
-                let _ = s.write_all(b"ok").await;
-                let _ = s.shutdown().await;
-                let _ = s.read(&mut hi).await;
-            }
-            let _ = hit_tx.send(local).await;
-        }
-    });
+    let (target_port, mut hit_rx, accept) = common::hit_recorder([127, 0, 0, 5]).await;
     let zone: HashMap<String, Rec> = [
         ("r10.oxt", rec(&["10.10.1.1", "fd00::10"])),
         ("r20.oxt", rec(&["10.20.1.1"])),

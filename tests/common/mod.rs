@@ -818,3 +818,25 @@ pub fn probe_inbounds(hosts: &[&str], ports: &[u16], ready: u16) -> String {
     ));
     v.join(",\n")
 }
+
+/// A TCP target on `ip` (a free port) that answers `ok` to a 2-byte hello and reports the local
+/// address each connection reached, so a test sees which address a dial went to.
+pub async fn hit_recorder(ip: [u8; 4]) -> (u16, tokio::sync::mpsc::Receiver<SocketAddr>, JoinHandle<()>) {
+    let port = free_port();
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::from(ip), port)).await.unwrap();
+    let (hit_tx, hit_rx) = tokio::sync::mpsc::channel::<SocketAddr>(8);
+    let accept = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let local = s.local_addr().unwrap();
+            let mut hi = [0u8; 2];
+            // Read what the client sent before closing, so the close is a FIN and not a reset.
+            if s.read_exact(&mut hi).await.is_ok() {
+                let _ = s.write_all(b"ok").await;
+                let _ = s.shutdown().await;
+                let _ = s.read(&mut hi).await;
+            }
+            let _ = hit_tx.send(local).await;
+        }
+    });
+    (port, hit_rx, accept)
+}
