@@ -255,8 +255,9 @@ fn run(files: Vec<PathBuf>, ops: Option<String>, log_format: LogFormat) -> anyho
     let runtime = build_runtime().context("starting the runtime")?;
     runtime.block_on(async move {
         let instance = oxray::instance::Instance::with_access_log(&config, log.access())?.with_fingerprint(fingerprint);
-        // Before READY=1: from then on a service manager may send SIGHUP, whose default action is exit.
-        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        // Before the listeners bind: from then on a test, a script or a service manager may signal us,
+        // and the default action of TERM, INT and HUP is to die without a clean shutdown.
+        let signals = Signals::new()?;
         let mut running = instance.start().await?;
         tokio::spawn(trim_heap());
         tracing::warn!("oxray {} started", env!("CARGO_PKG_VERSION"));
@@ -293,7 +294,7 @@ fn run(files: Vec<PathBuf>, ops: Option<String>, log_format: LogFormat) -> anyho
                 }
             });
         }
-        wait_for_signal_reporting(&mut running, &files, &notifier, hup).await?;
+        wait_for_signal_reporting(&mut running, &files, &notifier, signals).await?;
         tracing::warn!("shutting down");
         notifier.notify("STOPPING=1\nSTATUS=shutting down");
         running.shutdown(SHUTDOWN_GRACE).await;
@@ -399,6 +400,7 @@ fn demo(check: bool) -> anyhow::Result<()> {
     let _log = oxray::log::init(&oxray::config::LogConfig::default()).context("logging")?;
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {
+        let mut signals = Signals::new()?;
         let demo = oxray::demo::Demo::start().await?;
         println!("oxray demo: a portal, a bridge and a web service, all on 127.0.0.1.\n");
         println!("--- portal.json (public host) ---\n{}", demo.portal_config);
@@ -412,7 +414,7 @@ fn demo(check: bool) -> anyhow::Result<()> {
             (Ok(_), false) => {
                 println!("The service behind the bridge answers at {}", demo.url);
                 println!("Try: curl {}    (Ctrl-C to stop)", demo.url);
-                wait_for_signal().await?;
+                signals.stop().await;
             }
             (Err(_), _) => {}
         }
@@ -428,17 +430,14 @@ async fn wait_for_signal_reporting(
     running: &mut oxray::instance::Running,
     files: &[PathBuf],
     notifier: &oxray::ops::systemd::Notifier,
-    mut hup: tokio::signal::unix::Signal,
+    mut signals: Signals,
 ) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut usr1 = signal(SignalKind::user_defined1())?;
     let mut asks = running.take_reload_requests();
     loop {
         tokio::select! {
-            r = tokio::signal::ctrl_c() => return Ok(r?),
-            _ = term.recv() => return Ok(()),
-            _ = hup.recv() => {
+            _ = signals.int.recv() => return Ok(()),
+            _ = signals.term.recv() => return Ok(()),
+            _ = signals.hup.recv() => {
                 tracing::warn!("SIGHUP: reloading the configuration");
                 reload(running, files, notifier).await;
             }
@@ -447,7 +446,7 @@ async fn wait_for_signal_reporting(
                 let answer = reload(running, files, notifier).await;
                 let _ = reply.send(answer);
             }
-            _ = usr1.recv() => {
+            _ = signals.usr1.recv() => {
                 let (portals, bridges) = running.reverse_status();
                 if portals.is_empty() && bridges.is_empty() {
                     tracing::warn!("status: no portal or bridge configured");
@@ -530,13 +529,32 @@ fn tunnel_text(t: &oxray::reverse::status::TunnelStatus) -> String {
     )
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
+/// The signals oxray acts on, registered in one place before anything is bound.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
+        })
     }
-    Ok(())
+
+    /// SIGINT or SIGTERM.
+    async fn stop(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
 }
 
 #[cfg(test)]

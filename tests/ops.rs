@@ -631,3 +631,37 @@ fn json_log_lines_are_json() {
     assert!(ready["time"].as_f64().is_some_and(|t| t > 1.7e9));
     assert!(lines.iter().any(|l| l["message"] == "stopped"), "{text}");
 }
+
+/// SIGTERM the moment the listener accepts a connection is a clean stop (exit 0, "stopped"): the
+/// handlers are in place before anything binds, so a script or service manager that signals early
+/// does not get the default action (death by signal, no drain).
+#[test]
+fn sigterm_as_soon_as_the_listener_binds_is_a_clean_stop() {
+    let dir = temp_dir("ops-early-term");
+    for round in 0..5 {
+        let port = free_port();
+        let cfg = format!(
+            r#"{{"log": {{"loglevel": "info", "access": "none"}}, "inbounds": [{{"listen": "127.0.0.1", "port": {port},
+                 "protocol": "dokodemo-door", "settings": {{"address": "127.0.0.1", "port": 9}}}}],
+                 "outbounds": [{{"protocol": "blackhole"}}]}}"#
+        );
+        let cfg = write_file(&dir, &format!("c{round}.json"), &cfg);
+        let mut p = Proc::spawn(
+            "oxray",
+            &oxray_bin(),
+            &["run", "-c", cfg.to_str().unwrap()],
+            &dir.join(format!("oxray{round}.log")),
+            &[],
+        );
+        // Polled without pauses, so the signal lands as close to the bind as a client can see it.
+        let end = Instant::now() + Duration::from_secs(10);
+        let mut bound = false;
+        while !bound && Instant::now() < end {
+            bound = std::net::TcpStream::connect(local(port)).is_ok();
+        }
+        assert!(bound, "round {round}: listener never bound\n{}", p.log_text());
+        let code = p.terminate(Duration::from_secs(10)).and_then(|s| s.code());
+        assert_eq!(code, Some(0), "round {round}: SIGTERM right after the bind\n{}", p.log_text());
+        assert!(p.log_text().contains("stopped"), "round {round}\n{}", p.log_text());
+    }
+}
