@@ -46,11 +46,12 @@ if [ -n "$oxray" ] && [ ! -x "$oxray" ]; then
     oxray=""
 fi
 
-# A stale link/hot-symbols.txt (see build.rs) costs idle memory, never correctness: say so.
+# A stale link/hot-symbols.txt (see build.rs) costs idle memory, never correctness: say so. A fresh
+# list is all present; 94 % present (the per-connection functions renamed) cost 1.3 MiB of idle RSS.
 if [ -n "$oxray" ] && [ -f "$repo/link/hot-symbols.txt" ] && command -v nm >/dev/null; then
     listed=$(grep -c . "$repo/link/hot-symbols.txt" || true)
     present=$(nm "$oxray" 2>/dev/null | awk '{print $NF}' | grep -Fxc -f "$repo/link/hot-symbols.txt" || true)
-    if [ "${listed:-0}" -gt 0 ] && [ $((present * 100 / listed)) -lt 80 ]; then
+    if [ "${listed:-0}" -gt 0 ] && [ $((present * 100 / listed)) -lt 98 ]; then
         echo "bench: NOTE only $present of $listed functions of link/hot-symbols.txt are in the binary;" \
             "run tools/hot-symbols.sh to refresh it (idle RSS suffers, nothing else)" >&2
     fi

@@ -16,9 +16,16 @@ import sys
 # Symbols chosen at run time by CPUID: the crypto and libc string routines of every ISA level.
 DISPATCHED = re.compile(
     r"aes_gcm|gcm_(init|gmult|ghash)|aes_hw_|aesni_|vpaes_|chacha20_|poly1305_|"
-    r"avx512|evex|_avx2|_avx_|_sse2|_ssse3|_erms|OPENSSL_cpuid|CRYPTO_"
+    r"avx512|evex|_avx2|_avx_|_sse2|_ssse3|_erms|OPENSSL_cpuid|CRYPTO_|"
+    # RustCrypto's CPUID-chosen backends (VAES, SHA-NI: not emulated by valgrind either).
+    r"x86_vaes|x86_aes|x86_sha"
 )
+# Run by static glibc at start to register the vDSO, which valgrind hides from the profiled process
+# (found with gdb breakpoints over the text the real process kept resident).
+AT_START = ["_dl_new_object", "_dl_setup_hash", "_dl_add_to_namespace_list"]
 RECORD = re.compile(r"^(c?fn|c?ob)=\((\d+)\)(?: (.*))?$")
+# Callgrind marks recursion depth with a suffix: `Once::call'2` is `Once::call`.
+RECURSION = re.compile(r"'\d+$")
 
 
 def executed(binary_name, profiles):
@@ -38,7 +45,7 @@ def executed(binary_name, profiles):
                         current = objects.get(idx, "")
                     continue
                 if name:
-                    names[idx] = name
+                    names[idx] = RECURSION.sub("", name)
                 # Callgrind names code without a symbol by its address: nothing the linker can place.
                 if kind == "fn" and current.endswith("/" + binary_name):
                     n = names.get(idx, "")
@@ -55,13 +62,18 @@ def main():
     order = executed(binary.rsplit("/", 1)[-1], profiles)
     if not order:
         sys.exit("hot_symbols: no function of the binary in the profiles (wrong binary or empty run?)")
-    seen = set(order)
     nm = subprocess.run(["nm", binary], capture_output=True, text=True, check=True).stdout
-    for line in nm.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[1] in "tTwW" and parts[2] not in seen and DISPATCHED.search(parts[2]):
-            seen.add(parts[2])
-            order.append(parts[2])
+    functions = [p[2] for p in (line.split() for line in nm.splitlines()) if len(p) == 3 and p[1] in "tTwWi"]
+    # Only names the linker can place (functions, and the `i` IFUNC resolvers static glibc runs at
+    # start): assembler labels inside functions (aws-lc's `Lmld_*`) and
+    # callgrind's pseudo-functions are not symbols, and would make a fresh list look partly stale.
+    known = set(functions)
+    order = [n for n in order + AT_START if n in known]
+    seen = set(order)
+    for name in functions:
+        if name not in seen and DISPATCHED.search(name):
+            seen.add(name)
+            order.append(name)
     print("\n".join(order))
 
 
