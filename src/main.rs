@@ -391,6 +391,9 @@ async fn trim_heap() {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            // The relay's pool is per thread: this reaches the one runtime thread of ≤ 2 CPUs (the
+            // default) and, with more threads, the worker that runs this task.
+            oxray::proxy::release_idle_buffers();
             malloc_trim(0);
         }
     }

@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::session::Session;
 
-pub use relay::{RelayStats, relay, relay_packets, relay_session};
+pub use relay::{RelayStats, relay, relay_packets, relay_session, release_idle_buffers};
 
 /// A bidirectional byte stream; `poll_shutdown` is a half-close (EOF to the peer, reading goes on).
 pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}

@@ -33,24 +33,52 @@ const POOL_MAX: usize = 8;
 /// Read/write rounds per direction per poll before yielding to other tasks.
 const ROUNDS_PER_POLL: usize = 16;
 
+/// This thread's idle relay buffers, and whether one was taken since the last [`release_idle_buffers`].
+struct Pool {
+    bufs: Vec<Box<[u8]>>,
+    taken: bool,
+}
+
 thread_local! {
-    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    static POOL: RefCell<Pool> = const { RefCell::new(Pool { bufs: Vec::new(), taken: false }) };
 }
 
 /// A relay-sized buffer from this thread's pool (or a new one). Also the read buffer of streams that
 /// decode in place (Shadowsocks).
 pub(crate) fn take_buf() -> Box<[u8]> {
-    POOL.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| vec![0u8; RELAY_BUF].into_boxed_slice())
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        p.taken = true;
+        p.bufs.pop()
+    })
+    .unwrap_or_else(|| vec![0u8; RELAY_BUF].into_boxed_slice())
 }
 
 /// Returns a buffer from [`take_buf`] to this thread's pool.
 pub(crate) fn give_buf(buf: Box<[u8]>) {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
-        if p.len() < POOL_MAX {
-            p.push(buf);
+        if p.bufs.len() < POOL_MAX {
+            p.bufs.push(buf);
         }
     });
+}
+
+/// Frees this thread's pooled buffers if none was taken since the previous call. Called once a second
+/// by the runtime's heap-trim tick: a burst of traffic left up to `POOL_MAX` buffers (504 KiB)
+/// resident for good, and traffic that keeps taking them keeps them.
+pub fn release_idle_buffers() {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if !std::mem::replace(&mut p.taken, false) {
+            p.bufs = Vec::new();
+        }
+    });
+}
+
+#[cfg(test)]
+fn pooled() -> usize {
+    POOL.with(|p| p.borrow().bufs.len())
 }
 
 /// Bytes moved by a finished relay.
@@ -463,5 +491,23 @@ mod idle_tests {
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
         let took = t0.elapsed();
         assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(2), "{took:?}");
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    #[test]
+    fn idle_pool_is_freed_on_a_tick_with_nothing_taken_and_a_busy_one_kept() {
+        // Thread-local: this test's thread has its own pool.
+        let bufs: Vec<_> = (0..3).map(|_| super::take_buf()).collect();
+        bufs.into_iter().for_each(super::give_buf);
+        assert_eq!(super::pooled(), 3);
+        super::release_idle_buffers(); // taken since the last tick: kept
+        assert_eq!(super::pooled(), 3);
+        super::give_buf(super::take_buf()); // still in use
+        super::release_idle_buffers();
+        assert_eq!(super::pooled(), 3);
+        super::release_idle_buffers(); // a tick with nothing taken
+        assert_eq!(super::pooled(), 0);
     }
 }
