@@ -31,6 +31,9 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 const WRITE_QUEUE_CAP: usize = WRITE_HIGH_WATER + MAX_STREAM_WRITE + 2 * 8 + 1024;
 /// Each read from the underlying stream gets at least this much free buffer.
 const READ_CHUNK: usize = 128 * 1024;
+/// A writer woken after this much quiet frees its batch and the empty queue (both grown to
+/// `WRITE_QUEUE_CAP` by any burst) once it has written: an idle tunnel holds no write buffer.
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
 /// End-frame queue capacity kept between batches (~680 frames).
 const ENDS_KEEP: usize = 4096;
 /// How long the writer may spend flushing queued End frames and shutting the stream down at close.
@@ -250,7 +253,12 @@ impl Conn {
             self.close();
             return;
         }
-        if end { &mut w.ends } else { &mut w.pending }.extend_from_slice(bytes);
+        if end {
+            w.ends.extend_from_slice(bytes);
+        } else {
+            queue_room(&mut w.pending);
+            w.pending.extend_from_slice(bytes);
+        }
         drop(w);
         self.write_notify.notify_one();
     }
@@ -286,6 +294,7 @@ impl Conn {
             }
             return Poll::Pending;
         }
+        queue_room(&mut w.pending);
         // Stream data longer than one frame goes out as several, all queued under one lock.
         let mut rest = data;
         loop {
@@ -357,18 +366,29 @@ impl Conn {
     }
 }
 
+/// A queue freed by an idle writer is allocated again at its final size, never grown by doubling.
+fn queue_room(pending: &mut Vec<u8>) {
+    if pending.capacity() == 0 {
+        pending.reserve_exact(WRITE_QUEUE_CAP);
+    }
+}
+
 fn conn_closed() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "mux connection closed")
 }
 
 async fn writer_task(conn: Arc<Conn>, mut wr: WriteHalf<BoxStream>) {
     let mut batch: Vec<u8> = Vec::with_capacity(WRITE_QUEUE_CAP);
+    let mut last_wake = tokio::time::Instant::now();
     let result: io::Result<()> = async {
         loop {
             tokio::select! {
                 _ = conn.write_notify.notified() => {}
                 _ = conn.token.cancelled() => return Ok(()),
             }
+            let now = tokio::time::Instant::now();
+            let after_quiet = now.duration_since(last_wake) >= IDLE_RELEASE;
+            last_wake = now;
             if !lock(&conn.write).has_data {
                 // Only New/End frames: nobody waits on them byte by byte, so let the tasks already
                 // woken this pass queue theirs (a new session's data, other sessions' End) and send
@@ -389,6 +409,13 @@ async fn writer_task(conn: Arc<Conn>, mut wr: WriteHalf<BoxStream>) {
             tokio::select! {
                 r = wr.flush() => r?,
                 _ = conn.token.cancelled() => return Ok(()),
+            }
+            if after_quiet {
+                batch = Vec::new();
+                let mut w = lock(&conn.write);
+                if w.pending.is_empty() {
+                    w.pending = Vec::new();
+                }
             }
         }
     }
@@ -571,4 +598,50 @@ async fn accept_new(conn: &Arc<Conn>, f: Frame, handler: &Arc<dyn MuxHandler>) -
     };
     session.set_task(task.abort_handle());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn send(c: &Conn, id: u16, data: &[u8]) {
+        poll_fn(|cx| c.poll_queue_data(cx, id, data)).await.unwrap();
+    }
+
+    /// Reads from the peer until `want` bytes of frames came out; returns them.
+    async fn drain(peer: &mut tokio::io::DuplexStream, want: usize) -> Vec<u8> {
+        let mut got = vec![0u8; want];
+        tokio::time::timeout(Duration::from_secs(5), peer.read_exact(&mut got)).await.unwrap().unwrap();
+        got
+    }
+
+    /// After a burst the writer's queue stays allocated at full size; woken after a quiet second it
+    /// frees it once written, and the next data gets a full-size queue again (and crosses intact).
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_writer_frees_its_queue_and_gets_it_back() {
+        let (a, mut peer) = tokio::io::duplex(1 << 20);
+        let c = Conn::start(Box::new(a), Role::Client, None);
+        let burst = vec![7u8; 100_000];
+        send(&c, 1, &burst).await;
+        let framed = drain(&mut peer, burst.len() + burst.len().div_ceil(MAX_STREAM_FRAME) * 8).await;
+        assert_eq!(framed.iter().filter(|&&b| b == 7).count(), burst.len());
+        assert_eq!(lock(&c.write).pending.capacity(), WRITE_QUEUE_CAP, "kept while busy");
+
+        tokio::time::sleep(IDLE_RELEASE * 2).await;
+        send(&c, 1, b"after the quiet").await;
+        let frame = drain(&mut peer, 8 + 15).await;
+        assert_eq!(&frame[8..], b"after the quiet");
+        let end = tokio::time::Instant::now() + Duration::from_secs(1);
+        while lock(&c.write).pending.capacity() != 0 && tokio::time::Instant::now() < end {
+            // A sleep, not a yield: paused time moves only while every task waits.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(lock(&c.write).pending.capacity(), 0, "an idle writer holds no queue");
+
+        send(&c, 1, b"and again").await;
+        assert!(lock(&c.write).pending.capacity() >= WRITE_QUEUE_CAP);
+        let frame = drain(&mut peer, 8 + 9).await;
+        assert_eq!(&frame[8..], b"and again");
+        c.close();
+    }
 }
