@@ -47,7 +47,7 @@ if [ -n "$oxray" ] && [ ! -x "$oxray" ]; then
 fi
 
 # A stale link/hot-symbols.txt (see build.rs) costs idle memory, never correctness: say so. A fresh
-# list is all present; 94 % present (the per-connection functions renamed) cost 1.3 MiB of idle RSS.
+# list is all present; 97 % present (the per-connection functions renamed) cost 1.3 MiB of idle RSS.
 if [ -n "$oxray" ] && [ -f "$repo/link/hot-symbols.txt" ] && command -v nm >/dev/null; then
     listed=$(grep -c . "$repo/link/hot-symbols.txt" || true)
     present=$(nm "$oxray" 2>/dev/null | awk '{print $NF}' | grep -Fxc -f "$repo/link/hot-symbols.txt" || true)

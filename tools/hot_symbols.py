@@ -68,7 +68,8 @@ def main():
     # start): assembler labels inside functions (aws-lc's `Lmld_*`) and
     # callgrind's pseudo-functions are not symbols, and would make a fresh list look partly stale.
     known = set(functions)
-    order = [n for n in order + AT_START if n in known]
+    # dict.fromkeys: first-run order, once each (a profile that does see an AT_START name lists it).
+    order = list(dict.fromkeys(n for n in order + AT_START if n in known))
     seen = set(order)
     for name in functions:
         if name not in seen and DISPATCHED.search(name):
