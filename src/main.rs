@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod startup_text;
 mod status;
 
 /// Grace period for live connections after SIGINT/SIGTERM.
@@ -262,8 +263,11 @@ fn run(files: Vec<PathBuf>, ops: Option<String>, log_format: LogFormat) -> anyho
         tokio::spawn(trim_heap());
         tracing::warn!("oxray {} started", env!("CARGO_PKG_VERSION"));
         let listeners = running.local_addrs().len();
+        // Start-up code is not run again until a reload: its pages need not stay resident.
+        let startup_text_kib = startup_text::startup_done() / 1024;
         tracing::info!(
             listeners,
+            startup_text_kib,
             portals = config.reverse.portals.len(),
             bridges = config.reverse.bridges.len(),
             "ready"
@@ -443,10 +447,12 @@ async fn wait_for_signal_reporting(
             _ = signals.hup.recv() => {
                 tracing::warn!("SIGHUP: reloading the configuration");
                 reload(running, files, notifier).await;
+                startup_text::release();
             }
             Some(reply) = async { match asks.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
                 tracing::warn!("reload requested on the ops listener");
                 let answer = reload(running, files, notifier).await;
+                startup_text::release();
                 let _ = reply.send(answer);
             }
             _ = signals.usr1.recv() => {

@@ -628,6 +628,8 @@ fn json_log_lines_are_json() {
     let ready = lines.iter().find(|l| l["message"] == "ready").unwrap_or_else(|| panic!("{text}"));
     assert_eq!(ready["level"], "info");
     assert_eq!(ready["listeners"], 1);
+    // The start-up-only code was laid out between its markers (link/hot-symbols.txt) and dropped.
+    assert!(ready["startup_text_kib"].as_u64().is_some_and(|k| k > 0), "{ready}");
     assert!(ready["time"].as_f64().is_some_and(|t| t > 1.7e9));
     assert!(lines.iter().any(|l| l["message"] == "stopped"), "{text}");
 }

@@ -50,7 +50,8 @@ cat >"$dir/bridge.json" <<JSON
 JSON
 "$loadgen" serve --port "$svc" >"$dir/serve.log" 2>&1 & pids+=($!)
 for role in portal bridge; do
-    valgrind --tool=callgrind --demangle=no --callgrind-out-file="$dir/$role.callgrind" \
+    valgrind --tool=callgrind --demangle=no --dump-before=oxray_startup_done \
+        --callgrind-out-file="$dir/$role.callgrind" \
         "$oxray" run -c "$dir/$role.json" >"$dir/$role.log" 2>&1 &
     pids+=($!)
 done
@@ -67,5 +68,5 @@ kill -USR1 "$portal" "$bridge"
 sleep 3 # heartbeats, the heap trim tick, idle timers
 kill -TERM "$portal" "$bridge"
 wait "$portal" "$bridge" || true
-python3 tools/hot_symbols.py "$oxray" "$dir"/*.callgrind >link/hot-symbols.txt
+python3 tools/hot_symbols.py "$oxray" "$dir"/*.callgrind* >link/hot-symbols.txt
 echo "hot-symbols: $(wc -l <link/hot-symbols.txt) functions -> link/hot-symbols.txt (profiles in $dir)" >&2

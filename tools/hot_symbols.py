@@ -4,10 +4,14 @@
 usage: hot_symbols.py BINARY CALLGRIND_OUT... > link/hot-symbols.txt
 
 Input: callgrind profiles (`--demangle=no`) of oxray processes running the training workload of
-tools/hot-symbols.sh. Output: every function of BINARY that ran, in first-run order, then the
-CPU-dispatched variants callgrind cannot see (valgrind emulates no AVX-512/VAES, so the AES-GCM and
-memmove paths taken on the real machine never show up in the profile) taken from BINARY's symbol
-table by name.
+tools/hot-symbols.sh, each split in two parts by `--dump-before=oxray_startup_done`. Output, in
+first-run order:
+1. every function of BINARY that ran while serving (the part after the split), then the
+   CPU-dispatched variants callgrind cannot see (valgrind emulates no AVX-512/VAES, so the AES-GCM
+   and memmove paths taken on the real machine never show up in the profile) taken from BINARY's
+   symbol table by name;
+2. between the markers `oxray_startup_text_begin` and `oxray_startup_text_end`, the functions that
+   ran only before the split (src/startup_text.rs drops their pages once the instance is ready).
 """
 import re
 import subprocess
@@ -26,6 +30,17 @@ AT_START = ["_dl_new_object", "_dl_setup_hash", "_dl_add_to_namespace_list"]
 RECORD = re.compile(r"^(c?fn|c?ob)=\((\d+)\)(?: (.*))?$")
 # Callgrind marks recursion depth with a suffix: `Once::call'2` is `Once::call`.
 RECURSION = re.compile(r"'\d+$")
+
+
+def is_startup(path):
+    """The part callgrind dumped at the split (its trigger names the marker)."""
+    with open(path, errors="replace") as f:
+        for line in f:
+            if line.startswith("desc: Trigger:"):
+                return "--dump-before=" in line
+            if line.startswith(("fn=", "ob=")):
+                break
+    return False
 
 
 def executed(binary_name, profiles):
@@ -59,8 +74,13 @@ def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
     binary, profiles = sys.argv[1], sys.argv[2:]
-    order = executed(binary.rsplit("/", 1)[-1], profiles)
-    if not order:
+    name = binary.rsplit("/", 1)[-1]
+    startup_parts = [p for p in profiles if is_startup(p)]
+    if not startup_parts:
+        sys.exit("hot_symbols: no start-up part in the profiles (run callgrind with --dump-before=oxray_startup_done)")
+    serving = executed(name, [p for p in profiles if p not in startup_parts])
+    startup = executed(name, startup_parts)
+    if not serving or not startup:
         sys.exit("hot_symbols: no function of the binary in the profiles (wrong binary or empty run?)")
     nm = subprocess.run(["nm", binary], capture_output=True, text=True, check=True).stdout
     functions = [p[2] for p in (line.split() for line in nm.splitlines()) if len(p) == 3 and p[1] in "tTwWi"]
@@ -68,14 +88,20 @@ def main():
     # start): assembler labels inside functions (aws-lc's `Lmld_*`) and
     # callgrind's pseudo-functions are not symbols, and would make a fresh list look partly stale.
     known = set(functions)
-    # dict.fromkeys: first-run order, once each (a profile that does see an AT_START name lists it).
-    order = list(dict.fromkeys(n for n in order + AT_START if n in known))
-    seen = set(order)
-    for name in functions:
-        if name not in seen and DISPATCHED.search(name):
-            seen.add(name)
-            order.append(name)
-    print("\n".join(order))
+    # dict.fromkeys: first-run order, once each.
+    hot = list(dict.fromkeys(n for n in serving if n in known))
+    seen = set(hot)
+    for f in functions:
+        if f not in seen and DISPATCHED.search(f):
+            seen.add(f)
+            hot.append(f)
+    # A profile that does see an AT_START name lists it once.
+    cold = [n for n in dict.fromkeys(startup + AT_START) if n in known and n not in seen]
+    markers = ["oxray_startup_text_begin", "oxray_startup_text_end"]
+    if any(m not in known for m in markers):
+        sys.exit("hot_symbols: the binary has no start-up text markers (src/startup_text.rs)")
+    cold = [n for n in cold if n not in markers]
+    print("\n".join(hot + markers[:1] + cold + markers[1:]))
 
 
 if __name__ == "__main__":
