@@ -43,7 +43,13 @@ pub fn startup_done() -> usize {
 }
 
 /// Drops the start-up-only pages again (after a reload ran the config code).
+///
+/// `OXRAY_KEEP_STARTUP_TEXT=1` keeps them: dropping a page also drops a debugger's breakpoint or a
+/// uprobe placed in it (they live in a private copy of the page).
 pub fn release() -> usize {
+    if std::env::var_os("OXRAY_KEEP_STARTUP_TEXT").is_some_and(|v| v == "1") {
+        return 0;
+    }
     let begin = oxray_startup_text_begin as *const () as usize;
     let end = oxray_startup_text_end as *const () as usize;
     let Some((start, len)) = inner_pages(begin, end, page_size()) else {
