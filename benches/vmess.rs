@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use oxray::proxy::aead::{Alg, Backend, Key, TAG_LEN};
 use oxray::proxy::vmess::body::{
     BodySecurity, ChunkDecoder, ChunkEncoder, Decoded, MAX_CHUNK_OVERHEAD, MAX_STREAM_CHUNK_PAYLOAD,
 };
@@ -82,9 +83,40 @@ fn open(c: &mut Criterion) {
     g.finish();
 }
 
+/// AES-128-GCM on each library, as the chunk encoder seals (out of place) and the decoder opens (in
+/// place): which one `Backend::for_alg` should pick on this CPU (src/proxy/aead.rs).
+fn backends(c: &mut Criterion) {
+    let mut g = c.benchmark_group("aead_aes128gcm");
+    for (backend, name) in [(Backend::AwsLc, "aws-lc"), (Backend::Ring, "ring")] {
+        let key = Key::on(backend, Alg::Aes128Gcm, &KEY).unwrap();
+        for size in [1024usize, 16 * 1024, MAX_STREAM_CHUNK_PAYLOAD] {
+            g.throughput(Throughput::Bytes(size as u64));
+            let plain = vec![0xabu8; size];
+            let mut sealed = vec![0u8; size];
+            let mut tag = [0u8; TAG_LEN];
+            let mut n = 0u64;
+            g.bench_with_input(BenchmarkId::new(format!("{name}/seal"), size), &size, |b, _| {
+                b.iter(|| {
+                    n += 1;
+                    let mut nonce = [0u8; 12];
+                    nonce[..8].copy_from_slice(&n.to_be_bytes());
+                    key.seal_to(nonce, std::hint::black_box(&plain), &mut sealed, &mut tag).unwrap();
+                })
+            });
+            // Opening fails on the tag (a fixed buffer cannot be opened twice), after the whole
+            // decryption and GHASH: a successful open's work, plus clearing the output.
+            let mut wire = vec![0u8; size + TAG_LEN];
+            g.bench_with_input(BenchmarkId::new(format!("{name}/open"), size), &size, |b, _| {
+                b.iter(|| std::hint::black_box(key.open_in_place([0; 12], &mut wire).is_err()))
+            });
+        }
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
-    targets = seal, open
+    targets = seal, open, backends
 }
 criterion_main!(benches);

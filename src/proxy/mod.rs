@@ -1,6 +1,7 @@
 //! Protocol handlers: the inbound/outbound traits, the stream type they exchange, and the relay.
 
 pub mod addr;
+pub mod aead;
 pub mod blackhole;
 pub mod dns;
 pub mod dokodemo;

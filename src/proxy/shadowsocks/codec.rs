@@ -1,9 +1,10 @@
 //! Shadowsocks AEAD (PROXIES.md §1): keys, the TCP chunk stream and the UDP packet. Pure: no I/O.
 
-use aws_lc_rs::aead::{AES_128_GCM, AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::hkdf;
 use bytes::{Buf, Bytes, BytesMut};
 use md5::{Digest, Md5};
+
+use crate::proxy::aead::{self, Alg};
 
 /// AEAD tag size of every method.
 pub const TAG: usize = 16;
@@ -44,11 +45,11 @@ impl Method {
         }
     }
 
-    fn alg(self) -> Option<&'static aws_lc_rs::aead::Algorithm> {
+    fn alg(self) -> Option<Alg> {
         match self {
-            Method::Aes128Gcm => Some(&AES_128_GCM),
-            Method::Aes256Gcm => Some(&AES_256_GCM),
-            Method::Chacha20Poly1305 => Some(&CHACHA20_POLY1305),
+            Method::Aes128Gcm => Some(Alg::Aes128Gcm),
+            Method::Aes256Gcm => Some(Alg::Aes256Gcm),
+            Method::Chacha20Poly1305 => Some(Alg::Chacha20Poly1305),
             Method::None => None,
         }
     }
@@ -103,19 +104,19 @@ pub fn subkey(master: &[u8], salt: &[u8]) -> Vec<u8> {
 
 /// One direction's AEAD with its little-endian nonce counter.
 struct Aead {
-    key: LessSafeKey,
+    key: aead::Key,
     nonce: [u8; 12],
 }
 
 impl Aead {
     fn new(method: Method, master: &[u8], salt: &[u8]) -> Option<Aead> {
         let alg = method.alg()?;
-        let key = UnboundKey::new(alg, &subkey(master, salt)).ok()?;
-        Some(Aead { key: LessSafeKey::new(key), nonce: [0; 12] })
+        let key = aead::Key::new(alg, &subkey(master, salt))?;
+        Some(Aead { key, nonce: [0; 12] })
     }
 
-    fn next_nonce(&mut self) -> Nonce {
-        let n = Nonce::assume_unique_for_key(self.nonce);
+    fn next_nonce(&mut self) -> [u8; 12] {
+        let n = self.nonce;
         for b in self.nonce.iter_mut() {
             *b = b.wrapping_add(1);
             if *b != 0 {
@@ -129,8 +130,8 @@ impl Aead {
         let start = out.len();
         out.extend_from_slice(plain);
         let nonce = self.next_nonce();
-        match self.key.seal_in_place_separate_tag(nonce, Aad::empty(), &mut out[start..]) {
-            Ok(tag) => out.extend_from_slice(tag.as_ref()),
+        match self.key.seal_in_place(nonce, &mut out[start..]) {
+            Ok(tag) => out.extend_from_slice(&tag),
             // Sealing fails only for inputs over AEAD limits (GiB); never for a chunk.
             Err(_) => out.truncate(start),
         }
@@ -138,7 +139,7 @@ impl Aead {
 
     fn open(&mut self, block: &mut [u8]) -> Result<usize, SsError> {
         let nonce = self.next_nonce();
-        self.key.open_in_place(nonce, Aad::empty(), block).map(|p| p.len()).map_err(|_| SsError::Auth)
+        self.key.open_in_place(nonce, block).map_err(|_| SsError::Auth)
     }
 }
 

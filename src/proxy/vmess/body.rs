@@ -1,10 +1,10 @@
 //! The VMess body chunk codec (PROTOCOLS.md §2.7–2.8): pure sealing and opening of chunks over byte
 //! buffers, no I/O. One [`ChunkEncoder`] or [`ChunkDecoder`] per direction.
 
-use aws_lc_rs::aead::{AES_128_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use shake::{ExtendableOutput, Shake128, Shake128Reader, Update, XofReader};
 
 use super::kdf::chacha_key;
+use crate::proxy::aead::{self, Alg};
 
 /// Option bit: the body is chunked.
 pub const OPT_CHUNK_STREAM: u8 = 0x01;
@@ -81,7 +81,7 @@ pub enum BodyError {
 /// How chunks are framed, from the security, the options and the command (stream or packet).
 enum Framing {
     /// `size ‖ Seal(payload) ‖ padding`.
-    Aead(LessSafeKey),
+    Aead(aead::Key),
     /// NONE over UDP: `size ‖ payload ‖ padding` (a no-op AEAD with zero overhead).
     NoOp,
     /// NONE over a stream: `size ‖ payload`, never padded.
@@ -103,8 +103,8 @@ struct ChunkState {
 impl ChunkState {
     fn new(security: BodySecurity, options: u8, udp: bool, key: &[u8; 16], iv: &[u8; 16]) -> Self {
         let framing = match security {
-            BodySecurity::Aes128Gcm => Framing::Aead(aead_key(&AES_128_GCM, key)),
-            BodySecurity::Chacha20Poly1305 => Framing::Aead(aead_key(&CHACHA20_POLY1305, &chacha_key(key))),
+            BodySecurity::Aes128Gcm => Framing::Aead(aead_key(Alg::Aes128Gcm, key)),
+            BodySecurity::Chacha20Poly1305 => Framing::Aead(aead_key(Alg::Chacha20Poly1305, &chacha_key(key))),
             BodySecurity::None if options & OPT_CHUNK_STREAM == 0 => Framing::Raw,
             BodySecurity::None if udp => Framing::NoOp,
             BodySecurity::None => Framing::Plain,
@@ -141,7 +141,7 @@ impl ChunkState {
     /// The next nonce. The Go counter is a u16 that wraps: its nonces repeat after 65536 chunks. The
     /// sealing side never lets it (`unique`); the opening side goes on past a wrap (the peer is the one
     /// reusing nonces, and 4.34 peers do), and the counter tells the caller it happened.
-    fn nonce(&mut self, unique: bool) -> Option<Nonce> {
+    fn nonce(&mut self, unique: bool) -> Option<[u8; 12]> {
         if unique && self.count >= MAX_AEAD_CHUNKS {
             return None;
         }
@@ -149,7 +149,7 @@ impl ChunkState {
         n[..2].copy_from_slice(&(self.count as u16).to_be_bytes());
         n[2..].copy_from_slice(&self.iv[2..12]);
         self.count = self.count.saturating_add(1);
-        Some(Nonce::assume_unique_for_key(n))
+        Some(n)
     }
 
     fn overhead(&self) -> usize {
@@ -160,10 +160,10 @@ impl ChunkState {
     }
 }
 
-fn aead_key(alg: &'static aws_lc_rs::aead::Algorithm, key: &[u8]) -> LessSafeKey {
+fn aead_key(alg: Alg, key: &[u8]) -> aead::Key {
     // Key lengths are fixed by construction (16 for GCM, 32 for ChaCha), so this cannot fail.
     #[allow(clippy::expect_used)]
-    LessSafeKey::new(UnboundKey::new(alg, key).expect("AEAD key of the right length"))
+    aead::Key::new(alg, key).expect("AEAD key of the right length")
 }
 
 /// Seals payloads into chunks for one direction.
@@ -236,9 +236,9 @@ impl ChunkEncoder {
         let (tag, rest) = rest.split_at_mut(overhead);
         let nonce = if aead { Some(self.st.nonce(true).ok_or(BodyError::NonceExhausted)?) } else { None };
         match (&self.st.framing, nonce) {
-            (Framing::Aead(key), Some(nonce)) => key
-                .seal_out_of_place_scatter(nonce, Aad::empty(), payload, sealed, &[], tag)
-                .map_err(|_| BodyError::Auth)?,
+            (Framing::Aead(key), Some(nonce)) => {
+                key.seal_to(nonce, payload, sealed, tag).map_err(|_| BodyError::Auth)?
+            }
             _ => sealed.copy_from_slice(payload),
         }
         if pad > 0 {
@@ -353,7 +353,7 @@ impl ChunkDecoder {
             Framing::Aead(_) => {
                 let Some(nonce) = self.st.nonce(false) else { return Err(BodyError::NonceExhausted) };
                 let Framing::Aead(key) = &self.st.framing else { unreachable!() };
-                key.open_in_place(nonce, Aad::empty(), body).map_err(|_| BodyError::Auth)?.len()
+                key.open_in_place(nonce, body).map_err(|_| BodyError::Auth)?
             }
             _ => body.len(),
         };
