@@ -618,7 +618,8 @@ fn json_log_lines_are_json() {
         &oxray_bin(),
         &["run", "-c", cfg.to_str().unwrap(), "--log-format", "json"],
         &dir.join("oxray.log"),
-        &[],
+        // Whatever the environment running the tests says: this test checks the release.
+        &[("OXRAY_KEEP_STARTUP_TEXT", "0")],
     );
     assert!(wait_for_port(local(port), Duration::from_secs(10)));
     assert_eq!(p.terminate(Duration::from_secs(10)).and_then(|s| s.code()), Some(0));
@@ -632,6 +633,35 @@ fn json_log_lines_are_json() {
     assert!(ready["startup_text_kib"].as_u64().is_some_and(|k| k > 0), "{ready}");
     assert!(ready["time"].as_f64().is_some_and(|t| t > 1.7e9));
     assert!(lines.iter().any(|l| l["message"] == "stopped"), "{text}");
+}
+
+/// `OXRAY_KEEP_STARTUP_TEXT=1` keeps the start-up pages: the ready line reports none released.
+#[test]
+fn keep_startup_text_releases_nothing() {
+    let dir = temp_dir("ops-keep-text");
+    let port = free_port();
+    let cfg = format!(
+        r#"{{"log": {{"loglevel": "info", "access": "none"}}, "inbounds": [{{"listen": "127.0.0.1", "port": {port},
+             "protocol": "dokodemo-door", "settings": {{"address": "127.0.0.1", "port": 9}}}}],
+             "outbounds": [{{"protocol": "blackhole"}}]}}"#
+    );
+    let cfg = write_file(&dir, "c.json", &cfg);
+    let mut p = Proc::spawn(
+        "oxray",
+        &oxray_bin(),
+        &["run", "-c", cfg.to_str().unwrap(), "--log-format", "json"],
+        &dir.join("oxray.log"),
+        &[("OXRAY_KEEP_STARTUP_TEXT", "1")],
+    );
+    assert!(wait_for_port(local(port), Duration::from_secs(10)));
+    assert_eq!(p.terminate(Duration::from_secs(10)).and_then(|s| s.code()), Some(0));
+    let text = p.log_text();
+    let ready = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["message"] == "ready")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(ready["startup_text_kib"], 0, "{ready}");
 }
 
 /// SIGTERM the moment the listener accepts a connection is a clean stop (exit 0, "stopped"): the
