@@ -6,9 +6,10 @@
 # It runs a portal and a bridge (the reverse proxy of docs/REVERSE.md, as bench/ runs it) under
 # callgrind through their everyday work: start-up, tunnel set-up and heartbeats, bulk both ways,
 # many short connections, round trips, a status signal. Every function they executed goes into the
-# list, in the order first run: first what ran while serving, then, between two markers, what ran only
-# before oxray_startup_done (src/startup_text.rs drops those pages once the instance is ready). Re-run it after large changes or dependency updates: stale names are
-# skipped by the linker, so an old list only loses effect (idle RSS creeps back up), never breaks.
+# list, in the order first run: first what ran while serving, then, between two markers, what ran
+# only before oxray_startup_done (src/startup_text.rs drops those pages once the instance is ready).
+# Re-run it after large changes or dependency updates: stale names are skipped by the linker, so an
+# old list only loses effect (idle RSS creeps back up), never breaks.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"

@@ -98,13 +98,12 @@ def main():
         if f not in seen and DISPATCHED.search(f):
             seen.add(f)
             hot.append(f)
-    # A profile that does see an AT_START name lists it once.
-    cold = [n for n in dict.fromkeys(startup + AT_START) if n in known and n not in seen]
-    markers = ["oxray_startup_text_begin", "oxray_startup_text_end"]
-    if any(m not in known for m in markers):
+    begin, end = "oxray_startup_text_begin", "oxray_startup_text_end"
+    if begin not in known or end not in known:
         sys.exit("hot_symbols: the binary has no start-up text markers (src/startup_text.rs)")
-    cold = [n for n in cold if n not in markers]
-    print("\n".join(hot + markers[:1] + cold + markers[1:]))
+    # A profile that does see an AT_START name lists it once.
+    cold = [n for n in dict.fromkeys(startup + AT_START) if n in known and n not in seen and n not in (begin, end)]
+    print("\n".join(hot + [begin] + cold + [end]))
 
 
 if __name__ == "__main__":

@@ -98,7 +98,8 @@ impl Key {
     }
 
     /// The library this key runs on.
-    pub fn backend(&self) -> Backend {
+    #[cfg(test)]
+    fn backend(&self) -> Backend {
         match self.0 {
             Inner::AwsLc(_) => Backend::AwsLc,
             Inner::Ring(_) => Backend::Ring,
