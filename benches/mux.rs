@@ -1,5 +1,7 @@
-//! Mux.Cool: frame codec cost at 8 KiB, and one session's throughput through client ↔ server over an
-//! in-memory duplex (the tunnel's upper bound before VMess and sockets).
+//! Mux.Cool: frame codec cost at 8 KiB, one session's throughput through client ↔ server over an
+//! in-memory duplex (the tunnel's upper bound before VMess and sockets), and a 64 B round trip on one
+//! thread (the user-space cost per message of both sides: framing, the write path's task hops, the
+//! reader's hand-over to the session).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -66,6 +68,47 @@ impl MuxHandler for Sink {
     async fn packet(&self, _t: Destination, _p: MuxPacket) {}
 }
 
+/// Writes back whatever it reads.
+struct Echo;
+
+#[async_trait]
+impl MuxHandler for Echo {
+    async fn stream(&self, _t: Destination, mut s: MuxStream) {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = s.shutdown().await;
+    }
+    async fn packet(&self, _t: Destination, _p: MuxPacket) {}
+}
+
+fn round_trip(c: &mut Criterion) {
+    // One thread, as `oxray run` uses on a 2-CPU machine: every hop is a task switch, not a thread's.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (client, _server) = rt.block_on(async {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let cfg = MuxClientConfig { max_concurrency: None, max_total: None, idle_close: None, wear: None };
+        (MuxClient::new(Box::new(a), cfg), MuxServer::start(Box::new(b), Arc::new(Echo)))
+    });
+    let mut s = client.open_stream(Destination::tcp(Address::parse("127.0.0.1"), 7)).unwrap();
+    let msg = [0x42u8; 64];
+    let mut back = [0u8; 64];
+    let mut g = c.benchmark_group("mux_round_trip");
+    g.bench_function("64B", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                s.write_all(black_box(&msg)).await.unwrap();
+                s.read_exact(&mut back).await.unwrap();
+            })
+        })
+    });
+    g.finish();
+    assert_eq!(back, msg);
+}
+
 const TRANSFER: usize = 64 << 20;
 
 fn throughput(c: &mut Criterion) {
@@ -102,5 +145,5 @@ fn throughput(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codec, throughput);
+criterion_group!(benches, codec, round_trip, throughput);
 criterion_main!(benches);

@@ -1,16 +1,22 @@
 //! One Mux.Cool connection, shared by the client and the server side: the session table, the write
-//! queue drained by a single writer task, and the reader task that feeds sessions.
+//! queue, and the reader task that feeds sessions.
+//!
+//! Writes: a session whose data finds the stream idle (no writer using it, nothing left half written)
+//! frames and writes it at once in its own task, after whatever control frames were queued. Otherwise
+//! its frames are queued for the writer task, which also owns every write the stream could not take at
+//! once. Both take the write half under the write lock, so frames leave in the order they were queued.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -29,6 +35,10 @@ use crate::session::{CarrierHold, Destination, Network};
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Most the queue can hold: below the high-water mark, plus one write (at most two frames).
 const WRITE_QUEUE_CAP: usize = WRITE_HIGH_WATER + MAX_STREAM_WRITE + 2 * 8 + 1024;
+/// Most data a session writes to an idle stream itself. Longer writes (a bulk relay's full reads) go to
+/// the writer task as before: next to sealing and sending them a task hop is small, and the writer
+/// batches what several relays queue meanwhile into one write.
+const INLINE_MAX: usize = 16 * 1024;
 /// Each read from the underlying stream gets at least this much free buffer.
 const READ_CHUNK: usize = 128 * 1024;
 /// A writer woken after this much quiet frees its batch and the empty queue (both grown to
@@ -59,7 +69,7 @@ pub(crate) enum Role {
 }
 
 struct WriteState {
-    /// Frames serialized back to back; the writer swaps it out whole, so a batch is one write.
+    /// Frames serialized back to back; a writer swaps it out whole, so a batch is one write.
     pending: Vec<u8>,
     /// `pending` holds data frames; without them (only New/End) the writer waits one scheduler pass.
     has_data: bool,
@@ -67,6 +77,63 @@ struct WriteState {
     ends: Vec<u8>,
     closed: bool,
     blocked: Vec<Waker>,
+    /// The write half while no writer holds it.
+    parked: Option<Parked>,
+}
+
+/// The stream's write half and the batch being written, handed between the writer task and sessions.
+struct Parked {
+    wr: WriteHalf<BoxStream>,
+    batch: Vec<u8>,
+    /// `batch[sent..]` is still to be written: a session's write the stream did not take at once,
+    /// left for the writer task.
+    sent: usize,
+    /// Written but not flushed.
+    dirty: bool,
+    /// The last time anyone wrote: the first write after `IDLE_RELEASE` of quiet frees the buffers.
+    last_write: tokio::time::Instant,
+}
+
+impl Parked {
+    fn left(&self) -> bool {
+        self.sent < self.batch.len() || self.dirty
+    }
+
+    /// Writes the rest of the batch and flushes without waiting. Ok(false): the stream would block
+    /// (the rest stays in the batch, for the writer task).
+    fn write_now(&mut self) -> io::Result<bool> {
+        let mut cx = Context::from_waker(Waker::noop());
+        while self.sent < self.batch.len() {
+            match Pin::new(&mut self.wr).poll_write(&mut cx, &self.batch[self.sent..]) {
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => {
+                    self.sent += n;
+                    self.dirty = true;
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => return Ok(false),
+            }
+        }
+        if self.dirty {
+            match Pin::new(&mut self.wr).poll_flush(&mut cx) {
+                Poll::Ready(Ok(())) => self.dirty = false,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    /// After a quiet spell, an idle tunnel holds no write buffer (the next write allocates it again).
+    fn release_if_quiet(&mut self, w: &mut WriteState, after_quiet: bool) {
+        if after_quiet && !self.left() {
+            self.batch = Vec::new();
+            self.sent = 0;
+            if w.pending.is_empty() {
+                w.pending = Vec::new();
+            }
+        }
+    }
 }
 
 struct Sessions {
@@ -114,14 +181,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Conn {
     /// Builds the shared state and spawns the reader and writer tasks over `stream`.
     pub(crate) fn start(stream: BoxStream, role: Role, handler: Option<Arc<dyn MuxHandler>>) -> Arc<Conn> {
+        let (rd, wr) = tokio::io::split(stream);
+        let parked = Parked { wr, batch: Vec::new(), sent: 0, dirty: false, last_write: tokio::time::Instant::now() };
         let conn = Arc::new(Conn {
             role,
             write: Mutex::new(WriteState {
-                pending: Vec::with_capacity(WRITE_QUEUE_CAP),
+                pending: Vec::new(),
                 has_data: false,
                 ends: Vec::new(),
                 closed: false,
                 blocked: Vec::new(),
+                parked: Some(parked),
             }),
             write_notify: Notify::new(),
             sessions: Mutex::new(Sessions { map: HashMap::new(), ended: Box::new([0; 1024]), last_id: 0, total: 0 }),
@@ -130,8 +200,7 @@ impl Conn {
             hold: Arc::new(CarrierHold::new()),
             slices: AtomicUsize::new(0),
         });
-        let (rd, wr) = tokio::io::split(stream);
-        crate::task::spawn(writer_task(conn.clone(), wr));
+        crate::task::spawn(writer_task(conn.clone()));
         crate::task::spawn(reader_task(conn.clone(), rd, handler));
         conn
     }
@@ -294,19 +363,50 @@ impl Conn {
             }
             return Poll::Pending;
         }
-        queue_room(&mut w.pending);
-        // Stream data longer than one frame goes out as several, all queued under one lock.
-        let mut rest = data;
-        loop {
-            let (part, tail) = rest.split_at(rest.len().min(MAX_STREAM_FRAME));
-            frame::put_short_header(&mut w.pending, id, Status::Keep, OPT_DATA);
-            w.pending.extend_from_slice(&(part.len() as u16).to_be_bytes());
-            w.pending.extend_from_slice(part);
-            rest = tail;
-            if rest.is_empty() {
-                break;
+        // A short message and an idle stream: write now, in this task, rather than wake the writer task
+        // to do it (one task hop less per message, each way). Frames already queued go first.
+        if data.len() <= INLINE_MAX
+            && let Some(mut p) = w.parked.take_if(|p| !p.left())
+        {
+            let now = tokio::time::Instant::now();
+            let after_quiet = now.duration_since(p.last_write) >= IDLE_RELEASE;
+            p.last_write = now;
+            take_queued(&mut w, &mut p.batch, |batch| {
+                queue_room(batch);
+                put_data_frames(batch, id, data);
+            });
+            p.sent = 0;
+            let blocked = std::mem::take(&mut w.blocked);
+            drop(w);
+            blocked.into_iter().for_each(Waker::wake);
+            let result = p.write_now();
+            let mut w = lock(&self.write);
+            if result.as_ref().is_ok_and(|&done| done) {
+                p.batch.clear();
+                p.sent = 0;
+                p.release_if_quiet(&mut w, after_quiet);
             }
+            // Whatever the stream did not take, and frames queued meanwhile (another thread), are the
+            // writer task's.
+            let more = p.left() || !w.pending.is_empty() || !w.ends.is_empty();
+            w.parked = Some(p);
+            drop(w);
+            return Poll::Ready(match result {
+                Ok(_) => {
+                    if more {
+                        self.write_notify.notify_one();
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    debug!(error = %e, "mux: write failed, closing connection");
+                    self.close();
+                    Err(conn_closed())
+                }
+            });
         }
+        queue_room(&mut w.pending);
+        put_data_frames(&mut w.pending, id, data);
         w.has_data = true;
         drop(w);
         self.write_notify.notify_one();
@@ -373,53 +473,47 @@ fn queue_room(pending: &mut Vec<u8>) {
     }
 }
 
+/// Appends `Keep|Data` frames carrying `data`: stream data longer than one frame goes out as several.
+fn put_data_frames(out: &mut Vec<u8>, id: u16, data: &[u8]) {
+    let mut rest = data;
+    loop {
+        let (part, tail) = rest.split_at(rest.len().min(MAX_STREAM_FRAME));
+        frame::put_short_header(out, id, Status::Keep, OPT_DATA);
+        out.extend_from_slice(&(part.len() as u16).to_be_bytes());
+        out.extend_from_slice(part);
+        rest = tail;
+        if rest.is_empty() {
+            break;
+        }
+    }
+}
+
+/// Moves everything queued into `batch` (emptied first), with `add`'s frames after the queued ones and
+/// before the End frames.
+fn take_queued(w: &mut WriteState, batch: &mut Vec<u8>, add: impl FnOnce(&mut Vec<u8>)) {
+    batch.clear();
+    std::mem::swap(&mut w.pending, batch);
+    add(batch);
+    // End frames go last: the far end then starts new sessions before it tears old ones down. They
+    // wait for the next batch rather than make this one reallocate, unless there is nothing else
+    // to send (thousands of sessions ending at once can outgrow any buffer).
+    if batch.is_empty() || batch.len() + w.ends.len() <= batch.capacity() {
+        batch.extend_from_slice(&w.ends);
+        w.ends.clear();
+        // A burst of Ends (a tunnel's sessions closing together) should not stay resident.
+        w.ends.shrink_to(ENDS_KEEP);
+    }
+    w.has_data = false;
+}
+
 fn conn_closed() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "mux connection closed")
 }
 
-async fn writer_task(conn: Arc<Conn>, mut wr: WriteHalf<BoxStream>) {
-    let mut batch: Vec<u8> = Vec::with_capacity(WRITE_QUEUE_CAP);
-    let mut last_wake = tokio::time::Instant::now();
-    let result: io::Result<()> = async {
-        loop {
-            tokio::select! {
-                _ = conn.write_notify.notified() => {}
-                _ = conn.token.cancelled() => return Ok(()),
-            }
-            let now = tokio::time::Instant::now();
-            let after_quiet = now.duration_since(last_wake) >= IDLE_RELEASE;
-            last_wake = now;
-            if !lock(&conn.write).has_data {
-                // Only New/End frames: nobody waits on them byte by byte, so let the tasks already
-                // woken this pass queue theirs (a new session's data, other sessions' End) and send
-                // all in one write, one wake-up of the far end instead of several.
-                tokio::task::yield_now().await;
-            }
-            loop {
-                take_pending(&conn, &mut batch);
-                if batch.is_empty() {
-                    break;
-                }
-                tokio::select! {
-                    r = wr.write_all(&batch) => r?,
-                    _ = conn.token.cancelled() => return Ok(()),
-                }
-                batch.clear();
-            }
-            tokio::select! {
-                r = wr.flush() => r?,
-                _ = conn.token.cancelled() => return Ok(()),
-            }
-            if after_quiet {
-                batch = Vec::new();
-                let mut w = lock(&conn.write);
-                if w.pending.is_empty() {
-                    w.pending = Vec::new();
-                }
-            }
-        }
-    }
-    .await;
+async fn writer_task(conn: Arc<Conn>) {
+    // The write half while this task holds it (else it is parked in the write state).
+    let mut held: Option<Parked> = None;
+    let result = write_loop(&conn, &mut held).await;
     if let Err(e) = &result {
         debug!(error = %e, "mux: write failed, closing connection");
     }
@@ -427,35 +521,105 @@ async fn writer_task(conn: Arc<Conn>, mut wr: WriteHalf<BoxStream>) {
     if result.is_ok() {
         // Orderly end: send what was queued before the close (End frames) and end the stream cleanly.
         let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            // A session on another thread may be writing: it parks the half within microseconds
+            // (nobody starts writing once closed).
+            while held.is_none() {
+                held = lock(&conn.write).parked.take();
+                if held.is_none() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            let Some(p) = held.as_mut() else { return Ok(()) };
             loop {
-                take_pending(&conn, &mut batch);
-                if batch.is_empty() {
+                if p.sent < p.batch.len() {
+                    p.wr.write_all(&p.batch[p.sent..]).await?;
+                }
+                take_pending(&conn, &mut p.batch);
+                p.sent = 0;
+                if p.batch.is_empty() {
                     break;
                 }
-                wr.write_all(&batch).await?;
             }
-            wr.shutdown().await
+            p.wr.shutdown().await
         })
         .await;
+    }
+    // The stream closes once both halves are gone: the write half must not live on in `conn`, which
+    // sessions keep alive.
+    drop(held);
+    drop(lock(&conn.write).parked.take());
+}
+
+async fn write_loop(conn: &Conn, held: &mut Option<Parked>) -> io::Result<()> {
+    loop {
+        tokio::select! {
+            _ = conn.write_notify.notified() => {}
+            _ = conn.token.cancelled() => return Ok(()),
+        }
+        let has_data = {
+            let mut w = lock(&conn.write);
+            // Absent: a session (on another thread) is writing; it wakes us if it leaves work.
+            let Some(p) = w.parked.take() else { continue };
+            if !p.left() && w.pending.is_empty() && w.ends.is_empty() {
+                // A session's write already took it all.
+                w.parked = Some(p);
+                continue;
+            }
+            *held = Some(p);
+            w.has_data
+        };
+        let Some(p) = held.as_mut() else { continue };
+        let now = tokio::time::Instant::now();
+        let after_quiet = now.duration_since(p.last_write) >= IDLE_RELEASE;
+        p.last_write = now;
+        if !has_data {
+            // Only New/End frames: nobody waits on them byte by byte, so let the tasks already
+            // woken this pass queue theirs (a new session's data, other sessions' End) and send
+            // all in one write, one wake-up of the far end instead of several.
+            tokio::task::yield_now().await;
+        }
+        loop {
+            // First what a session's write left, then whatever is queued, batch by batch.
+            if p.sent == p.batch.len() {
+                take_pending(conn, &mut p.batch);
+                p.sent = 0;
+            }
+            while p.sent < p.batch.len() {
+                let n = tokio::select! {
+                    r = p.wr.write(&p.batch[p.sent..]) => r?,
+                    _ = conn.token.cancelled() => return Ok(()),
+                };
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                p.sent += n;
+                p.dirty = true;
+            }
+            if p.dirty {
+                tokio::select! {
+                    r = p.wr.flush() => r?,
+                    _ = conn.token.cancelled() => return Ok(()),
+                }
+                p.dirty = false;
+            }
+            // Park, unless more was queued meanwhile.
+            let mut w = lock(&conn.write);
+            if w.pending.is_empty() && w.ends.is_empty() {
+                p.batch.clear();
+                p.sent = 0;
+                p.release_if_quiet(&mut w, after_quiet);
+                w.parked = held.take();
+                break;
+            }
+        }
     }
 }
 
 /// Moves everything queued into `batch` and wakes writers waiting for space (they refill while we write).
 fn take_pending(conn: &Conn, batch: &mut Vec<u8>) {
-    batch.clear();
     let blocked = {
         let mut w = lock(&conn.write);
-        std::mem::swap(&mut w.pending, batch);
-        // End frames go last: the far end then starts new sessions before it tears old ones down. They
-        // wait for the next batch rather than make this one reallocate, unless there is nothing else
-        // to send (thousands of sessions ending at once can outgrow any buffer).
-        if batch.is_empty() || batch.len() + w.ends.len() <= batch.capacity() {
-            batch.extend_from_slice(&w.ends);
-            w.ends.clear();
-            // A burst of Ends (a tunnel's sessions closing together) should not stay resident.
-            w.ends.shrink_to(ENDS_KEEP);
-        }
-        w.has_data = false;
+        take_queued(&mut w, batch, |_| {});
         std::mem::take(&mut w.blocked)
     };
     blocked.into_iter().for_each(Waker::wake);
@@ -615,8 +779,13 @@ mod tests {
         got
     }
 
-    /// After a burst the writer's queue stays allocated at full size; woken after a quiet second it
-    /// frees it once written, and the next data gets a full-size queue again (and crosses intact).
+    fn batch_capacity(c: &Conn) -> Option<usize> {
+        lock(&c.write).parked.as_ref().map(|p| p.batch.capacity())
+    }
+
+    /// After a burst the write buffers stay allocated at full size; the first write after a quiet
+    /// second frees them once written, and the next data gets a full-size buffer again (and crosses
+    /// intact).
     #[tokio::test(start_paused = true)]
     async fn a_quiet_writer_frees_its_queue_and_gets_it_back() {
         let (a, mut peer) = tokio::io::duplex(1 << 20);
@@ -625,23 +794,70 @@ mod tests {
         send(&c, 1, &burst).await;
         let framed = drain(&mut peer, burst.len() + burst.len().div_ceil(MAX_STREAM_FRAME) * 8).await;
         assert_eq!(framed.iter().filter(|&&b| b == 7).count(), burst.len());
-        assert_eq!(lock(&c.write).pending.capacity(), WRITE_QUEUE_CAP, "kept while busy");
+        // A write that long went through the writer task, which parks the half once it has flushed.
+        let end = tokio::time::Instant::now() + Duration::from_secs(1);
+        while batch_capacity(&c).is_none() && tokio::time::Instant::now() < end {
+            // A sleep, not a yield: paused time moves only while every task waits.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(batch_capacity(&c) >= Some(WRITE_QUEUE_CAP), "kept while busy");
 
         tokio::time::sleep(IDLE_RELEASE * 2).await;
         send(&c, 1, b"after the quiet").await;
         let frame = drain(&mut peer, 8 + 15).await;
         assert_eq!(&frame[8..], b"after the quiet");
-        let end = tokio::time::Instant::now() + Duration::from_secs(1);
-        while lock(&c.write).pending.capacity() != 0 && tokio::time::Instant::now() < end {
-            // A sleep, not a yield: paused time moves only while every task waits.
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        assert_eq!(lock(&c.write).pending.capacity(), 0, "an idle writer holds no queue");
+        assert_eq!(batch_capacity(&c), Some(0), "an idle writer holds no batch");
+        assert_eq!(lock(&c.write).pending.capacity(), 0, "nor a queue");
 
         send(&c, 1, b"and again").await;
-        assert!(lock(&c.write).pending.capacity() >= WRITE_QUEUE_CAP);
+        assert!(batch_capacity(&c) >= Some(WRITE_QUEUE_CAP));
         let frame = drain(&mut peer, 8 + 9).await;
         assert_eq!(&frame[8..], b"and again");
+        c.close();
+    }
+
+    /// Splits a stream of frames into (id, status, payload) triples.
+    fn frames(mut b: &[u8]) -> Vec<(u16, u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            assert_eq!(&b[..2], &[0, 4], "short metadata only in this test");
+            let id = u16::from_be_bytes([b[2], b[3]]);
+            let (status, opt) = (b[4], b[5]);
+            b = &b[6..];
+            let mut data = Vec::new();
+            if opt & OPT_DATA != 0 {
+                let n = u16::from_be_bytes([b[0], b[1]]) as usize;
+                data = b[2..2 + n].to_vec();
+                b = &b[2 + n..];
+            }
+            out.push((id, status, data));
+        }
+        out
+    }
+
+    /// A session's write that the stream cannot take at once is finished by the writer task, and
+    /// frames queued behind it (data of other sessions, an End) leave after it, in order.
+    #[tokio::test]
+    async fn a_write_the_stream_cannot_take_is_finished_in_order() {
+        let (a, mut peer) = tokio::io::duplex(4096);
+        let c = Conn::start(Box::new(a), Role::Client, None);
+        let first: Vec<u8> = (0..INLINE_MAX as u32).map(|i| (i % 251) as u8).collect();
+        send(&c, 1, &first).await;
+        assert!(lock(&c.write).parked.as_ref().is_some_and(Parked::left), "the pipe took only part of it");
+        send(&c, 2, b"second").await;
+        c.queue_end(1, false);
+        send(&c, 3, b"third").await;
+        let want = first.len() + 8 + (8 + 6) + 6 + (8 + 5);
+        let got = frames(&drain(&mut peer, want).await);
+        let data_of = |id: u16| -> Vec<u8> {
+            got.iter().filter(|f| f.0 == id && f.1 == Status::Keep as u8).flat_map(|f| f.2.clone()).collect()
+        };
+        assert_eq!(data_of(1), first);
+        assert_eq!(data_of(2), b"second");
+        assert_eq!(data_of(3), b"third");
+        let order: Vec<(u16, u8)> = got.iter().map(|f| (f.0, f.1)).collect();
+        let keep = Status::Keep as u8;
+        assert_eq!(order, [(1, keep), (2, keep), (3, keep), (1, Status::End as u8)]);
         c.close();
     }
 }
