@@ -41,8 +41,8 @@ const WRITE_QUEUE_CAP: usize = WRITE_HIGH_WATER + MAX_STREAM_WRITE + 2 * 8 + 102
 const INLINE_MAX: usize = 16 * 1024;
 /// Each read from the underlying stream gets at least this much free buffer.
 const READ_CHUNK: usize = 128 * 1024;
-/// A writer woken after this much quiet frees its batch and the empty queue (both grown to
-/// `WRITE_QUEUE_CAP` by any burst) once it has written: an idle tunnel holds no write buffer.
+/// The first write after this much quiet frees the batch and the empty queue (both grown to
+/// `WRITE_QUEUE_CAP` by any burst) once written: an idle tunnel holds no write buffer.
 const IDLE_RELEASE: Duration = Duration::from_secs(1);
 /// End-frame queue capacity kept between batches (~680 frames).
 const ENDS_KEEP: usize = 4096;
@@ -124,11 +124,33 @@ impl Parked {
         Ok(true)
     }
 
-    /// After a quiet spell, an idle tunnel holds no write buffer (the next write allocates it again).
-    fn release_if_quiet(&mut self, w: &mut WriteState, after_quiet: bool) {
-        if after_quiet && !self.left() {
+    /// Starts the next batch: everything queued, `add`'s frames after the queued ones and before
+    /// the End frames.
+    fn refill(&mut self, w: &mut WriteState, add: impl FnOnce(&mut Vec<u8>)) {
+        let batch = &mut self.batch;
+        batch.clear();
+        std::mem::swap(&mut w.pending, batch);
+        add(batch);
+        // End frames go last: the far end then starts new sessions before it tears old ones down. They
+        // wait for the next batch rather than make this one reallocate, unless there is nothing else
+        // to send (thousands of sessions ending at once can outgrow any buffer).
+        if batch.is_empty() || batch.len() + w.ends.len() <= batch.capacity() {
+            batch.extend_from_slice(&w.ends);
+            w.ends.clear();
+            // A burst of Ends (a tunnel's sessions closing together) should not stay resident.
+            w.ends.shrink_to(ENDS_KEEP);
+        }
+        w.has_data = false;
+        self.sent = 0;
+    }
+
+    /// The batch is written and flushed: its buffer is kept for the next one, except after a quiet
+    /// spell (an idle tunnel holds no write buffer; the next write allocates it again).
+    fn finish(&mut self, w: &mut WriteState, after_quiet: bool) {
+        self.batch.clear();
+        self.sent = 0;
+        if after_quiet {
             self.batch = Vec::new();
-            self.sent = 0;
             if w.pending.is_empty() {
                 w.pending = Vec::new();
             }
@@ -371,24 +393,21 @@ impl Conn {
             let now = tokio::time::Instant::now();
             let after_quiet = now.duration_since(p.last_write) >= IDLE_RELEASE;
             p.last_write = now;
-            take_queued(&mut w, &mut p.batch, |batch| {
+            p.refill(&mut w, |batch| {
                 queue_room(batch);
                 put_data_frames(batch, id, data);
             });
-            p.sent = 0;
             let blocked = std::mem::take(&mut w.blocked);
             drop(w);
             blocked.into_iter().for_each(Waker::wake);
             let result = p.write_now();
             let mut w = lock(&self.write);
             if result.as_ref().is_ok_and(|&done| done) {
-                p.batch.clear();
-                p.sent = 0;
-                p.release_if_quiet(&mut w, after_quiet);
+                p.finish(&mut w, after_quiet);
             }
             // Whatever the stream did not take, and frames queued meanwhile (another thread), are the
-            // writer task's.
-            let more = p.left() || !w.pending.is_empty() || !w.ends.is_empty();
+            // writer task's; so is the half once closed (its close path waits for it).
+            let more = p.left() || w.closed || !w.pending.is_empty() || !w.ends.is_empty();
             w.parked = Some(p);
             drop(w);
             return Poll::Ready(match result {
@@ -488,24 +507,6 @@ fn put_data_frames(out: &mut Vec<u8>, id: u16, data: &[u8]) {
     }
 }
 
-/// Moves everything queued into `batch` (emptied first), with `add`'s frames after the queued ones and
-/// before the End frames.
-fn take_queued(w: &mut WriteState, batch: &mut Vec<u8>, add: impl FnOnce(&mut Vec<u8>)) {
-    batch.clear();
-    std::mem::swap(&mut w.pending, batch);
-    add(batch);
-    // End frames go last: the far end then starts new sessions before it tears old ones down. They
-    // wait for the next batch rather than make this one reallocate, unless there is nothing else
-    // to send (thousands of sessions ending at once can outgrow any buffer).
-    if batch.is_empty() || batch.len() + w.ends.len() <= batch.capacity() {
-        batch.extend_from_slice(&w.ends);
-        w.ends.clear();
-        // A burst of Ends (a tunnel's sessions closing together) should not stay resident.
-        w.ends.shrink_to(ENDS_KEEP);
-    }
-    w.has_data = false;
-}
-
 fn conn_closed() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "mux connection closed")
 }
@@ -521,12 +522,12 @@ async fn writer_task(conn: Arc<Conn>) {
     if result.is_ok() {
         // Orderly end: send what was queued before the close (End frames) and end the stream cleanly.
         let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            // A session on another thread may be writing: it parks the half within microseconds
-            // (nobody starts writing once closed).
+            // A session on another thread may be writing: nobody starts once closed, and it wakes us
+            // when it parks the half.
             while held.is_none() {
                 held = lock(&conn.write).parked.take();
                 if held.is_none() {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    conn.write_notify.notified().await;
                 }
             }
             let Some(p) = held.as_mut() else { return Ok(()) };
@@ -534,8 +535,7 @@ async fn writer_task(conn: Arc<Conn>) {
                 if p.sent < p.batch.len() {
                     p.wr.write_all(&p.batch[p.sent..]).await?;
                 }
-                take_pending(&conn, &mut p.batch);
-                p.sent = 0;
+                take_pending(&conn, p);
                 if p.batch.is_empty() {
                     break;
                 }
@@ -581,8 +581,7 @@ async fn write_loop(conn: &Conn, held: &mut Option<Parked>) -> io::Result<()> {
         loop {
             // First what a session's write left, then whatever is queued, batch by batch.
             if p.sent == p.batch.len() {
-                take_pending(conn, &mut p.batch);
-                p.sent = 0;
+                take_pending(conn, p);
             }
             while p.sent < p.batch.len() {
                 let n = tokio::select! {
@@ -605,9 +604,7 @@ async fn write_loop(conn: &Conn, held: &mut Option<Parked>) -> io::Result<()> {
             // Park, unless more was queued meanwhile.
             let mut w = lock(&conn.write);
             if w.pending.is_empty() && w.ends.is_empty() {
-                p.batch.clear();
-                p.sent = 0;
-                p.release_if_quiet(&mut w, after_quiet);
+                p.finish(&mut w, after_quiet);
                 w.parked = held.take();
                 break;
             }
@@ -615,11 +612,11 @@ async fn write_loop(conn: &Conn, held: &mut Option<Parked>) -> io::Result<()> {
     }
 }
 
-/// Moves everything queued into `batch` and wakes writers waiting for space (they refill while we write).
-fn take_pending(conn: &Conn, batch: &mut Vec<u8>) {
+/// Starts `p`'s next batch from the queue and wakes writers waiting for space (they refill while we write).
+fn take_pending(conn: &Conn, p: &mut Parked) {
     let blocked = {
         let mut w = lock(&conn.write);
-        take_queued(&mut w, batch, |_| {});
+        p.refill(&mut w, |_| {});
         std::mem::take(&mut w.blocked)
     };
     blocked.into_iter().for_each(Waker::wake);
