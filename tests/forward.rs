@@ -166,6 +166,8 @@ async fn routes_by_inbound_tag_port_and_domain() {
         check_stamp(line, utc + 5 * 3600);
         assert!(line[20..].starts_with("127.0.0.1:") && line.contains(" accepted tcp:"), "{line:?}");
     }
+    // The process writes its log in batches: the start line may trail the first routed connections.
+    proc.log_shows("started", Duration::from_secs(5)).await;
     let started = proc.log_text();
     let line = started.lines().find(|l| l.contains("started")).unwrap_or_else(|| panic!("no start line:\n{started}"));
     check_stamp(line, utc + 5 * 3600);
