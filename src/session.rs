@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::config::LevelPolicy;
 
@@ -264,6 +264,9 @@ impl Default for CarrierHold {
 pub struct Wear {
     sealed: AtomicU32,
     opened: AtomicU32,
+    /// Set when a direction first reaches the mark, so [`Wear::worn`] wakes its waiters once.
+    announced: AtomicBool,
+    became_worn: tokio::sync::Notify,
 }
 
 impl Wear {
@@ -280,16 +283,43 @@ impl Wear {
     pub fn record(&self, sealed: u32, opened: u32) {
         self.sealed.store(sealed, Ordering::Relaxed);
         self.opened.store(opened, Ordering::Relaxed);
+        self.announce(sealed.max(opened));
     }
 
     /// Records the sealing direction's count.
     pub fn record_sealed(&self, n: u32) {
         self.sealed.store(n, Ordering::Relaxed);
+        self.announce(n);
     }
 
     /// Records the opening direction's count.
     pub fn record_opened(&self, n: u32) {
         self.opened.store(n, Ordering::Relaxed);
+        self.announce(n);
+    }
+
+    /// Per chunk this is one comparison; the swap runs once a direction is past the mark.
+    fn announce(&self, n: u32) {
+        if n >= Self::RETIRE_AT
+            && !self.announced.load(Ordering::Relaxed)
+            && !self.announced.swap(true, Ordering::AcqRel)
+        {
+            self.became_worn.notify_waiters();
+        }
+    }
+
+    /// Resolves once the carrier is worn: the portal sends DRAIN and the bridge dials a replacement then,
+    /// not at their next 2 s tick.
+    pub async fn worn(&self) {
+        loop {
+            let woken = self.became_worn.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.is_worn() {
+                return;
+            }
+            woken.await;
+        }
     }
 
     /// Chunks sealed and opened so far.

@@ -1,6 +1,6 @@
 //! Mux.Cool under hostile or broken visitors, on real processes: one visitor that never reads must not
 //! stall the others on its tunnel (reverse tunnel, and a mux outbound against V2Ray 4.34), and a reverse
-//! tunnel is replaced before its VMess nonces run out.
+//! tunnel is replaced before its VMess nonces run out, serving visitors until its replacement is up.
 
 mod common;
 
@@ -196,6 +196,99 @@ async fn a_worn_reverse_tunnel_is_replaced_before_its_nonces_run_out() {
     for i in 0..20u64 {
         xor_exchange(public, &payload(4096, 9000 + i), true).await.unwrap_or_else(|e| panic!("after: {e}\n{}", logs()));
     }
+}
+
+/// A relay to the portal that passes the first connection at once and holds every later one for
+/// `hold` before connecting it: the bridge's replacement tunnel then reaches the portal late, by a
+/// known amount, instead of at whatever phase the bridge's 2 s monitor tick happens to be.
+async fn late_replacement_relay(portal: SocketAddr, hold: Duration) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut n = 0u32;
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let delay = if n == 0 { Duration::ZERO } else { hold };
+            n += 1;
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Ok(mut out) = tokio::net::TcpStream::connect(portal).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A V2Ray bridge knows nothing of nonce wear: it dials a replacement only after the portal's DRAIN, at
+/// its next 2 s monitor tick. Visitors who arrive before the replacement is up must be served at once on
+/// the worn tunnel (it has a quarter of its nonces left), not held for a tunnel and then refused. The
+/// relay makes the replacement 2.5 s late, longer than the portal waits for a tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worn_tunnel_to_a_v2ray_bridge_serves_visitors_until_its_replacement_is_up() {
+    if v2ray().is_none() {
+        return;
+    }
+    let _heavy = HEAVY.lock().await;
+    let (echo, _task) = xor_echo_server().await;
+    let (external, interconn) = (free_port(), free_port());
+    let dir = temp_dir("mux-faults-wear-v2ray");
+    let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, Rev::new("info")));
+    let (relay, _relay_task) = late_replacement_relay(local(interconn), Duration::from_millis(2500)).await;
+    let bridge = spawn_impl(Impl::V2ray, "bridge", &dir, &bridge_config(relay, echo.port(), Rev::new("warning")));
+    let logs = || format!("--- portal\n{}\n--- bridge\n{}", portal.log_text(), bridge.log_text());
+    let public = local(external);
+    until_traffic(public, Duration::from_secs(15)).await.unwrap_or_else(|| panic!("no traffic: {}", logs()));
+    let worn = || portal.log_text().contains("tunnel drained (most of its VMess nonces used)");
+    let tunnels = || portal.log_text().matches("bridge connected from").count();
+
+    // V2Ray answers in chunks of a few KiB: some hundred MiB each way wear the tunnel. Bounded rounds.
+    let mut round = 0u64;
+    while !worn() {
+        assert!(round < 16, "the tunnel was not worn after {round} rounds of 8 x 10 MiB:\n{}", logs());
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let data = payload(10 << 20, round * 8 + i);
+            tasks.push(tokio::spawn(async move { xor_exchange(public, &data, false).await }));
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            let r = tokio::time::timeout(Duration::from_secs(60), t).await;
+            let r = r.unwrap_or_else(|_| panic!("bulk {round}/{i} timed out\n{}", logs())).unwrap();
+            r.unwrap_or_else(|e| panic!("bulk {round}/{i}: {e}\n{}", logs()));
+        }
+        round += 1;
+    }
+
+    // Visitors every 20 ms until the replacement has been up for 0.5 s (at most 10 s).
+    let t0 = Instant::now();
+    let (mut before_replacement, mut slowest, mut replaced_at) = (0u32, Duration::ZERO, None);
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    for i in 0..500u64 {
+        pace.tick().await;
+        if replaced_at.is_none() && tunnels() >= 2 {
+            replaced_at = Some(Instant::now());
+        }
+        if replaced_at.is_some_and(|at| at.elapsed() > Duration::from_millis(500))
+            || t0.elapsed() > Duration::from_secs(10)
+        {
+            break;
+        }
+        let started = Instant::now();
+        let r =
+            tokio::time::timeout(Duration::from_secs(5), xor_exchange(public, &payload(1024, 5000 + i), false)).await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("visitor {i} ({:?} after the wear drain): {e}\n{}", t0.elapsed(), logs()),
+            Err(_) => panic!("visitor {i} timed out\n{}", logs()),
+        }
+        slowest = slowest.max(started.elapsed());
+        before_replacement += u32::from(replaced_at.is_none());
+    }
+    eprintln!("{before_replacement} visitors served before the replacement tunnel, the slowest in {slowest:?}");
+    assert!(replaced_at.is_some(), "the V2Ray bridge never dialled a replacement:\n{}", logs());
+    assert!(before_replacement >= 20, "only {before_replacement} visitors came before the replacement:\n{}", logs());
+    // The portal waits up to 2 s for a tunnel before refusing: a visitor held for one is a regression.
+    assert!(slowest < Duration::from_secs(1), "a visitor took {slowest:?}:\n{}", logs());
 }
 
 fn uuid_bytes() -> [u8; 16] {

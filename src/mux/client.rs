@@ -18,8 +18,8 @@ pub struct MuxClientConfig {
     pub max_total: Option<u32>,
     /// Idle-close tick (V2Ray: 16 s): at a tick with no open session the connection closes.
     pub idle_close: Option<Duration>,
-    /// The carrier's nonce wear: once worn, the connection takes no new session (it is retired; the
-    /// sessions on it finish).
+    /// The carrier's nonce wear: a worn connection is retired (callers pick it only when nothing else
+    /// can take a session; see [`MuxClient::is_worn`]), and the sessions on it finish.
     pub wear: Option<Arc<Wear>>,
 }
 
@@ -79,7 +79,9 @@ impl MuxClient {
         self.conn.total_sessions()
     }
 
-    /// True when the connection takes no new session (limits reached, ids used up, or closed).
+    /// True when the connection takes no new session (limits reached, ids used up, or closed). Wear is
+    /// not a limit here: a worn carrier still has a quarter of its nonces, and a portal whose only
+    /// tunnel is worn serves visitors on it until the bridge's replacement arrives instead of refusing.
     pub fn is_full(&self) -> bool {
         let active = self.conn.active_sessions();
         active >= super::conn::MAX_SESSIONS
@@ -87,10 +89,10 @@ impl MuxClient {
             || self.config.max_total.is_some_and(|m| self.conn.total_sessions() >= m)
             || self.conn.ids_exhausted()
             || self.conn.is_closed()
-            || self.is_worn()
     }
 
-    /// True once the carrier has used most of a nonce space (see [`Wear::RETIRE_AT`]).
+    /// True once the carrier has used most of a nonce space (see [`Wear::RETIRE_AT`]): pick another
+    /// connection if there is one.
     pub fn is_worn(&self) -> bool {
         self.config.wear.as_ref().is_some_and(|w| w.is_worn())
     }

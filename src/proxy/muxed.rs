@@ -65,7 +65,8 @@ impl Muxed {
     fn with_room(&self) -> Option<Arc<MuxClient>> {
         let mut clients = self.lock();
         clients.retain(|c| !c.is_closed());
-        clients.iter().find(|c| !c.is_full()).cloned()
+        // A worn client is never reused here: a new one can be dialled at once.
+        clients.iter().find(|c| !c.is_full() && !c.is_worn()).cloned()
     }
 }
 

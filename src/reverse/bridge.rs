@@ -394,6 +394,9 @@ async fn watch(inner: Arc<Inner>, tunnel: Arc<Tunnel>, died: tokio::sync::mpsc::
     let patience = inner.tuning.heartbeat * 3;
     let confirm_by = tokio::time::Instant::now() + patience;
     let mut warned = false;
+    let mut worn_seen = false;
+    let worn = tunnel.wear.worn();
+    tokio::pin!(worn);
     loop {
         let silence = inner.silence_timeout();
         let dead_at = tunnel.heard.last() + silence;
@@ -404,6 +407,11 @@ async fn watch(inner: Arc<Inner>, tunnel: Arc<Tunnel>, died: tokio::sync::mpsc::
         tokio::select! {
             _ = tunnel.server.closed() => break,
             _ = tokio::time::sleep_until(wake) => {}
+            // A worn tunnel no longer counts as active: the monitor dials its replacement now.
+            _ = &mut worn, if !worn_seen => {
+                worn_seen = true;
+                inner.changed.notify_waiters();
+            }
         }
         let now = tokio::time::Instant::now();
         if !warned && !tunnel.confirmed.load(Ordering::Relaxed) && now >= confirm_by {

@@ -15,7 +15,7 @@ use crate::proxy::{BoxPacketConn, BoxStream, Outbound, PacketConn, ProxyError, R
 use crate::reverse::control::{Control, ControlState};
 use crate::reverse::status::{PortalStatus, Role};
 use crate::reverse::track::{TagTrack, TunnelTrack};
-use crate::session::{Address, Destination, Session};
+use crate::session::{Address, Destination, Session, Wear};
 
 /// V2Ray closes a portal tunnel once it has been idle (no sessions) at a 16 s tick.
 const TUNNEL_IDLE_CLOSE: Duration = Duration::from_secs(16);
@@ -121,20 +121,23 @@ impl Portal {
     /// (they have 0 sessions) until a 30 s cleanup. Least active sessions among non-draining tunnels;
     /// if all drain, least among those not full. Ties go to the newest tunnel (V2Ray: the oldest): a
     /// bridge that found its tunnel dead has dialled a new one, and the dead one, whose link the portal
-    /// cannot see die before TCP gives up, must not keep winning.
+    /// cannot see die before TCP gives up, must not keep winning. A tunnel worn by nonce use comes last:
+    /// it still has a quarter of its nonces, and a V2Ray bridge dials its replacement only at its next
+    /// 2 s tick after DRAIN, so refusing visitors meanwhile would turn a routine rotation into resets.
     fn pick(&self) -> Option<Arc<Tunnel>> {
         let mut tunnels = self.lock();
         tunnels.retain(|t| !t.client.is_closed());
-        let least = |draining_ok: bool| {
+        let least = |ok: &dyn Fn(&Tunnel) -> bool| {
             tunnels
                 .iter()
                 .rev()
-                .filter(|t| draining_ok || !t.draining.load(Ordering::Relaxed))
-                .filter(|t| !t.client.is_full())
+                .filter(|t| ok(t) && !t.client.is_full())
                 .min_by_key(|t| t.client.active_sessions())
                 .cloned()
         };
-        least(false).or_else(|| least(true))
+        least(&|t| !t.draining.load(Ordering::Relaxed) && !t.client.is_worn())
+            .or_else(|| least(&|t| !t.client.is_worn()))
+            .or_else(|| least(&|_| true))
     }
 
     async fn pick_or_wait(&self) -> Result<Arc<Tunnel>, ProxyError> {
@@ -168,7 +171,7 @@ impl Portal {
                 max_concurrency: None,
                 max_total: None,
                 idle_close: Some(TUNNEL_IDLE_CLOSE),
-                // Set by the VMess inbound: a worn tunnel is never picked, and is drained below.
+                // Set by the VMess inbound: a worn tunnel is picked last, and is drained below.
                 wear: session.wear.clone(),
             },
         );
@@ -189,7 +192,7 @@ impl Portal {
         self.tunnel_added.notify_waiters();
         info!(portal = %self.tag, tunnel = tunnel.id, "bridge connected from {from}");
         tokio::select! {
-            _ = self.heartbeat(&tunnel, control) => {
+            _ = self.heartbeat(&tunnel, control, session.wear.as_deref()) => {
                 tunnel.control_open.store(false, Ordering::Relaxed);
                 tunnel.client.closed().await
             }
@@ -211,15 +214,25 @@ impl Portal {
     }
 
     /// Heartbeat at once and every period; DRAIN once the tunnel has carried more than `drain_after`
-    /// sessions (the control session included, as V2Ray counts), then close the control session.
-    async fn heartbeat(&self, tunnel: &Tunnel, control: crate::mux::MuxPacket) {
+    /// sessions (the control session included, as V2Ray counts), then close the control session. Wear
+    /// and retirement drain at once, not at the next beat: the bridge's replacement comes that much sooner.
+    async fn heartbeat(&self, tunnel: &Tunnel, control: crate::mux::MuxPacket, wear: Option<&Wear>) {
         let mut tick = tokio::time::interval(self.tuning.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = Vec::with_capacity(80);
+        let mut worn_seen = false;
+        let worn = async {
+            match wear {
+                Some(w) => w.worn().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(worn);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = self.retired.cancelled() => {}
+                _ = &mut worn, if !worn_seen => worn_seen = true,
             }
             let worn = tunnel.client.is_worn();
             let retired = self.retired.is_cancelled();
