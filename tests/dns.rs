@@ -9,7 +9,9 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{decision, free_port, impls, local, probe, spawn_impl, temp_dir, v2ray, wait_port_async};
+use common::{
+    connect_when_listening, decision, free_port, impls, local, probe, spawn_impl, temp_dir, v2ray, wait_port_async,
+};
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use oxray::dns::responder::{Rec, Responder};
@@ -20,8 +22,8 @@ fn rec(ips: &[&str]) -> Rec {
     Rec { ips: ips.iter().map(|s| s.parse().unwrap()).collect(), ttl: 300, ..Default::default() }
 }
 
-/// An inbound that only tells when the process is up: listed last, so the others listen before it.
-/// Waiting on the probe ports themselves would route a flow through each of them.
+/// An inbound that only tells when the process is up, not that the others listen (V2Ray starts its
+/// inbounds in map order): connections to those go through `connect_when_listening`.
 fn ready_inbound(port: u16) -> String {
     format!(
         r#"{{"tag": "ready", "listen": "127.0.0.1", "port": {port}, "protocol": "dokodemo-door",
@@ -170,7 +172,7 @@ async fn freedom_use_ipv4_dials_the_resolved_address_like_v2ray() {
         let before = dns.seen().len();
         let mut proc = spawn_impl(which, "f", &dir, &config);
         assert!(wait_port_async(local(ready), Duration::from_secs(10)).await, "{which:?}: {}", proc.log_text());
-        let mut s = TcpStream::connect(local(port)).await.unwrap();
+        let mut s = connect_when_listening(local(port), Duration::from_secs(10)).await.unwrap();
         s.write_all(b"hi").await.unwrap();
         let mut buf = [0u8; 2];
         tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
@@ -250,7 +252,7 @@ async fn dns_outbound_answers_a_client_like_v2ray() {
         let before = upstream.seen().len();
         let mut proc = spawn_impl(which, "d", &dir, &config);
         assert!(wait_port_async(local(port), Duration::from_secs(10)).await, "{which:?}: {}", proc.log_text());
-        let mut s = TcpStream::connect(local(port)).await.unwrap();
+        let mut s = connect_when_listening(local(port), Duration::from_secs(10)).await.unwrap();
         let mut got = Vec::new();
         for (i, (name, t)) in [
             ("h.oxt", RecordType::A),

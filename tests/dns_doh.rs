@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::pki::Pki;
-use common::{Impl, Proc, decision, free_port, impls, local, probe, probe_inbounds, temp_dir, v2ray, wait_port_async};
+use common::{
+    Impl, Proc, connect_when_listening, decision, free_port, impls, local, probe, probe_inbounds, temp_dir, v2ray,
+    wait_port_async,
+};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -23,7 +26,7 @@ use oxray::dns::responder::{Rec, Seen, respond};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 fn rec(ips: &[&str]) -> Rec {
@@ -262,7 +265,7 @@ async fn doh_servers_resolve_for_routing_and_freedom_like_v2ray() {
             // freedom UseIPv4: an A query only, and the dial goes to its answer.
             let a_before = doh.seen.lock().unwrap().iter().filter(|s| s.name == "f.oxt").count();
             assert_eq!(a_before, 0, "{which:?}");
-            let mut s = TcpStream::connect(local(fport)).await.unwrap();
+            let mut s = connect_when_listening(local(fport), Duration::from_secs(10)).await.unwrap();
             s.write_all(b"hi").await.unwrap();
             let mut buf = [0u8; 2];
             let read = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf)).await;

@@ -133,7 +133,9 @@ async fn routes_by_inbound_tag_port_and_domain() {
     let envs = [("TZ", "OXT-5")];
     let proc =
         Proc::spawn("routing", &oxray_bin(), &["run", "-c", cfg.to_str().unwrap()], &dir.join("oxray.log"), &envs);
-    assert!(wait_for_port(addr(pc), Duration::from_secs(10)), "{}", proc.log_text());
+    for port in [pa, pb, pc] {
+        assert!(wait_for_port(addr(port), Duration::from_secs(10)), "did not listen on {port}: {}", proc.log_text());
+    }
 
     xor_roundtrip(addr(pa), b"via direct").await.expect("inbound a goes direct to the echo server");
     // echo.invalid cannot resolve: only the redirect outbound can have carried it.

@@ -240,6 +240,12 @@ async fn v2ray_client_to_oxray_server() {
     for (entry, _, _, _) in &entries {
         assert!(wait_port_async(*entry, Duration::from_secs(10)).await, "V2Ray did not start: {}", proc.log_text());
     }
+    let greet_entry = local(greet_port);
+    assert!(
+        wait_port_async(greet_entry, Duration::from_secs(10)).await,
+        "V2Ray did not listen on {greet_port}: {}",
+        proc.log_text()
+    );
     for (entry, sec, name, alter) in entries {
         let what = format!("V2Ray→oxray {name} alterId {alter}");
         check_sizes(entry, &what, &SIZES, 1, Duration::from_secs(20)).await;
@@ -247,7 +253,7 @@ async fn v2ray_client_to_oxray_server() {
             check_concurrent(entry, &what).await;
         }
     }
-    check_server_first(SocketAddr::from(([127, 0, 0, 1], greet_port)), "V2Ray→oxray").await;
+    check_server_first(greet_entry, "V2Ray→oxray").await;
     for (entry, what) in udp_entries {
         let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         sock.connect(entry).await.unwrap();

@@ -51,6 +51,10 @@ impl Pair {
         let args = ["run", "-c", cfg.to_str().unwrap(), "--ops", &bops_arg];
         let bridge = Proc::spawn("bridge", &oxray_bin(), &args, &dir.join("bridge.log"), bridge_env);
         until_traffic(local(external), Duration::from_secs(15)).await.expect("first traffic");
+        // Traffic proves the inbounds only: each ops listener is its own port.
+        for ops in [pops, bops] {
+            assert!(wait_port_async(local(ops), Duration::from_secs(10)).await, "no ops listener on {ops}");
+        }
         Pair { dir, external, portal_ops: local(pops), bridge_ops: local(bops), portal, bridge, _echo: task }
     }
 }

@@ -250,6 +250,7 @@ async fn reload_keeps_tunnels_and_sessions_and_applies_changes() {
     );
     assert!(notified(&notify, "READY=1").await.is_some(), "no READY=1: {}", portal.log_text());
     until_traffic(local(p.external), DEADLINE).await.expect("traffic through the tunnel");
+    assert!(wait_port_async(local(bridge_ops), DEADLINE).await, "no ops listener on {bridge_ops}");
 
     // Before: the side inbound is routed to the blackhole, the added port is not open.
     assert!(roundtrip(p.side).await.is_err(), "side must be blackholed before the reload");
@@ -375,6 +376,9 @@ async fn a_changed_portal_drains_its_tunnels_to_the_new_one_and_sessions_finish_
         &[],
     );
     until_traffic(local(p.external), DEADLINE).await.expect("traffic through the tunnel");
+    for ops in [portal_ops, local(bridge_ops)] {
+        assert!(wait_port_async(ops, DEADLINE).await, "no ops listener on {ops}");
+    }
     let visitor = Visitor::start(p.external).await;
     assert!(visitor.moves(64 * 1024).await);
     let old = tunnel_ids(&status(portal_ops).await, "portals");
@@ -432,6 +436,9 @@ async fn a_changed_bridge_hands_over_to_the_new_one_without_refusing_a_visitor()
         &[],
     );
     until_traffic(local(p.external), DEADLINE).await.expect("traffic through the tunnel");
+    for ops in [portal_ops, bridge_ops] {
+        assert!(wait_port_async(ops, DEADLINE).await, "no ops listener on {ops}");
+    }
     let visitor = Visitor::start(p.external).await;
     assert!(visitor.moves(64 * 1024).await);
     let old_tunnel = tunnel_ids(&status(portal_ops).await, "portals");

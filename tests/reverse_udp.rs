@@ -48,6 +48,12 @@ async fn udp_crosses_the_reverse_tunnel() {
     })
     .await;
     assert!(up, "no tunnel\n--- portal\n{}\n--- bridge\n{}", p.log_text(), b.log_text());
+    // The bridge came in on `interconn`; `public` is another inbound.
+    assert!(
+        wait_port_async(local(public), Duration::from_secs(10)).await,
+        "portal did not listen on {public}: {}",
+        p.log_text()
+    );
 
     // The client asks for 127.0.0.1:80/udp; the bridge's freedom redirect sends it to the UDP echo.
     let client = udp_outbound(local(public), PUBLIC_ID, 0, VmessSecurity::Aes128Gcm);

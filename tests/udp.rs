@@ -281,7 +281,9 @@ async fn wire_bytes_of_oxray_servers() {
   "outbounds": [{{"protocol": "freedom"}}]}}"#
     );
     let ox = spawn_impl(Impl::Oxray, "oxray", &dir, &config);
-    assert!(wait_for_port(local(vl), Duration::from_secs(10)), "{}", ox.log_text());
+    for port in [vl, tj] {
+        assert!(wait_for_port(local(port), Duration::from_secs(10)), "did not listen on {port}: {}", ox.log_text());
+    }
     // `network: "udp"`: no TCP listener for the Shadowsocks inbound.
     assert!(std::net::TcpStream::connect(local(ss)).is_err(), "shadowsocks udp-only listens on TCP");
 

@@ -789,16 +789,32 @@ pub async fn decision(access: &Path, target: &str, deadline: Duration) -> Option
     find()
 }
 
+/// Connects to `addr`, trying again while it refuses (not yet listening) until `deadline`. A refused
+/// connect sends nothing, so unlike a wait on the port it leaves no flow, lookup or log line behind;
+/// V2Ray 4.34 starts its inbounds in Go map order, so another port being up says nothing of this one.
+pub async fn connect_when_listening(addr: SocketAddr, deadline: Duration) -> std::io::Result<TcpStream> {
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        match TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && tokio::time::Instant::now() < end => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Connects to a probe inbound, sends a byte, waits (bounded) for the outbound to close it.
 pub async fn probe(port: u16) {
-    let Ok(mut s) = TcpStream::connect(local(port)).await else { return };
+    let Ok(mut s) = connect_when_listening(local(port), Duration::from_secs(10)).await else { return };
     let _ = s.write_all(b"x").await;
     let mut buf = [0u8; 64];
     let _ = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await;
 }
 
-/// One dokodemo probe inbound per host (tag `p<i>`, to `host:1000+i`) plus a `ready` inbound listed
-/// last, so the others listen before it (waiting on a probe port would route a flow through it).
+/// One dokodemo probe inbound per host (tag `p<i>`, to `host:1000+i`) plus a `ready` inbound. `ready`
+/// up means the process runs, not that the probes listen (V2Ray starts inbounds in map order):
+/// [`probe`] connects when its port listens (waiting on a probe port would route a flow through it).
 pub fn probe_inbounds(hosts: &[&str], ports: &[u16], ready: u16) -> String {
     let mut v: Vec<String> = hosts
         .iter()
