@@ -56,6 +56,9 @@ struct ServerStack {
     network: TransportKind,
     http_header: Option<HttpHeaderSettings>,
     proxy_protocol: bool,
+    /// The local address of every accepted connection when the listener has one (a specific IP and no
+    /// redirect or TPROXY): one `getsockname` fewer per connection.
+    fixed_local: Option<SocketAddr>,
 }
 
 /// Go's HTTP server bounds the TLS handshake and the upgrade request of a WebSocket listener by its
@@ -85,7 +88,10 @@ impl Listener {
             Security::Tls(t) => Some(tls::TlsServer::new(t, websocket)?),
         };
         let tcp = socket.listen(1024)?;
+        let transparent = settings.sockopt.tproxy != sockopt::Tproxy::Off;
+        let fixed_local = tcp.local_addr().ok().filter(|a| !a.ip().is_unspecified() && !original_dst && !transparent);
         let stack = ServerStack {
+            fixed_local,
             opts: settings.sockopt,
             original_dst,
             tls,
@@ -140,7 +146,10 @@ impl Incoming {
     async fn run_handshake(self) -> io::Result<Accepted> {
         let Incoming { tcp, peer, stack } = self;
         stack.opts.accepted(&tcp);
-        let local = tcp.local_addr()?;
+        let local = match stack.fixed_local {
+            Some(a) => a,
+            None => tcp.local_addr()?,
+        };
         let original_dst = match (stack.original_dst, stack.opts.tproxy) {
             (false, _) => None,
             // TPROXY keeps the original target as the accepted socket's own address.
@@ -545,6 +554,27 @@ mod liveness_tests {
         assert_eq!(s.tcp_keepalive_time().unwrap(), sockopt::TUNNEL_KEEPALIVE.idle);
         assert_eq!(s.tcp_keepalive_interval().unwrap(), sockopt::TUNNEL_KEEPALIVE.interval);
         assert_eq!(s.tcp_keepalive_retries().unwrap(), sockopt::TUNNEL_KEEPALIVE.retries);
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_know_their_local_address() {
+        // A specific IP: the listener's own address, without asking the kernel per connection.
+        let settings = StreamSettings::default();
+        let fixed = Listener::bind("127.0.0.1:0".parse().unwrap(), &settings, false).unwrap();
+        let at = fixed.local_addr().unwrap();
+        assert_eq!(fixed.stack.fixed_local, Some(at));
+        let _c = tokio::net::TcpStream::connect(at).await.unwrap();
+        assert_eq!(fixed.accept().await.unwrap().handshake().await.unwrap().local, at);
+        // A wildcard listener asks: the address the client reached, not 0.0.0.0.
+        let any = Listener::bind("0.0.0.0:0".parse().unwrap(), &settings, false).unwrap();
+        assert_eq!(any.stack.fixed_local, None);
+        let port = any.local_addr().unwrap().port();
+        let target: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+        let _c = tokio::net::TcpStream::connect(target).await.unwrap();
+        assert_eq!(any.accept().await.unwrap().handshake().await.unwrap().local, target);
+        // Redirected connections ask too (their local address is what the redirect left).
+        let redirected = Listener::bind("127.0.0.1:0".parse().unwrap(), &settings, true).unwrap();
+        assert_eq!(redirected.stack.fixed_local, None);
     }
 
     #[tokio::test]
