@@ -223,7 +223,7 @@ async fn late_replacement_relay(portal: SocketAddr, hold: Duration) -> (SocketAd
 /// A V2Ray bridge knows nothing of nonce wear: it dials a replacement only after the portal's DRAIN, at
 /// its next 2 s monitor tick. Visitors who arrive before the replacement is up must be served at once on
 /// the worn tunnel (it has a quarter of its nonces left), not held for a tunnel and then refused. The
-/// relay makes the replacement 2.5 s late, longer than the portal waits for a tunnel.
+/// relay makes the replacement 4 s late, twice as long as the portal waits for a tunnel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worn_tunnel_to_a_v2ray_bridge_serves_visitors_until_its_replacement_is_up() {
     if v2ray().is_none() {
@@ -234,7 +234,7 @@ async fn a_worn_tunnel_to_a_v2ray_bridge_serves_visitors_until_its_replacement_i
     let (external, interconn) = (free_port(), free_port());
     let dir = temp_dir("mux-faults-wear-v2ray");
     let portal = spawn_impl(Impl::Oxray, "portal", &dir, &portal_config(external, interconn, Rev::new("info")));
-    let (relay, _relay_task) = late_replacement_relay(local(interconn), Duration::from_millis(2500)).await;
+    let (relay, _relay_task) = late_replacement_relay(local(interconn), Duration::from_secs(4)).await;
     let bridge = spawn_impl(Impl::V2ray, "bridge", &dir, &bridge_config(relay, echo.port(), Rev::new("warning")));
     let logs = || format!("--- portal\n{}\n--- bridge\n{}", portal.log_text(), bridge.log_text());
     let public = local(external);
@@ -286,7 +286,7 @@ async fn a_worn_tunnel_to_a_v2ray_bridge_serves_visitors_until_its_replacement_i
     }
     eprintln!("{before_replacement} visitors served before the replacement tunnel, the slowest in {slowest:?}");
     assert!(replaced_at.is_some(), "the V2Ray bridge never dialled a replacement:\n{}", logs());
-    assert!(before_replacement >= 20, "only {before_replacement} visitors came before the replacement:\n{}", logs());
+    assert!(before_replacement >= 10, "only {before_replacement} visitors came before the replacement:\n{}", logs());
     // The portal waits up to 2 s for a tunnel before refusing: a visitor held for one is a regression.
     assert!(slowest < Duration::from_secs(1), "a visitor took {slowest:?}:\n{}", logs());
 }
