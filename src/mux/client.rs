@@ -97,6 +97,14 @@ impl MuxClient {
         self.config.wear.as_ref().is_some_and(|w| w.is_worn())
     }
 
+    /// Resolves once the carrier is worn; never without a wear counter.
+    pub async fn worn(&self) {
+        match &self.config.wear {
+            Some(w) => w.worn().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Whether the connection's reader holds sessions back; goes into [`crate::session::Session::carrier`].
     pub fn carrier_hold(&self) -> std::sync::Arc<crate::session::CarrierHold> {
         self.conn.hold()

@@ -15,7 +15,7 @@ use crate::proxy::{BoxPacketConn, BoxStream, Outbound, PacketConn, ProxyError, R
 use crate::reverse::control::{Control, ControlState};
 use crate::reverse::status::{PortalStatus, Role};
 use crate::reverse::track::{TagTrack, TunnelTrack};
-use crate::session::{Address, Destination, Session, Wear};
+use crate::session::{Address, Destination, Session};
 
 /// V2Ray closes a portal tunnel once it has been idle (no sessions) at a 16 s tick.
 const TUNNEL_IDLE_CLOSE: Duration = Duration::from_secs(16);
@@ -127,17 +127,19 @@ impl Portal {
     fn pick(&self) -> Option<Arc<Tunnel>> {
         let mut tunnels = self.lock();
         tunnels.retain(|t| !t.client.is_closed());
-        let least = |ok: &dyn Fn(&Tunnel) -> bool| {
-            tunnels
-                .iter()
-                .rev()
-                .filter(|t| ok(t) && !t.client.is_full())
-                .min_by_key(|t| t.client.active_sessions())
-                .cloned()
+        // Fresh, then session-drained, then worn; fewest sessions within a rank. `min_by_key` keeps the
+        // first of equals, which `rev` makes the newest.
+        let rank = |t: &Tunnel| match (t.client.is_worn(), t.draining.load(Ordering::Relaxed)) {
+            (true, _) => 2u8,
+            (false, true) => 1,
+            (false, false) => 0,
         };
-        least(&|t| !t.draining.load(Ordering::Relaxed) && !t.client.is_worn())
-            .or_else(|| least(&|t| !t.client.is_worn()))
-            .or_else(|| least(&|_| true))
+        tunnels
+            .iter()
+            .rev()
+            .filter(|t| !t.client.is_full())
+            .min_by_key(|t| (rank(t), t.client.active_sessions()))
+            .cloned()
     }
 
     async fn pick_or_wait(&self) -> Result<Arc<Tunnel>, ProxyError> {
@@ -192,7 +194,7 @@ impl Portal {
         self.tunnel_added.notify_waiters();
         info!(portal = %self.tag, tunnel = tunnel.id, "bridge connected from {from}");
         tokio::select! {
-            _ = self.heartbeat(&tunnel, control, session.wear.as_deref()) => {
+            _ = self.heartbeat(&tunnel, control) => {
                 tunnel.control_open.store(false, Ordering::Relaxed);
                 tunnel.client.closed().await
             }
@@ -216,17 +218,12 @@ impl Portal {
     /// Heartbeat at once and every period; DRAIN once the tunnel has carried more than `drain_after`
     /// sessions (the control session included, as V2Ray counts), then close the control session. Wear
     /// and retirement drain at once, not at the next beat: the bridge's replacement comes that much sooner.
-    async fn heartbeat(&self, tunnel: &Tunnel, control: crate::mux::MuxPacket, wear: Option<&Wear>) {
+    async fn heartbeat(&self, tunnel: &Tunnel, control: crate::mux::MuxPacket) {
         let mut tick = tokio::time::interval(self.tuning.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = Vec::with_capacity(80);
         let mut worn_seen = false;
-        let worn = async {
-            match wear {
-                Some(w) => w.worn().await,
-                None => std::future::pending().await,
-            }
-        };
+        let worn = tunnel.client.worn();
         tokio::pin!(worn);
         loop {
             tokio::select! {
