@@ -252,7 +252,7 @@ async fn dns_outbound_answers_a_client_like_v2ray() {
         let before = upstream.seen().len();
         let mut proc = spawn_impl(which, "d", &dir, &config);
         assert!(wait_port_async(local(port), Duration::from_secs(10)).await, "{which:?}: {}", proc.log_text());
-        let mut s = connect_when_listening(local(port), Duration::from_secs(10)).await.unwrap();
+        let mut s = TcpStream::connect(local(port)).await.unwrap();
         let mut got = Vec::new();
         for (i, (name, t)) in [
             ("h.oxt", RecordType::A),

@@ -99,18 +99,10 @@ fn probe_config(ports: &[u16], access: &Path) -> String {
 fn route_all(ports: &[u16], access: &Path) -> Vec<String> {
     use std::io::{Read, Write};
     for p in ports {
-        // Connects once the port listens: V2Ray starts its tagged inbounds in Go map order, so another
-        // probe being up says nothing of this one. A refused connect leaves no access line; a wait on
-        // the port would add one per probe.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut s = loop {
-            match std::net::TcpStream::connect(local(*p)) {
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                r => break r.unwrap_or_else(|e| panic!("connect probe on {p}: {e}")),
-            }
-        };
+        // V2Ray starts its tagged inbounds in Go map order, so another probe being up says nothing of
+        // this one; a wait on the port would add an access line per probe.
+        let mut s = common::connect_when_listening_blocking(local(*p), Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("connect probe on {p}: {e}"));
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let _ = s.write_all(b"x");
         let mut buf = [0u8; 16];

@@ -804,9 +804,24 @@ pub async fn connect_when_listening(addr: SocketAddr, deadline: Duration) -> std
     }
 }
 
+/// [`connect_when_listening`] for blocking tests.
+pub fn connect_when_listening_blocking(addr: SocketAddr, deadline: Duration) -> std::io::Result<StdStream> {
+    let end = Instant::now() + deadline;
+    loop {
+        match StdStream::connect(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Connects to a probe inbound, sends a byte, waits (bounded) for the outbound to close it.
 pub async fn probe(port: u16) {
-    let Ok(mut s) = connect_when_listening(local(port), Duration::from_secs(10)).await else { return };
+    let mut s = connect_when_listening(local(port), Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("probe port {port} never listened: {e}"));
     let _ = s.write_all(b"x").await;
     let mut buf = [0u8; 64];
     let _ = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await;
