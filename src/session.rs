@@ -166,6 +166,54 @@ pub struct Session {
     /// The protocol the dispatcher sniffed from the first bytes (`http1`, `tls`, `bittorrent`), for the
     /// `protocol` routing condition; None when not sniffed or nothing was recognised.
     pub protocol: Option<&'static str>,
+    /// Set when one end of the flow is a Mux session and the other a plain TCP socket: the session's
+    /// reader writes small payloads straight into the socket, and the relay counts them from here.
+    pub bypass: Option<Arc<Bypass>>,
+}
+
+/// Bytes that crossed a relay without passing through it: a Mux connection's reader wrote them
+/// straight into the flow's TCP socket (one task wake-up and one copy less per message). The relay
+/// takes them as its own progress (idle limits) and totals; the meter, if any, counts them live.
+#[derive(Debug)]
+pub struct Bypass {
+    /// The bytes go client → target (else target → client).
+    uplink: bool,
+    bytes: AtomicU64,
+    /// Milliseconds after `start` of the last write (the relay's idle clock).
+    start: tokio::time::Instant,
+    last_ms: AtomicU64,
+    meter: Option<Arc<Meter>>,
+}
+
+impl Bypass {
+    pub fn new(uplink: bool, meter: Option<Arc<Meter>>) -> Self {
+        Bypass { uplink, bytes: 0.into(), start: tokio::time::Instant::now(), last_ms: 0.into(), meter }
+    }
+
+    /// `n` more bytes were written past the relay.
+    pub fn add(&self, n: u64) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        if let Some(m) = &self.meter {
+            m.add_bypass(self.uplink, n);
+        }
+    }
+
+    /// When the last bytes were written past the relay (its start when none were).
+    pub fn last(&self) -> tokio::time::Instant {
+        self.start + std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    /// Bytes written past the relay so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether they count as uplink (client → target).
+    pub fn uplink(&self) -> bool {
+        self.uplink
+    }
 }
 
 /// A session's live byte counts. The relay keeps plain totals on its own stack and stores them here
@@ -175,6 +223,9 @@ pub struct Meter {
     started: std::time::Instant,
     uplink: AtomicU64,
     downlink: AtomicU64,
+    /// Bytes that went past the relay (see [`Bypass`]), added by their writer.
+    bypass_up: AtomicU64,
+    bypass_down: AtomicU64,
     /// Milliseconds after `started` of the last byte moved.
     last_ms: AtomicU64,
 }
@@ -188,25 +239,42 @@ impl Default for Meter {
 impl Meter {
     /// A meter started now.
     pub fn new() -> Self {
-        Meter { started: std::time::Instant::now(), uplink: 0.into(), downlink: 0.into(), last_ms: 0.into() }
+        Meter {
+            started: std::time::Instant::now(),
+            uplink: 0.into(),
+            downlink: 0.into(),
+            bypass_up: 0.into(),
+            bypass_down: 0.into(),
+            last_ms: 0.into(),
+        }
     }
 
     /// Stores the relay's running totals (called by the relay only).
     pub fn flush(&self, uplink: u64, downlink: u64, at: std::time::Instant) {
         self.uplink.store(uplink, Ordering::Relaxed);
         self.downlink.store(downlink, Ordering::Relaxed);
+        self.touch(at);
+    }
+
+    /// Adds bytes written past the relay (see [`Bypass`]).
+    fn add_bypass(&self, uplink: bool, n: u64) {
+        (if uplink { &self.bypass_up } else { &self.bypass_down }).fetch_add(n, Ordering::Relaxed);
+        self.touch(std::time::Instant::now());
+    }
+
+    fn touch(&self, at: std::time::Instant) {
         let ms = at.saturating_duration_since(self.started).as_millis();
-        self.last_ms.store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.last_ms.fetch_max(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Bytes client → target so far.
     pub fn uplink(&self) -> u64 {
-        self.uplink.load(Ordering::Relaxed)
+        self.uplink.load(Ordering::Relaxed) + self.bypass_up.load(Ordering::Relaxed)
     }
 
     /// Bytes target → client so far.
     pub fn downlink(&self) -> u64 {
-        self.downlink.load(Ordering::Relaxed)
+        self.downlink.load(Ordering::Relaxed) + self.bypass_down.load(Ordering::Relaxed)
     }
 
     /// Time since the meter started.
@@ -348,6 +416,7 @@ impl Session {
             wear: None,
             carrier: None,
             protocol: None,
+            bypass: None,
         }
     }
 

@@ -9,7 +9,7 @@ mod stream;
 pub use client::{MuxClient, MuxClientConfig};
 pub use conn::MAX_SESSIONS;
 pub use server::{MuxHandler, MuxServer};
-pub use stream::{MuxPacket, MuxStream};
+pub use stream::{MuxPacket, MuxStream, bypass_relay};
 
 use std::io;
 

@@ -18,7 +18,8 @@ use tracing::info;
 
 use super::conn::{CONN_RECV_HARD_LIMIT, CONN_RECV_HIGH_WATER, Conn};
 use super::frame::MAX_UDP_FRAME;
-use crate::proxy::PacketConn;
+use crate::proxy::{BoxStream, PacketConn, concrete};
+use crate::session::{Bypass, Meter};
 
 /// Received data queued per session before it counts as full. Mux.Cool has no flow control: the only
 /// loss-free back-pressure is for the connection's single reader to wait, which stalls every session.
@@ -56,6 +57,10 @@ pub(crate) const SLICE_QUEUE: usize = 256 * 1024;
 pub(crate) const MAX_SLICES: usize = 256;
 /// Most stream data queued by one write call (one frame, or two for a full 64 KiB).
 pub(crate) const MAX_STREAM_WRITE: usize = 64 * 1024;
+/// Payloads up to this size go straight into a session's sink socket (see [`MuxStream::bypass`]) when
+/// nothing of the session waits before them. Larger ones (bulk) are queued as slices and left to the
+/// relay, which writes several frames per system call.
+const BYPASS_MAX: usize = SLICE_MIN;
 
 /// What we know about the peer's side of a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +96,17 @@ struct State {
     /// While the queue is full: when the consumer last took data (or the queue became full).
     full_since: Option<Instant>,
     task: Option<AbortHandle>,
+    /// The plain TCP socket the relay joins this session to, if any (see [`MuxStream::bypass`]).
+    sink: Option<Sink>,
+    /// The consumer took data it may not have written to the sink yet: nothing may overtake it.
+    busy: bool,
+}
+
+/// The far end of a session's relay: its own descriptor of the socket (it stays valid whatever the
+/// relay does with its own), and the relay's count of what went past it.
+struct Sink {
+    socket: std::net::TcpStream,
+    bypass: Arc<Bypass>,
 }
 
 /// Shared state of one session (owned by the connection's table and by its handle).
@@ -141,6 +157,8 @@ impl Session {
                 feeder_waker: None,
                 full_since: None,
                 task: None,
+                sink: None,
+                busy: false,
             }),
         })
     }
@@ -169,7 +187,8 @@ impl Session {
         let conn_full = st.queued > 0 && self.conn.recv_queued() >= CONN_RECV_HIGH_WATER;
         if st.queued < RECV_HIGH_WATER && !conn_full {
             st.full_since = None;
-            self.enqueue(&mut st, d);
+            let Some(rest) = Self::write_past(&mut st, d) else { return Push::Done };
+            self.enqueue(&mut st, rest);
             return Push::Done;
         }
         if self.udp {
@@ -213,6 +232,28 @@ impl Session {
         self.conn.wake_blocked_writers();
         self.conn.remove(self);
         Push::Done
+    }
+
+    /// Writes a short payload straight into the sink, when there is one and nothing of this session
+    /// is waiting before it (queued, or taken by the consumer and maybe not yet written): the relay
+    /// task is not woken and the bytes are not copied. Returns what the socket did not take.
+    fn write_past(st: &mut State, mut d: Bytes) -> Option<Bytes> {
+        use std::io::Write;
+        if d.len() > BYPASS_MAX || st.busy || st.queued > 0 {
+            return Some(d);
+        }
+        let Some(sink) = st.sink.as_ref() else { return Some(d) };
+        match (&sink.socket).write(&d) {
+            Ok(n) => {
+                sink.bypass.add(n as u64);
+                bytes::Buf::advance(&mut d, n);
+            }
+            // Full: the relay writes it once the socket drains.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // The relay meets the error on its own write; no more writes past it.
+            Err(_) => st.sink = None,
+        }
+        (!d.is_empty()).then_some(d)
     }
 
     /// Queues `d`: as it is (a slice of the connection's read buffer) if it is at least [`SLICE_MIN`], the
@@ -351,6 +392,7 @@ impl Session {
                 return;
             }
             st.detached = true;
+            st.sink = None;
             self.clear_queue(&mut st);
             wake_all(&mut st);
             st.task = None;
@@ -398,9 +440,12 @@ impl Session {
     /// Copies as much queued stream data as fits into `buf` (nothing copied: EOF).
     fn poll_read_into(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let mut st = lock(&self.state);
+        // With a sink, the consumer is the relay, which reads again only once it wrote all it read.
+        st.busy = false;
         if st.queue.is_empty() {
             return Self::poll_empty(&mut st, cx);
         }
+        st.busy = st.sink.is_some();
         let before = st.queued;
         while buf.remaining() > 0 {
             let Some(front) = st.queue.front_mut() else { break };
@@ -479,9 +524,59 @@ impl MuxStream {
         self.session.id
     }
 
+    /// Lets the connection's reader write this session's short payloads straight into `socket`, the
+    /// other end of the relay about to join them (`uplink`: this session is the relay's client). The
+    /// relay must be the only reader of this stream, and read again only once it has written all it
+    /// read (as `relay` does): then nothing written past it can overtake its bytes. The returned
+    /// count goes into [`crate::session::Session::bypass`]. None: the socket could not be shared.
+    pub fn bypass(
+        &self,
+        socket: &tokio::net::TcpStream,
+        uplink: bool,
+        meter: Option<Arc<Meter>>,
+    ) -> Option<Arc<Bypass>> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let own = socket.as_fd().try_clone_to_owned().ok()?;
+        // The copy costs a descriptor per flow: only while they are plentiful (a new descriptor is the
+        // lowest free one, so its number tracks how many are in use), never at the cost of accepts.
+        if !descriptors_to_spare(own.as_raw_fd()) {
+            return None;
+        }
+        let bypass = Arc::new(Bypass::new(uplink, meter));
+        let mut st = lock(&self.session.state);
+        if st.detached || self.session.udp {
+            return None;
+        }
+        st.sink = Some(Sink { socket: std::net::TcpStream::from(own), bypass: bypass.clone() });
+        Some(bypass)
+    }
+
     /// Whether the connection's reader holds sessions back; goes into [`crate::session::Session::carrier`].
     pub fn carrier_hold(&self) -> Arc<crate::session::CarrierHold> {
         self.session.conn.hold()
+    }
+}
+
+/// Whether descriptor number `fd` is below half the process's limit on open descriptors.
+fn descriptors_to_spare(fd: i32) -> bool {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid rlimit to write into.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    ok && u64::try_from(fd).is_ok_and(|fd| fd < lim.rlim_cur / 2)
+}
+
+/// Before a relay joins `client` and `target`: when one is a Mux session and the other a plain TCP
+/// socket, the session's reader may write short payloads straight into the socket (see
+/// [`MuxStream::bypass`]), and `session.bypass` tells the relay.
+pub fn bypass_relay(session: &mut crate::session::Session, client: &BoxStream, target: &BoxStream) {
+    use tokio::net::TcpStream;
+    let (c, t) = (concrete(&**client), concrete(&**target));
+    let pair = match (c.downcast_ref::<MuxStream>(), t.downcast_ref::<TcpStream>()) {
+        (Some(m), Some(s)) => Some((m, s, true)),
+        _ => t.downcast_ref::<MuxStream>().zip(c.downcast_ref::<TcpStream>()).map(|(m, s)| (m, s, false)),
+    };
+    if let Some((mux, socket, uplink)) = pair {
+        session.bypass = mux.bypass(socket, uplink, session.meter.clone());
     }
 }
 
@@ -580,7 +675,8 @@ impl PacketConn for MuxPacket {
 mod tests {
     use super::*;
     use crate::mux::conn::Role;
-    use tokio::io::AsyncReadExt;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn conn() -> (Arc<Conn>, tokio::io::DuplexStream) {
         let (a, b) = tokio::io::duplex(64 * 1024);
@@ -632,5 +728,139 @@ mod tests {
         assert_eq!(c.slices(), 1);
         s.on_conn_closed();
         assert_eq!((c.slices(), c.recv_queued()), (0, 0));
+    }
+
+    /// A connected loopback pair: (the end the bypass writes into, the far end that reads).
+    async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (far, _) = l.accept().await.unwrap();
+        (near, far)
+    }
+
+    fn bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    fn push_bytes(s: &Arc<Session>, d: &[u8]) {
+        let mut d = Some(Bytes::copy_from_slice(d));
+        assert!(matches!(s.push(&mut d), Push::Done));
+    }
+
+    /// What the consumer (a relay) would do once: read what is queued and write all of it to `to`.
+    async fn relay_once(m: &mut MuxStream, to: &mut tokio::net::TcpStream) -> usize {
+        use tokio::io::AsyncWriteExt;
+        let mut buf = vec![0u8; 256 * 1024];
+        let n = m.read(&mut buf).await.unwrap();
+        to.write_all(&buf[..n]).await.unwrap();
+        n
+    }
+
+    /// Without a sink, short payloads are queued like any other (none is lost).
+    #[tokio::test]
+    async fn short_payloads_without_a_sink_are_queued() {
+        let (c, _peer) = conn();
+        let s = Session::new(1, false, c.clone());
+        push(&s, 13, 1);
+        push(&s, 64, 2);
+        let mut got = vec![0u8; 77];
+        let read = tokio::time::timeout(Duration::from_secs(5), MuxStream::new(s).read_exact(&mut got)).await;
+        assert!(read.is_ok_and(|r| r.is_ok()), "queued payloads were lost");
+        assert!(got[..13].iter().all(|&b| b == 1) && got[13..].iter().all(|&b| b == 2));
+    }
+
+    /// A short payload goes straight into the sink only when nothing of its session waits before it:
+    /// not while data is queued, nor while the consumer holds data it has read but maybe not written;
+    /// long payloads are always queued. What the far end gets is the exact sequence pushed.
+    #[tokio::test]
+    async fn short_payloads_go_past_only_when_nothing_waits_before_them() {
+        let (c, _peer) = conn();
+        let s = Session::new(1, false, c.clone());
+        let (mut near, mut far) = tcp_pair().await;
+        let mut m = MuxStream::new(s.clone());
+        let mut sent = Vec::new();
+        let mut send = |d: Vec<u8>| {
+            push_bytes(&s, &d);
+            sent.extend_from_slice(&d);
+        };
+        send(bytes(13, 1)); // before the sink: queued
+        let bypass = m.bypass(&near, true, None).unwrap();
+        send(bytes(64, 2)); // behind queued data: queued too
+        assert_eq!((bypass.bytes(), c.recv_queued()), (0, 77));
+        let mut buf = vec![0u8; 1024];
+        let n = m.read(&mut buf).await.unwrap();
+        assert_eq!(n, 77);
+        send(bytes(10, 3)); // the consumer holds 77 unwritten bytes: queued
+        assert_eq!((bypass.bytes(), c.recv_queued()), (0, 10));
+        near.write_all(&buf[..n]).await.unwrap();
+        assert_eq!(relay_once(&mut m, &mut near).await, 10);
+        // The consumer reads again and finds nothing: the next short payload goes past it.
+        let read = tokio::time::timeout(Duration::from_millis(20), m.read(&mut buf)).await;
+        assert!(read.is_err(), "nothing is queued");
+        send(bytes(20, 4));
+        assert_eq!((bypass.bytes(), c.recv_queued()), (20, 0));
+        send(bytes(BYPASS_MAX + 1, 5)); // long: queued for the relay
+        assert_eq!((bypass.bytes(), c.recv_queued()), (20, BYPASS_MAX + 1));
+        assert_eq!(relay_once(&mut m, &mut near).await, BYPASS_MAX + 1);
+        let mut got = vec![0u8; sent.len()];
+        far.read_exact(&mut got).await.unwrap();
+        assert!(got == sent, "the far end got the bytes out of order");
+        // Once the session is released, nothing more is written past it.
+        drop(m);
+        let mut d = Some(Bytes::from_static(b"late"));
+        let _ = s.push(&mut d);
+        assert_eq!(bypass.bytes(), 20);
+    }
+
+    /// A sink whose socket is full takes what fits; the rest and everything after it are queued for
+    /// the relay, in order.
+    #[tokio::test]
+    async fn a_full_sink_leaves_the_rest_to_the_relay_in_order() {
+        let (c, _peer) = conn();
+        let s = Session::new(1, false, c.clone());
+        let (mut near, mut far) = tcp_pair().await;
+        socket2::SockRef::from(&near).set_send_buffer_size(4096).unwrap();
+        socket2::SockRef::from(&far).set_recv_buffer_size(4096).unwrap();
+        let mut m = MuxStream::new(s.clone());
+        let bypass = m.bypass(&near, true, None).unwrap();
+        let mut sent = Vec::new();
+        // The far end does not read: pushes go past until the socket is full (bounded: buffers are a
+        // few hundred KiB at most).
+        for i in 0..4096u32 {
+            let d = bytes(3000, i as u8);
+            push_bytes(&s, &d);
+            sent.extend_from_slice(&d);
+            if c.recv_queued() > 0 {
+                break;
+            }
+        }
+        let past = bypass.bytes() as usize;
+        assert!(c.recv_queued() > 0 && past < sent.len(), "the socket never filled");
+        for i in 0..3u8 {
+            let d = bytes(100, 200 + i);
+            push_bytes(&s, &d);
+            sent.extend_from_slice(&d);
+        }
+        assert_eq!(bypass.bytes() as usize, past, "nothing goes past queued data");
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; sent.len()];
+            far.read_exact(&mut got).await.map(|_| (got, sent))
+        });
+        let mut moved = past;
+        while c.recv_queued() > 0 {
+            moved += relay_once(&mut m, &mut near).await;
+        }
+        let (got, sent) = reader.await.unwrap().unwrap();
+        assert_eq!(moved, sent.len());
+        assert!(got == sent, "the far end got the bytes out of order");
+    }
+
+    /// Datagram sessions never get a sink.
+    #[tokio::test]
+    async fn udp_sessions_are_not_bypassed() {
+        let (c, _peer) = conn();
+        let s = Session::new(1, true, c.clone());
+        let (near, _far) = tcp_pair().await;
+        assert!(MuxStream::new(s).bypass(&near, true, None).is_none());
     }
 }

@@ -128,6 +128,7 @@ impl Outbound for Freedom {
         // Boxed: the dial's state (resolution, connect attempts) is over before the relay starts, and
         // inline it would be carried by every flow for its whole life.
         let upstream = Box::pin(self.connect(&session)).await?;
+        crate::mux::bypass_relay(&mut session, &stream, &upstream);
         Ok(relay_session(stream, upstream, &session).await?)
     }
 

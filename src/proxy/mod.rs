@@ -31,8 +31,24 @@ use crate::session::Session;
 pub use relay::{RelayStats, relay, relay_packets, relay_session, release_idle_buffers};
 
 /// A bidirectional byte stream; `poll_shutdown` is a half-close (EOF to the peer, reading goes on).
-pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncStream for T {}
+pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The concrete stream, for the few places that do better knowing it (see [`concrete`]).
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncStream for T {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The stream behind any number of boxes, to downcast.
+pub fn concrete(s: &dyn AsyncStream) -> &dyn std::any::Any {
+    let any = s.as_any();
+    match any.downcast_ref::<BoxStream>() {
+        Some(inner) => concrete(&**inner),
+        None => any,
+    }
+}
 
 /// The stream type handed between inbounds, the dispatcher and outbounds.
 pub type BoxStream = Box<dyn AsyncStream>;

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::config::LevelPolicy;
 use crate::proxy::PacketConn;
-use crate::session::{CarrierHold, Meter, Session};
+use crate::session::{Bypass, CarrierHold, Meter, Session};
 
 /// Relay buffer per busy direction. Large buffers mean fewer syscalls and fewer, larger VMess/Mux chunks.
 /// 63 KiB, not 64: one buffer plus its Mux and VMess framing (≤ 200 bytes) must stay under the 64 KiB
@@ -221,7 +221,7 @@ where
     A: AsyncRead + AsyncWrite + Unpin + Send + 'a,
     B: AsyncRead + AsyncWrite + Unpin + Send + 'a,
 {
-    relay_metered(client, target, policy, None, None)
+    relay_metered(client, target, policy, None, None, None)
 }
 
 /// [`relay`] for a session: its policy, and its totals stored into its meter (if any) after every poll
@@ -235,7 +235,14 @@ where
     A: AsyncRead + AsyncWrite + Unpin + Send + 'a,
     B: AsyncRead + AsyncWrite + Unpin + Send + 'a,
 {
-    relay_metered(client, target, &session.policy, session.meter.as_deref(), session.carrier.as_deref())
+    relay_metered(
+        client,
+        target,
+        &session.policy,
+        session.meter.as_deref(),
+        session.carrier.as_deref(),
+        session.bypass.as_deref(),
+    )
 }
 
 async fn relay_metered<A, B>(
@@ -244,6 +251,7 @@ async fn relay_metered<A, B>(
     policy: &LevelPolicy,
     meter: Option<&Meter>,
     carrier: Option<&CarrierHold>,
+    bypass: Option<&Bypass>,
 ) -> io::Result<RelayStats>
 where
     A: AsyncRead + AsyncWrite + Unpin + Send,
@@ -257,8 +265,17 @@ where
     let mut limit = policy.conn_idle;
     let sleep = tokio::time::sleep_until(last + limit);
     tokio::pin!(sleep);
+    // Bytes written past the relay (see `Bypass`) as of the last poll: more since is activity, as of
+    // their write (this poll may be the idle timer's, long after).
+    let mut bypassed = 0;
     let result = poll_fn(|cx| {
         let mut progress = false;
+        if let Some(b) = bypass
+            && b.bytes() != bypassed
+        {
+            bypassed = b.bytes();
+            last = last.max(b.last());
+        }
         // A finished direction (Ready(Ok)) sets its `done`; the other keeps going.
         if !up.done {
             let _ = up.poll_copy(cx, Pin::new(&mut client), Pin::new(&mut target), &mut progress)?;
@@ -302,7 +319,11 @@ where
             give_buf(b);
         }
     }
-    result.map(|()| RelayStats { uplink: up.total, downlink: down.total })
+    let mut stats = RelayStats { uplink: up.total, downlink: down.total };
+    if let Some(b) = bypass {
+        *(if b.uplink() { &mut stats.uplink } else { &mut stats.downlink }) += b.bytes();
+    }
+    result.map(|()| stats)
 }
 
 /// Copies datagrams both ways between two packet flows.
@@ -466,7 +487,8 @@ mod idle_tests {
         let hold = std::sync::Arc::new(CarrierHold::new());
         hold.hold_until(tokio::time::Instant::now() + Duration::from_secs(3));
         let (p, h) = (policy(), hold.clone());
-        let task = tokio::spawn(async move { relay_metered(relay_client, relay_target, &p, None, Some(&h)).await });
+        let task =
+            tokio::spawn(async move { relay_metered(relay_client, relay_target, &p, None, Some(&h), None).await });
         client.shutdown().await.unwrap();
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(hold.is_held() && !task.is_finished());
@@ -476,6 +498,49 @@ mod idle_tests {
         client.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"late answer");
         assert!(task.await.unwrap().is_ok());
+    }
+
+    /// Bytes written past the relay (a Mux reader's bypass) are activity: while they keep coming the
+    /// relay, never woken by them, is not idle; once they stop it is cut at `connIdle`; and they count
+    /// in its totals, on their own direction.
+    #[tokio::test(start_paused = true)]
+    async fn bytes_written_past_the_relay_keep_it_alive_and_count() {
+        let (_client, relay_client) = tokio::io::duplex(1024);
+        let (relay_target, _target) = tokio::io::duplex(1024);
+        let p = LevelPolicy { conn_idle: Duration::from_secs(1), ..policy() };
+        let bypass = std::sync::Arc::new(Bypass::new(false, None));
+        let b = bypass.clone();
+        let task =
+            tokio::spawn(async move { relay_metered(relay_client, relay_target, &p, None, None, Some(&b)).await });
+        for _ in 0..15 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            bypass.add(10);
+        }
+        assert!(!task.is_finished(), "the relay idled out while bytes went past it");
+        let t0 = tokio::time::Instant::now();
+        let err = task.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(2), "{took:?}");
+
+        // Totals: a relay that ends well adds them to the downlink.
+        let (mut client, relay_client) = tokio::io::duplex(1024);
+        let (relay_target, mut target) = tokio::io::duplex(1024);
+        let p = policy();
+        let bypass = std::sync::Arc::new(Bypass::new(false, None));
+        bypass.add(1000);
+        let b = bypass.clone();
+        let task =
+            tokio::spawn(async move { relay_metered(relay_client, relay_target, &p, None, None, Some(&b)).await });
+        client.write_all(b"abc").await.unwrap();
+        client.shutdown().await.unwrap();
+        target.write_all(b"de").await.unwrap();
+        target.shutdown().await.unwrap();
+        let mut sink = Vec::new();
+        target.read_to_end(&mut sink).await.unwrap();
+        client.read_to_end(&mut sink).await.unwrap();
+        let stats = task.await.unwrap().unwrap();
+        assert_eq!((stats.uplink, stats.downlink), (3, 1002));
     }
 
     /// A far end that says nothing after the client's half-close is still cut at `downlinkOnly`.

@@ -312,6 +312,7 @@ impl Outbound for Portal {
             let (tunnel, upstream) = self.open(&session).await?;
             session.carrier = Some(tunnel.client.carrier_hold());
             let guard = tunnel.track.open(&mut session);
+            crate::mux::bypass_relay(&mut session, &stream, &upstream);
             let result = relay_session(stream, upstream, &session).await;
             match &result {
                 Ok(_) => guard.finish("done"),
