@@ -179,30 +179,29 @@ pub struct Bypass {
     /// The bytes go client → target (else target → client).
     uplink: bool,
     bytes: AtomicU64,
-    /// Milliseconds after `start` of the last write (the relay's idle clock).
-    start: tokio::time::Instant,
-    last_ms: AtomicU64,
+    /// The last write (the relay's idle clock).
+    last: LastActivity,
     meter: Option<Arc<Meter>>,
 }
 
 impl Bypass {
     pub fn new(uplink: bool, meter: Option<Arc<Meter>>) -> Self {
-        Bypass { uplink, bytes: 0.into(), start: tokio::time::Instant::now(), last_ms: 0.into(), meter }
+        Bypass { uplink, bytes: 0.into(), last: LastActivity::new(), meter }
     }
 
     /// `n` more bytes were written past the relay.
     pub fn add(&self, n: u64) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
+        let now = tokio::time::Instant::now();
+        self.last.touch(now);
         self.bytes.fetch_add(n, Ordering::Relaxed);
         if let Some(m) = &self.meter {
-            m.add_bypass(self.uplink, n);
+            m.add_bypass(self.uplink, n, now.into_std());
         }
     }
 
     /// When the last bytes were written past the relay (its start when none were).
     pub fn last(&self) -> tokio::time::Instant {
-        self.start + std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+        self.last.last()
     }
 
     /// Bytes written past the relay so far.
@@ -213,6 +212,38 @@ impl Bypass {
     /// Whether they count as uplink (client → target).
     pub fn uplink(&self) -> bool {
         self.uplink
+    }
+}
+
+/// When something last happened, in ms after creation: one atomic store per event, readable from any
+/// thread (a tunnel's last received bytes, a relay's last bypassed write).
+#[derive(Debug)]
+pub struct LastActivity {
+    start: tokio::time::Instant,
+    ms: AtomicU64,
+}
+
+impl Default for LastActivity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LastActivity {
+    /// Started now; [`LastActivity::last`] is now until the first touch.
+    pub fn new() -> Self {
+        LastActivity { start: tokio::time::Instant::now(), ms: AtomicU64::new(0) }
+    }
+
+    /// Something happened at `now`.
+    pub fn touch(&self, now: tokio::time::Instant) {
+        let ms = u64::try_from(now.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX);
+        self.ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When it last happened (to the millisecond below).
+    pub fn last(&self) -> tokio::time::Instant {
+        self.start + std::time::Duration::from_millis(self.ms.load(Ordering::Relaxed))
     }
 }
 
@@ -257,9 +288,9 @@ impl Meter {
     }
 
     /// Adds bytes written past the relay (see [`Bypass`]).
-    fn add_bypass(&self, uplink: bool, n: u64) {
+    fn add_bypass(&self, uplink: bool, n: u64, at: std::time::Instant) {
         (if uplink { &self.bypass_up } else { &self.bypass_down }).fetch_add(n, Ordering::Relaxed);
-        self.touch(std::time::Instant::now());
+        self.touch(at);
     }
 
     fn touch(&self, at: std::time::Instant) {

@@ -536,15 +536,19 @@ impl MuxStream {
         meter: Option<Arc<Meter>>,
     ) -> Option<Arc<Bypass>> {
         use std::os::fd::{AsFd, AsRawFd};
+        if self.session.udp {
+            return None;
+        }
         let own = socket.as_fd().try_clone_to_owned().ok()?;
         // The copy costs a descriptor per flow: only while they are plentiful (a new descriptor is the
         // lowest free one, so its number tracks how many are in use), never at the cost of accepts.
-        if !descriptors_to_spare(own.as_raw_fd()) {
+        let limit = crate::transport::sockopt::open_files_limit()?;
+        if u64::try_from(own.as_raw_fd()).map_or(true, |fd| fd >= limit / 2) {
             return None;
         }
         let bypass = Arc::new(Bypass::new(uplink, meter));
         let mut st = lock(&self.session.state);
-        if st.detached || self.session.udp {
+        if st.detached {
             return None;
         }
         st.sink = Some(Sink { socket: std::net::TcpStream::from(own), bypass: bypass.clone() });
@@ -555,14 +559,6 @@ impl MuxStream {
     pub fn carrier_hold(&self) -> Arc<crate::session::CarrierHold> {
         self.session.conn.hold()
     }
-}
-
-/// Whether descriptor number `fd` is below half the process's limit on open descriptors.
-fn descriptors_to_spare(fd: i32) -> bool {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: `lim` is a valid rlimit to write into.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
-    ok && u64::try_from(fd).is_ok_and(|fd| fd < lim.rlim_cur / 2)
 }
 
 /// Before a relay joins `client` and `target`: when one is a Mux session and the other a plain TCP
@@ -749,7 +745,6 @@ mod tests {
 
     /// What the consumer (a relay) would do once: read what is queued and write all of it to `to`.
     async fn relay_once(m: &mut MuxStream, to: &mut tokio::net::TcpStream) -> usize {
-        use tokio::io::AsyncWriteExt;
         let mut buf = vec![0u8; 256 * 1024];
         let n = m.read(&mut buf).await.unwrap();
         to.write_all(&buf[..n]).await.unwrap();
@@ -795,8 +790,10 @@ mod tests {
         near.write_all(&buf[..n]).await.unwrap();
         assert_eq!(relay_once(&mut m, &mut near).await, 10);
         // The consumer reads again and finds nothing: the next short payload goes past it.
-        let read = tokio::time::timeout(Duration::from_millis(20), m.read(&mut buf)).await;
-        assert!(read.is_err(), "nothing is queued");
+        let polled = std::future::poll_fn(|cx| {
+            Poll::Ready(Pin::new(&mut m).poll_read(cx, &mut ReadBuf::new(&mut buf)).is_pending())
+        });
+        assert!(polled.await, "nothing is queued");
         send(bytes(20, 4));
         assert_eq!((bypass.bytes(), c.recv_queued()), (20, 0));
         send(bytes(BYPASS_MAX + 1, 5)); // long: queued for the relay

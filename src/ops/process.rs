@@ -45,10 +45,8 @@ pub fn stats() -> ProcessStats {
         }
     }
     s.open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: `lim` is a valid rlimit to write into.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        s.max_fds = lim.rlim_cur;
+    if let Some(limit) = crate::transport::sockopt::open_files_limit() {
+        s.max_fds = limit;
     }
     s
 }

@@ -24,7 +24,7 @@ use crate::reverse::control::{Control, ControlState};
 use crate::reverse::is_internal_domain;
 use crate::reverse::status::{BridgeStatus, Role};
 use crate::reverse::track::{TagTrack, TunnelTrack};
-use crate::session::{Address, Destination, Session, Wear};
+use crate::session::{Address, Destination, LastActivity, Session, Wear};
 use crate::task::Owner;
 use crate::transport::{TunnelDial, dial_tunnel};
 
@@ -56,7 +56,8 @@ struct Tunnel {
     /// The control session is open (it counts as one of the server's active sessions).
     control_open: AtomicBool,
     /// When a byte last arrived from the portal.
-    heard: Arc<Heard>,
+    /// When bytes last arrived on the tunnel (frames from the portal).
+    heard: Arc<LastActivity>,
     track: Arc<TunnelTrack>,
     /// The tunnel's VMess nonce wear: a worn tunnel counts as drained, and a replacement is dialled.
     wear: Arc<Wear>,
@@ -231,7 +232,7 @@ impl Inner {
             }
         };
         self.track.dialed(true);
-        let heard = Arc::new(Heard::new());
+        let heard = Arc::new(LastActivity::new());
         let stream: BoxStream = Box::new(HeardStream { inner: stream, heard: heard.clone() });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let track = self.track.tunnel(id, None);
@@ -463,31 +464,10 @@ async fn watch(inner: Arc<Inner>, tunnel: Arc<Tunnel>, died: tokio::sync::mpsc::
     let _ = died.send(tunnel.confirmed.load(Ordering::Relaxed));
 }
 
-/// When bytes last arrived on a tunnel, in ms after its creation (one atomic store per read).
-struct Heard {
-    start: tokio::time::Instant,
-    ms: AtomicU64,
-}
-
-impl Heard {
-    fn new() -> Self {
-        Heard { start: tokio::time::Instant::now(), ms: AtomicU64::new(0) }
-    }
-
-    fn touch(&self) {
-        let ms = self.start.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
-        self.ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> tokio::time::Instant {
-        self.start + Duration::from_millis(self.ms.load(Ordering::Relaxed))
-    }
-}
-
 /// The tunnel's stream, noting every read that brings bytes (frames from the portal).
 struct HeardStream {
     inner: BoxStream,
-    heard: Arc<Heard>,
+    heard: Arc<LastActivity>,
 }
 
 impl AsyncRead for HeardStream {
@@ -495,7 +475,7 @@ impl AsyncRead for HeardStream {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.heard.touch();
+            self.heard.touch(tokio::time::Instant::now());
         }
         r
     }

@@ -8,6 +8,13 @@ use socket2::SockRef;
 use tokio::net::{TcpSocket, TcpStream};
 use tracing::debug;
 
+/// The process's soft limit on open descriptors (`RLIMIT_NOFILE`), if it can be read.
+pub fn open_files_limit() -> Option<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid rlimit to write into.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim.rlim_cur)
+}
+
 /// TCP keepalive probing: first probe after `idle` of silence, then every `interval`, `retries` times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {
