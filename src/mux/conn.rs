@@ -193,6 +193,9 @@ pub(crate) struct Conn {
     hold: Arc<CarrierHold>,
     /// Queued slices of read buffers, over all sessions (at most `MAX_SLICES`).
     slices: AtomicUsize,
+    /// `RLIMIT_NOFILE` when the connection started, for the bypass's descriptor rule: read once per
+    /// connection, not once per session (a system call on every visitor's setup).
+    pub(crate) fd_limit: Option<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -221,6 +224,7 @@ impl Conn {
             recv_queued: AtomicUsize::new(0),
             hold: Arc::new(CarrierHold::new()),
             slices: AtomicUsize::new(0),
+            fd_limit: crate::transport::sockopt::open_files_limit(),
         });
         crate::task::spawn(writer_task(conn.clone()));
         crate::task::spawn(reader_task(conn.clone(), rd, handler));

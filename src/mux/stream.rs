@@ -542,7 +542,7 @@ impl MuxStream {
         let own = socket.as_fd().try_clone_to_owned().ok()?;
         // The copy costs a descriptor per flow: only while they are plentiful (a new descriptor is the
         // lowest free one, so its number tracks how many are in use), never at the cost of accepts.
-        let limit = crate::transport::sockopt::open_files_limit()?;
+        let limit = self.session.conn.fd_limit?;
         if u64::try_from(own.as_raw_fd()).map_or(true, |fd| fd >= limit / 2) {
             return None;
         }
