@@ -55,7 +55,6 @@ struct Tunnel {
     confirmed: AtomicBool,
     /// The control session is open (it counts as one of the server's active sessions).
     control_open: AtomicBool,
-    /// When a byte last arrived from the portal.
     /// When bytes last arrived on the tunnel (frames from the portal).
     heard: Arc<LastActivity>,
     track: Arc<TunnelTrack>,
