@@ -42,38 +42,25 @@ struct LiveSession {
 }
 
 impl LiveSession {
-    fn status(&self, id: u64) -> SessionStatus {
-        SessionStatus {
-            id,
-            target: self.target.to_string(),
-            inbound: self.inbound.as_deref().map(str::to_string),
-            source: self.source.map(|s| s.to_string()),
-            age: self.meter.age(),
-            uplink: self.meter.uplink(),
-            downlink: self.meter.downlink(),
-            idle: self.meter.idle(),
-        }
-    }
-
-    /// Its figures frozen now, its text still unmade.
-    fn ended(self, id: u64) -> EndedSession {
-        EndedSession {
+    /// Its figures as of now, its text still unmade (the `Arc`s are shared, nothing is copied).
+    fn freeze(&self, id: u64) -> FrozenSession {
+        FrozenSession {
             id,
             age: self.meter.age(),
             uplink: self.meter.uplink(),
             downlink: self.meter.downlink(),
             idle: self.meter.idle(),
-            target: self.target,
-            inbound: self.inbound,
+            target: self.target.clone(),
+            inbound: self.inbound.clone(),
             source: self.source,
         }
     }
 }
 
-/// A session's last figures, kept raw: every session's end writes one into the ring, and only a
-/// status snapshot needs the text (formatting it at each end was ~5 % of the portal's user time per
+/// A session's figures at one moment, kept raw: every session's end writes one into the ring, and only
+/// a status snapshot needs the text (formatting it at each end was ~5 % of the portal's user time per
 /// connection in a connection-rate profile).
-struct EndedSession {
+struct FrozenSession {
     id: u64,
     target: Destination,
     inbound: Option<Arc<str>>,
@@ -84,7 +71,7 @@ struct EndedSession {
     idle: Duration,
 }
 
-impl EndedSession {
+impl FrozenSession {
     fn status(&self) -> SessionStatus {
         SessionStatus {
             id: self.id,
@@ -101,7 +88,7 @@ impl EndedSession {
 
 /// An entry of a tag's ring of ended sessions.
 struct ClosedRaw {
-    session: EndedSession,
+    session: FrozenSession,
     tunnel: u64,
     closed_at: SystemTime,
     reason: String,
@@ -175,7 +162,7 @@ impl TunnelTrack {
     /// A snapshot; `mux_sessions`/`total`/`draining`/`closed` come from the tunnel's owner.
     pub fn status(&self, mux_sessions: usize, total: u32, draining: bool) -> TunnelStatus {
         let live = lock(&self.live);
-        let mut sessions: Vec<SessionStatus> = live.iter().map(|(id, s)| s.status(*id)).collect();
+        let mut sessions: Vec<SessionStatus> = live.iter().map(|(id, s)| s.freeze(*id).status()).collect();
         drop(live);
         sessions.sort_by_key(|s| s.id);
         let (up, down) = sessions
@@ -241,7 +228,7 @@ impl SessionGuard {
             return;
         }
         let Some(live) = lock(&self.tunnel.live).remove(&self.id) else { return };
-        let st = live.ended(self.id);
+        let st = live.freeze(self.id);
         let t = &self.tunnel;
         t.up_done.fetch_add(st.uplink, Ordering::Relaxed);
         t.down_done.fetch_add(st.downlink, Ordering::Relaxed);
