@@ -1,6 +1,8 @@
-//! Shadowsocks AEAD stream: sealing a relay buffer (63 KiB → four chunks) and opening it, the old way
-//! (`decode`: one `Bytes` per chunk split off the read buffer) against the stream's way now
-//! (`decode_in_place`: opened where it lies, no allocation).
+//! Shadowsocks AEAD stream: sealing a relay buffer (63 KiB → four chunks), appended to a `BytesMut`
+//! (`encode`) against sealed into a kept buffer (`encode_into`, the stream's way now); and opening
+//! it three ways: `decode` (one `Bytes` per chunk split off the read buffer), `decode_in_place` (opened
+//! where it lies, then copied to the reader's buffer) and `decode_to` (opened straight into the
+//! reader's buffer, the stream's way now).
 
 use std::time::{Duration, Instant};
 
@@ -26,11 +28,18 @@ fn seal(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(RELAY_WRITE as u64));
         let mut enc = Encoder::new(m, &master);
         let mut out = BytesMut::with_capacity(RELAY_WRITE + 256);
-        g.bench_function(BenchmarkId::new(name, RELAY_WRITE), |b| {
+        g.bench_function(BenchmarkId::new(format!("{name}/append"), RELAY_WRITE), |b| {
             b.iter(|| {
                 out.clear();
                 enc.encode(std::hint::black_box(&payload), &mut out);
                 std::hint::black_box(&out[..]);
+            })
+        });
+        let mut kept = vec![0u8; RELAY_WRITE + 256];
+        g.bench_function(BenchmarkId::new(format!("{name}/into"), RELAY_WRITE), |b| {
+            b.iter(|| {
+                let n = enc.encode_into(std::hint::black_box(&payload), &mut kept).unwrap_or(0);
+                std::hint::black_box(&kept[..n]);
             })
         });
     }
@@ -83,6 +92,24 @@ fn open(c: &mut Criterion) {
                     while let Ok(InPlace::Data { used, plain }) = d.decode_in_place(&mut buf[pos..]) {
                         let n = plain.len();
                         out[..n].copy_from_slice(&buf[pos + plain.start..pos + plain.end]);
+                        pos += used;
+                    }
+                    total += start.elapsed();
+                    std::hint::black_box(&out);
+                }
+                total
+            })
+        });
+        g.bench_function(BenchmarkId::new(format!("{name}/into-reader"), RELAY_WRITE * BATCH), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let mut buf = sealed.to_vec();
+                    let mut out = vec![0u8; RELAY_WRITE];
+                    let mut d = Decoder::new(m, &master);
+                    let start = Instant::now();
+                    let mut pos = 0;
+                    while let Ok(InPlace::Opened { used, .. }) = d.decode_to(&mut buf[pos..], &mut out) {
                         pos += used;
                     }
                     total += start.elapsed();

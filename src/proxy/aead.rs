@@ -155,6 +155,40 @@ impl Key {
         }
     }
 
+    /// Decrypts `sealed` into `plain` (same length), checking `tag` (`TAG_LEN` bytes). When the data is
+    /// not authentic, `plain` holds unspecified bytes: the caller must not hand them on.
+    pub fn open_to(&self, nonce: [u8; 12], sealed: &[u8], tag: &[u8], plain: &mut [u8]) -> Result<(), Unspecified> {
+        if sealed.len() != plain.len() || tag.len() != TAG_LEN {
+            return Err(Unspecified);
+        }
+        match &self.0 {
+            Inner::AwsLc(k) => k
+                .open_separate_gather(
+                    awslc::Nonce::assume_unique_for_key(nonce),
+                    awslc::Aad::empty(),
+                    sealed,
+                    tag,
+                    plain,
+                )
+                .map_err(|_| Unspecified),
+            Inner::Ring(k) => {
+                // ring opens in place only: one copy, as in `seal_to`.
+                plain.copy_from_slice(sealed);
+                let mut t = [0u8; TAG_LEN];
+                t.copy_from_slice(tag);
+                k.open_in_place_separate_tag(
+                    ring::aead::Nonce::assume_unique_for_key(nonce),
+                    ring::aead::Aad::empty(),
+                    ring::aead::Tag::from(t),
+                    plain,
+                    0..,
+                )
+                .map(|_| ())
+                .map_err(|_| Unspecified)
+            }
+        }
+    }
+
     /// Decrypts `in_out` (ciphertext then tag) in place; returns the plaintext's length.
     pub fn open_in_place(&self, nonce: [u8; 12], in_out: &mut [u8]) -> Result<usize, Unspecified> {
         match &self.0 {
@@ -222,10 +256,15 @@ mod tests {
                 let mut m = sealed.clone();
                 prop_assert_eq!(opener.open_in_place(nonce, &mut m), Ok(plain.len()));
                 prop_assert_eq!(&m[..plain.len()], &plain[..]);
+                let mut out = vec![0u8; plain.len()];
+                prop_assert_eq!(opener.open_to(nonce, &x, &tx, &mut out), Ok(()));
+                prop_assert_eq!(&out, &plain);
                 let mut bad = sealed.clone();
                 let i = flip.index(bad.len());
                 bad[i] ^= 1;
-                prop_assert_eq!(other.open_in_place(nonce, &mut bad), Err(Unspecified));
+                prop_assert_eq!(other.open_in_place(nonce, &mut bad.clone()), Err(Unspecified));
+                let (bad_sealed, bad_tag) = bad.split_at(plain.len());
+                prop_assert_eq!(other.open_to(nonce, bad_sealed, bad_tag, &mut out), Err(Unspecified));
             }
         }
     }
@@ -237,5 +276,10 @@ mod tests {
         let mut tag = [0u8; TAG_LEN];
         assert_eq!(k.seal_to([0; 12], &[1, 2, 3], &mut sealed, &mut tag), Err(Unspecified));
         assert_eq!(k.seal_to([0; 12], &[1, 2, 3, 4], &mut sealed, &mut tag[..8]), Err(Unspecified));
+        for b in [Backend::AwsLc, Backend::Ring] {
+            let k = Key::on(b, Alg::Aes128Gcm, &[3; 16]).unwrap();
+            assert_eq!(k.open_to([0; 12], &[1, 2, 3], &tag, &mut sealed), Err(Unspecified));
+            assert_eq!(k.open_to([0; 12], &[1, 2, 3, 4], &tag[..8], &mut sealed), Err(Unspecified));
+        }
     }
 }

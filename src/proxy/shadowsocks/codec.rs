@@ -67,6 +67,17 @@ pub enum SsError {
     /// A datagram too short for salt, header and tag.
     #[error("packet too short")]
     Short,
+    /// The buffer given to [`Encoder::encode_into`] is too small (a caller's bug, never the peer's).
+    #[error("no room to seal: {need} bytes needed, {have} given")]
+    NoRoom {
+        /// Bytes given.
+        have: usize,
+        /// Bytes needed.
+        need: usize,
+    },
+    /// The cipher refused to seal (only for inputs far above a chunk's size).
+    #[error("cipher: sealing failed")]
+    Seal,
 }
 
 /// OpenSSL `EVP_BytesToKey(MD5)` without salt: the master key of a password.
@@ -126,20 +137,38 @@ impl Aead {
         n
     }
 
+    /// Seals `plain` on its way to the front of `out` (ciphertext, then tag); returns the bytes written.
+    fn seal_to(&mut self, plain: &[u8], out: &mut [u8]) -> Result<usize, SsError> {
+        let n = plain.len();
+        let Some(out) = out.get_mut(..n + TAG) else { return Err(SsError::NoRoom { have: out.len(), need: n + TAG }) };
+        let (sealed, tag) = out.split_at_mut(n);
+        let nonce = self.next_nonce();
+        self.key.seal_to(nonce, plain, sealed, tag).map_err(|_| SsError::Seal)?;
+        Ok(n + TAG)
+    }
+
+    /// Appends `plain` sealed (a datagram's body).
     fn seal_append(&mut self, plain: &[u8], out: &mut BytesMut) {
         let start = out.len();
-        out.extend_from_slice(plain);
-        let nonce = self.next_nonce();
-        match self.key.seal_in_place(nonce, &mut out[start..]) {
-            Ok(tag) => out.extend_from_slice(&tag),
-            // Sealing fails only for inputs over AEAD limits (GiB); never for a chunk.
-            Err(_) => out.truncate(start),
-        }
+        out.resize(start + plain.len() + TAG, 0);
+        // Sealing fails only for inputs over AEAD limits (GiB), never for a datagram.
+        let n = self.seal_to(plain, &mut out[start..]).unwrap_or(0);
+        out.truncate(start + n);
     }
 
     fn open(&mut self, block: &mut [u8]) -> Result<usize, SsError> {
         let nonce = self.next_nonce();
         self.key.open_in_place(nonce, block).map_err(|_| SsError::Auth)
+    }
+
+    /// Opens `block` (ciphertext, then tag) into the front of `out`, which has room for its plaintext.
+    fn open_to(&mut self, block: &[u8], out: &mut [u8]) -> Result<usize, SsError> {
+        let nonce = self.next_nonce();
+        let n = block.len().checked_sub(TAG).ok_or(SsError::Auth)?;
+        let (sealed, tag) = block.split_at(n);
+        let plain = out.get_mut(..n).ok_or(SsError::Auth)?;
+        self.key.open_to(nonce, sealed, tag, plain).map_err(|_| SsError::Auth)?;
+        Ok(n)
     }
 }
 
@@ -166,18 +195,41 @@ impl Encoder {
 
     /// Appends `data` as chunks (never an empty one: a zero length ends a 4.34 reader's stream).
     pub fn encode(&mut self, data: &[u8], out: &mut BytesMut) {
+        let start = out.len();
+        out.resize(start + self.encoded_len(data.len()), 0);
+        // Sealing fails only for inputs over AEAD limits (GiB), never for a chunk.
+        let n = self.encode_into(data, &mut out[start..]).unwrap_or(0);
+        out.truncate(start + n);
+    }
+
+    /// What [`Encoder::encode_into`] writes for `n` bytes of data (with the salt, before the first chunk).
+    pub fn encoded_len(&self, n: usize) -> usize {
+        let salt = self.salt.as_ref().map_or(0, Vec::len);
+        let framing = if self.aead.is_some() { n.div_ceil(MAX_PAYLOAD) * (2 + 2 * TAG) } else { 0 };
+        salt + n + framing
+    }
+
+    /// Writes `data` as chunks at the front of `out` (which needs [`Encoder::encoded_len`] bytes) and
+    /// returns how many bytes it wrote. Each piece is sealed on its way into `out`, with no copy first.
+    pub fn encode_into(&mut self, data: &[u8], out: &mut [u8]) -> Result<usize, SsError> {
+        let need = self.encoded_len(data.len());
+        if out.len() < need {
+            return Err(SsError::NoRoom { have: out.len(), need });
+        }
+        let mut pos = 0;
         if let Some(salt) = self.salt.take() {
-            out.extend_from_slice(&salt);
+            out[..salt.len()].copy_from_slice(&salt);
+            pos = salt.len();
         }
         let Some(aead) = &mut self.aead else {
-            out.extend_from_slice(data);
-            return;
+            out[pos..pos + data.len()].copy_from_slice(data);
+            return Ok(pos + data.len());
         };
-        out.reserve(data.len() + data.len().div_ceil(MAX_PAYLOAD) * (2 + 2 * TAG));
         for piece in data.chunks(MAX_PAYLOAD) {
-            aead.seal_append(&(piece.len() as u16).to_be_bytes(), out);
-            aead.seal_append(piece, out);
+            pos += aead.seal_to(&(piece.len() as u16).to_be_bytes(), &mut out[pos..])?;
+            pos += aead.seal_to(piece, &mut out[pos..])?;
         }
+        Ok(pos)
     }
 
     /// The method.
@@ -219,6 +271,13 @@ pub enum InPlace {
         /// Bytes consumed from the front.
         used: usize,
     },
+    /// One chunk's plaintext, opened into the first `n` bytes of the `out` of [`Decoder::decode_to`].
+    Opened {
+        /// Bytes consumed from the front (through this chunk's tag).
+        used: usize,
+        /// Plaintext bytes in `out`.
+        n: usize,
+    },
     /// One chunk's plaintext, now at `plain` inside the buffer.
     Data {
         /// Bytes consumed from the front (through this chunk's tag).
@@ -252,6 +311,8 @@ impl Decoder {
                 buf.advance(used);
                 Some(Chunk::End)
             }
+            // With no room given, nothing is opened into it.
+            InPlace::Opened { .. } => unreachable!("decode_in_place opens in place"),
             InPlace::Data { used, plain } => {
                 let mut chunk = buf.split_to(used);
                 chunk.truncate(plain.end);
@@ -265,6 +326,13 @@ impl Decoder {
     /// at most one payload chunk. The plaintext is left inside `buf` at [`InPlace::Data`]'s range;
     /// `used` bytes of `buf` are consumed either way.
     pub fn decode_in_place(&mut self, buf: &mut [u8]) -> Result<InPlace, SsError> {
+        self.decode_to(buf, &mut [])
+    }
+
+    /// [`Decoder::decode_in_place`], except that a payload chunk that fits into `out` is opened
+    /// straight into it ([`InPlace::Opened`]): the stream's reader opens into its caller's buffer and
+    /// copies only what does not fit.
+    pub fn decode_to(&mut self, buf: &mut [u8], out: &mut [u8]) -> Result<InPlace, SsError> {
         if self.method == Method::None {
             return Ok(if buf.is_empty() {
                 InPlace::Need { used: 0 }
@@ -309,9 +377,15 @@ impl Decoder {
                         return Ok(InPlace::Need { used });
                     }
                     let Some(aead) = &mut self.aead else { return Err(SsError::Auth) };
-                    let n = aead.open(&mut rest[..len + TAG])?;
+                    let block = &mut rest[..len + TAG];
+                    let step = if out.len() >= len {
+                        InPlace::Opened { used: used + len + TAG, n: aead.open_to(block, out)? }
+                    } else {
+                        let n = aead.open(block)?;
+                        InPlace::Data { used: used + len + TAG, plain: used..used + n }
+                    };
                     self.state = DecState::Length;
-                    return Ok(InPlace::Data { used: used + len + TAG, plain: used..used + n });
+                    return Ok(step);
                 }
             }
         }
@@ -388,6 +462,21 @@ pub fn fuzz_chunks(data: &[u8]) {
     while let Ok(InPlace::Data { used, plain }) = d.decode_in_place(&mut buf[pos..]) {
         let _ = crate::proxy::addr::decode(&buf[pos + plain.start..pos + plain.end], true);
         pos += used;
+    }
+    // Into a caller's buffer, as the stream reads: a small one, so both kinds of step come up.
+    let mut d = Decoder::new(method, &master);
+    let mut buf = data.get(1..).unwrap_or_default().to_vec();
+    let mut out = [0u8; 64];
+    let mut pos = 0;
+    while let Ok(step) = d.decode_to(&mut buf[pos..], &mut out) {
+        match step {
+            InPlace::Opened { used, n } => {
+                let _ = crate::proxy::addr::decode(&out[..n], true);
+                pos += used;
+            }
+            InPlace::Data { used, .. } => pos += used,
+            InPlace::Need { .. } | InPlace::End { .. } => break,
+        }
     }
     if let Ok(p) = decode_packet(method, &master, data) {
         let _ = crate::proxy::addr::decode(&p, true);
@@ -510,7 +599,7 @@ mod tests {
         }
 
         #[test]
-        fn in_place_decoding_matches_decode(data in proptest::collection::vec(any::<u8>(), 1..40_000), cut in 0usize..50_000, pick in 0..4u8) {
+        fn in_place_decoding_matches_decode(data in proptest::collection::vec(any::<u8>(), 1..40_000), cut in 0usize..50_000, pick in 0..4u8, room in prop_oneof![Just(0usize), 1usize..20_000]) {
             let m = [Method::Aes128Gcm, Method::Aes256Gcm, Method::Chacha20Poly1305, Method::None][pick as usize];
             let master = master_key("pw", m.key_len());
             let mut wire = BytesMut::new();
@@ -521,10 +610,18 @@ mod tests {
             let mut buf = wire[..cut].to_vec();
             let mut got = Vec::new();
             let mut pos = 0;
+            // Chunks that fit into `room` are opened into it, the others in place (room 0: all in place).
+            let mut out = vec![0u8; room];
             for part in [&wire[cut..], &[][..]] {
                 loop {
-                    match d.decode_in_place(&mut buf[pos..]).unwrap() {
+                    match d.decode_to(&mut buf[pos..], &mut out).unwrap() {
+                        InPlace::Opened { used, n } => {
+                            prop_assert!(n <= room);
+                            got.extend_from_slice(&out[..n]);
+                            pos += used;
+                        }
                         InPlace::Data { used, plain } => {
+                            prop_assert!(m == Method::None || plain.len() > room);
                             got.extend_from_slice(&buf[pos + plain.start..pos + plain.end]);
                             pos += used;
                         }
