@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use oxray::proxy::aead::{Alg, Backend, Key, TAG_LEN};
 use oxray::proxy::vmess::body::{
-    BodySecurity, ChunkDecoder, ChunkEncoder, Decoded, MAX_CHUNK_OVERHEAD, MAX_STREAM_CHUNK_PAYLOAD,
+    BodySecurity, ChunkDecoder, ChunkEncoder, Decoded, MAX_AEAD_CHUNKS, MAX_CHUNK_OVERHEAD, MAX_STREAM_CHUNK_PAYLOAD,
 };
 
 const KEY: [u8; 16] = [0x10; 16];
@@ -40,44 +40,62 @@ fn seal(c: &mut Criterion) {
     g.finish();
 }
 
+/// Opening, with the plaintext ending in a reader's buffer as the stream hands it on: opened in place
+/// and copied out (`in-place+copy`, and what a reader with uninitialized room still gets), or opened
+/// straight into the reader's buffer (`into-reader`, `decode_to`).
 fn open(c: &mut Criterion) {
     let mut g = c.benchmark_group("vmess_chunk_open");
     for (sec, name) in securities() {
-        for size in [1024usize, 16 * 1024] {
-            g.throughput(Throughput::Bytes(size as u64));
-            let payload = vec![0xabu8; size];
-            g.bench_with_input(BenchmarkId::new(name, size), &size, |b, _| {
-                // Chunks must be opened in the order they were sealed, so seal a batch (untimed), then
-                // time opening it in place.
-                let mut enc = ChunkEncoder::new(sec, OPTIONS, false, &KEY, &IV);
-                let mut dec = ChunkDecoder::new(sec, OPTIONS, false, &KEY, &IV);
-                let mut wire = Vec::with_capacity(256 * (size + 128));
-                b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    let mut left = iters;
-                    while left > 0 {
-                        let batch = left.min(256);
-                        wire.clear();
-                        for _ in 0..batch {
-                            enc.encode(&payload, &mut wire).unwrap();
-                        }
-                        let start = Instant::now();
-                        let mut pos = 0;
-                        for _ in 0..batch {
-                            match dec.decode(&mut wire[pos..]).unwrap() {
-                                Decoded::Data { end, consumed, .. } => {
-                                    std::hint::black_box(end);
-                                    pos += consumed;
-                                }
-                                other => panic!("{other:?}"),
+        for size in [1024usize, 16 * 1024, 63 * 1024] {
+            for into in [false, true] {
+                if into && sec == BodySecurity::None {
+                    continue; // nothing to open: both ways are the same copy
+                }
+                g.throughput(Throughput::Bytes(size as u64));
+                let payload = vec![0xabu8; size];
+                let id = format!("{name}/{}", if into { "into-reader" } else { "in-place+copy" });
+                g.bench_with_input(BenchmarkId::new(id, size), &size, |b, _| {
+                    // Chunks must be opened in the order they were sealed, so seal a batch (untimed),
+                    // then time opening it.
+                    let mut enc = ChunkEncoder::new(sec, OPTIONS, false, &KEY, &IV);
+                    let mut dec = ChunkDecoder::new(sec, OPTIONS, false, &KEY, &IV);
+                    let mut wire = Vec::with_capacity(64 * (size + 128));
+                    let mut reader = vec![0u8; 63 * 1024];
+                    b.iter_custom(|iters| {
+                        let mut total = Duration::ZERO;
+                        let mut left = iters;
+                        while left > 0 {
+                            let batch = left.min(64);
+                            if enc.chunks() as u64 + batch >= MAX_AEAD_CHUNKS as u64 {
+                                // A key seals a bounded number of chunks: start a fresh pair.
+                                enc = ChunkEncoder::new(sec, OPTIONS, false, &KEY, &IV);
+                                dec = ChunkDecoder::new(sec, OPTIONS, false, &KEY, &IV);
                             }
+                            wire.clear();
+                            for _ in 0..batch {
+                                enc.encode(&payload, &mut wire).unwrap();
+                            }
+                            let start = Instant::now();
+                            let mut pos = 0;
+                            for _ in 0..batch {
+                                let room: &mut [u8] = if into { &mut reader } else { &mut [] };
+                                match dec.decode_to(&mut wire[pos..], room).unwrap() {
+                                    Decoded::Data { start, end, consumed } => {
+                                        reader[..end - start].copy_from_slice(&wire[pos + start..pos + end]);
+                                        pos += consumed;
+                                    }
+                                    Decoded::Opened { consumed, .. } => pos += consumed,
+                                    other => panic!("{other:?}"),
+                                }
+                                std::hint::black_box(&reader);
+                            }
+                            total += start.elapsed();
+                            left -= batch;
                         }
-                        total += start.elapsed();
-                        left -= batch;
-                    }
-                    total
-                })
-            });
+                        total
+                    })
+                });
+            }
         }
     }
     g.finish();

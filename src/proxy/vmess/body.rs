@@ -283,6 +283,14 @@ pub enum Decoded {
         /// Bytes of the whole chunk.
         consumed: usize,
     },
+    /// Payload opened into the first `n` bytes of the `out` of [`ChunkDecoder::decode_to`]; drop
+    /// `consumed` bytes from the front of the buffer.
+    Opened {
+        /// Payload bytes in `out`.
+        n: usize,
+        /// Bytes of the whole chunk.
+        consumed: usize,
+    },
     /// The end-of-stream chunk; nothing more will come.
     End,
 }
@@ -317,6 +325,12 @@ impl ChunkDecoder {
 
     /// Decodes the chunk at the front of `buf`, opening it in place. Never panics on any input.
     pub fn decode(&mut self, buf: &mut [u8]) -> Result<Decoded, BodyError> {
+        self.decode_to(buf, &mut [])
+    }
+
+    /// [`ChunkDecoder::decode`], except that an AEAD chunk whose payload fits into `out` is opened
+    /// straight into it ([`Decoded::Opened`]), so a reader with room saves the copy out of `buf`.
+    pub fn decode_to(&mut self, buf: &mut [u8], out: &mut [u8]) -> Result<Decoded, BodyError> {
         if matches!(self.st.framing, Framing::Raw) {
             return Ok(if buf.is_empty() {
                 Decoded::Need(1)
@@ -353,6 +367,13 @@ impl ChunkDecoder {
             Framing::Aead(_) => {
                 let Some(nonce) = self.st.nonce(false) else { return Err(BodyError::NonceExhausted) };
                 let Framing::Aead(key) = &self.st.framing else { unreachable!() };
+                // A size below the tag was refused above (overhead is the tag's length).
+                let n = body.len().saturating_sub(aead::TAG_LEN);
+                if let Some(room) = out.get_mut(..n) {
+                    let (sealed, tag) = body.split_at(n);
+                    key.open_to(nonce, sealed, tag, room).map_err(|_| BodyError::Auth)?;
+                    return Ok(Decoded::Opened { n, consumed: 2 + size });
+                }
                 key.open_in_place(nonce, body).map_err(|_| BodyError::Auth)?
             }
             _ => body.len(),
@@ -380,6 +401,17 @@ pub fn fuzz_chunks(data: &[u8]) {
     while pos <= buf.len() {
         match dec.decode(&mut buf[pos..]) {
             Ok(Decoded::Data { consumed, .. }) if consumed > 0 => pos += consumed,
+            _ => break,
+        }
+    }
+    // Into a reader's buffer, small enough that both kinds of step come up.
+    let mut dec = ChunkDecoder::new(security, options, udp, &[7; 16], &[9; 16]);
+    let mut buf = data[3..].to_vec();
+    let mut out = [0u8; 64];
+    let mut pos = 0;
+    while pos <= buf.len() {
+        match dec.decode_to(&mut buf[pos..], &mut out) {
+            Ok(Decoded::Data { consumed, .. } | Decoded::Opened { consumed, .. }) if consumed > 0 => pos += consumed,
             _ => break,
         }
     }
@@ -494,7 +526,7 @@ mod tests {
         #[test]
         fn roundtrip(sec in security(), opt in options(), udp: bool,
                      sizes in proptest::collection::vec(prop_oneof![Just(0usize), Just(1), Just(65535 - 80), 1..20000usize], 1..5),
-                     seed: u8) {
+                     seed: u8, room in prop_oneof![Just(0usize), 1..70_000usize]) {
             let mut enc = ChunkEncoder::new(sec, opt, udp, &key(), &iv());
             let mut dec = ChunkDecoder::new(sec, opt, udp, &key(), &iv());
             let mut wire = Vec::new();
@@ -508,9 +540,17 @@ mod tests {
             enc.encode_end(&mut wire).unwrap();
             let mut got = Vec::new();
             let mut pos = 0;
+            // AEAD chunks that fit into `room` are opened into it, the rest in place (room 0: all in place).
+            let mut out = vec![0u8; room];
             loop {
-                match dec.decode(&mut wire[pos..]).unwrap() {
+                match dec.decode_to(&mut wire[pos..], &mut out).unwrap() {
+                    Decoded::Opened { n, consumed } => {
+                        prop_assert!(n <= room);
+                        got.extend_from_slice(&out[..n]);
+                        pos += consumed;
+                    }
                     Decoded::Data { start, end, consumed } => {
+                        prop_assert!(!matches!(dec.st.framing, Framing::Aead(_)) || end - start > room);
                         got.extend_from_slice(&wire[pos + start..pos + end]);
                         pos += consumed;
                     }

@@ -181,6 +181,21 @@ impl<S: AsyncWrite + Unpin> VmessStream<S> {
     }
 }
 
+/// Publishes the count of chunks opened (for a Mux connection over the stream) and warns once when
+/// the peer has gone past the nonce limit.
+fn note_opened(opened: u32, wear: Option<&Wear>, wrapped: &mut bool) {
+    if let Some(w) = wear {
+        w.record_opened(opened);
+    }
+    if opened > MAX_AEAD_CHUNKS && !*wrapped {
+        *wrapped = true;
+        warn!(
+            "vmess: the peer has sent more than {MAX_AEAD_CHUNKS} chunks under one key, so it \
+             reuses nonces (V2Ray does); use mux or shorter connections toward it"
+        );
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for VmessStream<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
@@ -211,33 +226,35 @@ impl<S: AsyncRead + Unpin> AsyncRead for VmessStream<S> {
                         continue;
                     }
                 },
-                ReadStage::Body => match r.dec.decode(&mut r.buf[r.start..r.end]).map_err(invalid)? {
-                    Decoded::Need(n) => n,
-                    Decoded::Data { start, end, consumed } => {
-                        let opened = r.dec.chunks();
-                        if let Some(w) = &this.wear {
-                            w.record_opened(opened);
+                ReadStage::Body => {
+                    // A chunk that fits into what the caller's buffer has initialized past its data (the
+                    // relay's buffer is all initialized) is opened straight into it: no copy after.
+                    let filled = out.filled().len();
+                    let room = &mut out.initialized_mut()[filled..];
+                    match r.dec.decode_to(&mut r.buf[r.start..r.end], room).map_err(invalid)? {
+                        Decoded::Need(n) => n,
+                        Decoded::Opened { n, consumed } => {
+                            note_opened(r.dec.chunks(), this.wear.as_deref(), &mut this.peer_wrapped);
+                            out.advance(n);
+                            r.start += consumed;
+                            return Poll::Ready(Ok(()));
                         }
-                        if opened > MAX_AEAD_CHUNKS && !this.peer_wrapped {
-                            this.peer_wrapped = true;
-                            warn!(
-                                "vmess: the peer has sent more than {MAX_AEAD_CHUNKS} chunks under one key, so it \
-                                 reuses nonces (V2Ray does); use mux or shorter connections toward it"
-                            );
+                        Decoded::Data { start, end, consumed } => {
+                            note_opened(r.dec.chunks(), this.wear.as_deref(), &mut this.peer_wrapped);
+                            r.plain = r.start + start;
+                            r.plain_end = r.start + end;
+                            r.after = r.start + consumed;
+                            if start == end {
+                                r.start = r.after;
+                            }
+                            continue;
                         }
-                        r.plain = r.start + start;
-                        r.plain_end = r.start + end;
-                        r.after = r.start + consumed;
-                        if start == end {
-                            r.start = r.after;
+                        Decoded::End => {
+                            r.eof = true;
+                            return Poll::Ready(Ok(()));
                         }
-                        continue;
                     }
-                    Decoded::End => {
-                        r.eof = true;
-                        return Poll::Ready(Ok(()));
-                    }
-                },
+                }
             };
             if r.start + need > r.buf.len() {
                 r.buf.copy_within(r.start..r.end, 0);
