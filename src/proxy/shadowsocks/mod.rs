@@ -129,8 +129,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for SsStream<S> {
             }
             if this.rpos < this.rend {
                 let Some(buf) = this.rbuf.0.as_deref_mut() else { return Poll::Ready(Ok(())) };
-                // A chunk that fits is opened straight into the caller's buffer: no copy after it.
-                let step = this.dec.decode_to(&mut buf[this.rpos..this.rend], out.initialize_unfilled());
+                // A chunk that fits into the caller's initialized room (the relay's buffer is all
+                // initialized) is opened straight into it: no copy after it. Room that is not
+                // initialized yet (`read_buf`) is not zeroed for this: the chunk is copied instead.
+                let filled = out.filled().len();
+                let room = &mut out.initialized_mut()[filled..];
+                let step = this.dec.decode_to(&mut buf[this.rpos..this.rend], room);
                 match step {
                     Ok(InPlace::Opened { used, n }) => {
                         out.advance(n);
@@ -509,7 +513,15 @@ mod tests {
 
     /// Writes `data` through an encrypting stream in `write_sizes` pieces and reads it back through a
     /// decrypting one into `read_size` buffers over a pipe of `pipe` bytes.
-    fn roundtrip(method: Method, data: &[u8], write_size: usize, read_size: usize, pipe: usize) -> io::Result<Vec<u8>> {
+    /// `uninit`: read with `read_buf` into fresh room (not initialized: chunks are copied, not opened into it).
+    fn roundtrip(
+        method: Method,
+        data: &[u8],
+        write_size: usize,
+        read_size: usize,
+        pipe: usize,
+        uninit: bool,
+    ) -> io::Result<Vec<u8>> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async {
             let master = codec::master_key("pw", method.key_len());
@@ -527,11 +539,19 @@ mod tests {
             let mut got = Vec::new();
             let mut buf = vec![0u8; read_size];
             loop {
-                let n = r.read(&mut buf).await?;
+                let n = if uninit {
+                    let mut fresh = BytesMut::with_capacity(read_size);
+                    let n = r.read_buf(&mut fresh).await?;
+                    got.extend_from_slice(&fresh);
+                    n
+                } else {
+                    let n = r.read(&mut buf).await?;
+                    got.extend_from_slice(&buf[..n]);
+                    n
+                };
                 if n == 0 {
                     break;
                 }
-                got.extend_from_slice(&buf[..n]);
             }
             writer.await.map_err(io::Error::other)??;
             Ok(got)
@@ -547,9 +567,10 @@ mod tests {
             read_size in 1usize..100_000,
             pipe in 1usize..70_000,
             pick in 0..4u8,
+            uninit: bool,
         ) {
             let m = [Method::Aes128Gcm, Method::Aes256Gcm, Method::Chacha20Poly1305, Method::None][pick as usize];
-            prop_assert_eq!(roundtrip(m, &data, write_size, read_size, pipe).unwrap(), data);
+            prop_assert_eq!(roundtrip(m, &data, write_size, read_size, pipe, uninit).unwrap(), data);
         }
     }
 
