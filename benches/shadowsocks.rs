@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Bencher, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use oxray::proxy::shadowsocks::codec::{Chunk, Decoder, Encoder, InPlace, Method, master_key};
 
 /// What the relay hands a stream per write.
@@ -56,66 +56,60 @@ fn wire(m: Method, master: &[u8]) -> BytesMut {
     w
 }
 
+/// Times `open_all` over a fresh copy of the sealed batch, with a fresh decoder and a relay-sized
+/// reader buffer (set up untimed).
+fn time_opening(
+    b: &mut Bencher,
+    m: Method,
+    master: &[u8],
+    sealed: &BytesMut,
+    open_all: impl Fn(&mut Decoder, &mut BytesMut, &mut [u8]),
+) {
+    b.iter_custom(|iters| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let mut buf = sealed.clone();
+            let mut out = vec![0u8; RELAY_WRITE];
+            let mut d = Decoder::new(m, master);
+            let start = Instant::now();
+            open_all(&mut d, &mut buf, &mut out);
+            total += start.elapsed();
+            std::hint::black_box(&out);
+        }
+        total
+    })
+}
+
 fn open(c: &mut Criterion) {
     let mut g = c.benchmark_group("ss_stream_open");
     for (m, name) in methods() {
         let master = master_key("bench", m.key_len());
         g.throughput(Throughput::Bytes((RELAY_WRITE * BATCH) as u64));
         let sealed = wire(m, &master);
-        g.bench_function(BenchmarkId::new(format!("{name}/split-bytes"), RELAY_WRITE * BATCH), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let mut buf = sealed.clone();
-                    let mut out = vec![0u8; RELAY_WRITE];
-                    let mut d = Decoder::new(m, &master);
-                    let start = Instant::now();
-                    // As the stream read before: one chunk per call, copied out of its `Bytes`.
-                    while let Ok(Some(Chunk::Data(p))) = d.decode(&mut buf) {
-                        out[..p.len()].copy_from_slice(&p);
-                    }
-                    total += start.elapsed();
-                    std::hint::black_box(&out);
+        let id = |way: &str| BenchmarkId::new(format!("{name}/{way}"), RELAY_WRITE * BATCH);
+        g.bench_function(id("split-bytes"), |b| {
+            // As the stream read at first: one chunk per call, copied out of its `Bytes`.
+            time_opening(b, m, &master, &sealed, |d, buf, out| {
+                while let Ok(Some(Chunk::Data(p))) = d.decode(buf) {
+                    out[..p.len()].copy_from_slice(&p);
                 }
-                total
             })
         });
-        g.bench_function(BenchmarkId::new(format!("{name}/in-place"), RELAY_WRITE * BATCH), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let mut buf = sealed.to_vec();
-                    let mut out = vec![0u8; RELAY_WRITE];
-                    let mut d = Decoder::new(m, &master);
-                    let start = Instant::now();
-                    let mut pos = 0;
-                    while let Ok(InPlace::Data { used, plain }) = d.decode_in_place(&mut buf[pos..]) {
-                        let n = plain.len();
-                        out[..n].copy_from_slice(&buf[pos + plain.start..pos + plain.end]);
-                        pos += used;
-                    }
-                    total += start.elapsed();
-                    std::hint::black_box(&out);
+        g.bench_function(id("in-place"), |b| {
+            time_opening(b, m, &master, &sealed, |d, buf, out| {
+                let mut pos = 0;
+                while let Ok(InPlace::Data { used, plain }) = d.decode_in_place(&mut buf[pos..]) {
+                    out[..plain.len()].copy_from_slice(&buf[pos + plain.start..pos + plain.end]);
+                    pos += used;
                 }
-                total
             })
         });
-        g.bench_function(BenchmarkId::new(format!("{name}/into-reader"), RELAY_WRITE * BATCH), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let mut buf = sealed.to_vec();
-                    let mut out = vec![0u8; RELAY_WRITE];
-                    let mut d = Decoder::new(m, &master);
-                    let start = Instant::now();
-                    let mut pos = 0;
-                    while let Ok(InPlace::Opened { used, .. }) = d.decode_to(&mut buf[pos..], &mut out) {
-                        pos += used;
-                    }
-                    total += start.elapsed();
-                    std::hint::black_box(&out);
+        g.bench_function(id("into-reader"), |b| {
+            time_opening(b, m, &master, &sealed, |d, buf, out| {
+                let mut pos = 0;
+                while let Ok(InPlace::Opened { used, .. }) = d.decode_to(&mut buf[pos..], out) {
+                    pos += used;
                 }
-                total
             })
         });
     }

@@ -174,12 +174,11 @@ impl Key {
             Inner::Ring(k) => {
                 // ring opens in place only: one copy, as in `seal_to`.
                 plain.copy_from_slice(sealed);
-                let mut t = [0u8; TAG_LEN];
-                t.copy_from_slice(tag);
+                let tag = ring::aead::Tag::try_from(tag).map_err(|_| Unspecified)?;
                 k.open_in_place_separate_tag(
                     ring::aead::Nonce::assume_unique_for_key(nonce),
                     ring::aead::Aad::empty(),
-                    ring::aead::Tag::from(t),
+                    tag,
                     plain,
                     0..,
                 )
