@@ -24,8 +24,7 @@ fn codec(c: &mut Criterion) {
     g.bench_function("encode", |b| {
         b.iter(|| {
             out.clear();
-            frame::put_short_header(&mut out, 7, frame::Status::Keep, frame::OPT_DATA);
-            out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            out.extend_from_slice(&frame::data_header(7, data.len()));
             out.extend_from_slice(black_box(&data));
             black_box(out.len())
         })

@@ -2,7 +2,9 @@
 //! queue, and the reader task that feeds sessions.
 //!
 //! Writes: a session whose data finds the stream idle (no writer using it, nothing left half written)
-//! frames and writes it at once in its own task, after whatever control frames were queued. Otherwise
+//! frames and writes it at once in its own task, after whatever control frames were queued; on a
+//! stream that seals from several buffers (VMess) with nothing queued, straight from the caller's
+//! buffer, whatever its size (header and payload in one vectored write, one chunk). Otherwise
 //! its frames are queued for the writer task, which also owns every write the stream could not take at
 //! once. Both take the write half under the write lock, so frames leave in the order they were queued.
 
@@ -21,7 +23,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::frame::{self, Frame, MAX_STREAM_FRAME, MAX_UDP_FRAME, OPT_DATA, OPT_ERROR, Status};
+use super::frame::{self, Frame, MAX_STREAM_FRAME, MAX_UDP_FRAME, OPT_ERROR, Status};
 use super::server::MuxHandler;
 use super::stream::{MAX_SLICES, MAX_STREAM_WRITE, MuxPacket, MuxStream, Push, Session};
 use super::{MuxError, frame::FrameError};
@@ -35,9 +37,9 @@ use crate::session::{CarrierHold, Destination, Network};
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Most the queue can hold: below the high-water mark, plus one write (at most two frames).
 const WRITE_QUEUE_CAP: usize = WRITE_HIGH_WATER + MAX_STREAM_WRITE + 2 * 8 + 1024;
-/// Most data a session writes to an idle stream itself. Longer writes (a bulk relay's full reads) go to
-/// the writer task as before: next to sealing and sending them a task hop is small, and the writer
-/// batches what several relays queue meanwhile into one write.
+/// Most data a session writes to an idle stream itself through the batch (a copy). Longer writes (a
+/// bulk relay's full reads) go to the writer task, which batches what several relays queue meanwhile
+/// into one write, unless the stream is vectored and nothing is queued (then they need no copy).
 const INLINE_MAX: usize = 16 * 1024;
 /// Each read from the underlying stream gets at least this much free buffer.
 const READ_CHUNK: usize = 128 * 1024;
@@ -122,6 +124,34 @@ impl Parked {
             }
         }
         Ok(true)
+    }
+
+    /// Writes one data frame carrying `data` (at most one frame's payload, nothing else left to write)
+    /// as one vectored write from the caller's buffer; what the stream does not take now goes into
+    /// the batch, for the writer task. Ok(false) as in `write_now`.
+    fn write_frame_now(&mut self, id: u16, data: &[u8]) -> io::Result<bool> {
+        let head = frame::data_header(id, data.len());
+        let mut cx = Context::from_waker(Waker::noop());
+        let bufs = [io::IoSlice::new(&head), io::IoSlice::new(data)];
+        let taken = match Pin::new(&mut self.wr).poll_write_vectored(&mut cx, &bufs) {
+            Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => {
+                self.dirty = true;
+                n
+            }
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => 0,
+        };
+        if taken < head.len() + data.len() {
+            queue_room(&mut self.batch);
+            let (head_left, data_left) = match taken.checked_sub(head.len()) {
+                None => (&head[taken..], data),
+                Some(past) => (&[][..], &data[past..]),
+            };
+            self.batch.extend_from_slice(head_left);
+            self.batch.extend_from_slice(data_left);
+        }
+        self.write_now()
     }
 
     /// Starts the next batch: everything queued, `add`'s frames after the queued ones and before
@@ -389,22 +419,35 @@ impl Conn {
             }
             return Poll::Pending;
         }
-        // A short message and an idle stream: write now, in this task, rather than wake the writer task
-        // to do it (one task hop less per message, each way). Frames already queued go first.
-        if data.len() <= INLINE_MAX
+        // An idle stream that seals from several buffers (VMess), and nothing queued to go first: the
+        // frame goes out now from the caller's buffer, header and payload in one vectored write (no
+        // copy into the queue, no writer-task hop), whatever its size.
+        let direct = !data.is_empty()
+            && data.len() <= MAX_STREAM_FRAME
+            && w.pending.is_empty()
+            && w.ends.is_empty()
+            && w.parked.as_ref().is_some_and(|p| p.wr.is_write_vectored());
+        // Else a short message and an idle stream: write now, in this task, rather than wake the writer
+        // task to do it (one task hop less per message, each way). Frames already queued go first.
+        if (direct || data.len() <= INLINE_MAX)
             && let Some(mut p) = w.parked.take_if(|p| !p.left())
         {
             let now = tokio::time::Instant::now();
             let after_quiet = now.duration_since(p.last_write) >= IDLE_RELEASE;
             p.last_write = now;
-            p.refill(&mut w, |batch| {
-                queue_room(batch);
-                put_data_frames(batch, id, data);
-            });
+            if direct {
+                p.batch.clear();
+                p.sent = 0;
+            } else {
+                p.refill(&mut w, |batch| {
+                    queue_room(batch);
+                    put_data_frames(batch, id, data);
+                });
+            }
             let blocked = std::mem::take(&mut w.blocked);
             drop(w);
             blocked.into_iter().for_each(Waker::wake);
-            let result = p.write_now();
+            let result = if direct { p.write_frame_now(id, data) } else { p.write_now() };
             let mut w = lock(&self.write);
             if result.as_ref().is_ok_and(|&done| done) {
                 p.finish(&mut w, after_quiet);
@@ -501,8 +544,7 @@ fn put_data_frames(out: &mut Vec<u8>, id: u16, data: &[u8]) {
     let mut rest = data;
     loop {
         let (part, tail) = rest.split_at(rest.len().min(MAX_STREAM_FRAME));
-        frame::put_short_header(out, id, Status::Keep, OPT_DATA);
-        out.extend_from_slice(&(part.len() as u16).to_be_bytes());
+        out.extend_from_slice(&frame::data_header(id, part.len()));
         out.extend_from_slice(part);
         rest = tail;
         if rest.is_empty() {
@@ -767,6 +809,7 @@ async fn accept_new(conn: &Arc<Conn>, f: Frame, handler: &Arc<dyn MuxHandler>) -
 
 #[cfg(test)]
 mod tests {
+    use super::frame::OPT_DATA;
     use super::*;
 
     async fn send(c: &Conn, id: u16, data: &[u8]) {
@@ -786,11 +829,10 @@ mod tests {
 
     /// After a burst the write buffers stay allocated at full size; the first write after a quiet
     /// second frees them once written, and the next data gets a full-size buffer again (and crosses
-    /// intact).
+    /// intact). On a stream that is not vectored, where every frame goes through them.
     #[tokio::test(start_paused = true)]
     async fn a_quiet_writer_frees_its_queue_and_gets_it_back() {
-        let (a, mut peer) = tokio::io::duplex(1 << 20);
-        let c = Conn::start(Box::new(a), Role::Client, None);
+        let (c, mut peer, _) = mock_conn(1 << 20, false);
         let burst = vec![7u8; 100_000];
         send(&c, 1, &burst).await;
         let framed = drain(&mut peer, burst.len() + burst.len().div_ceil(MAX_STREAM_FRAME) * 8).await;
@@ -836,12 +878,108 @@ mod tests {
         out
     }
 
+    /// A pipe that takes vectored writes (as VMess does: `vectored`) or not (as most streams do);
+    /// counts them.
+    struct Mock {
+        inner: tokio::io::DuplexStream,
+        vectored: bool,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl tokio::io::AsyncRead for Mock {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Mock {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            Pin::new(&mut self.inner).poll_write(cx, &joined)
+        }
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    fn mock_conn(pipe: usize, vectored: bool) -> (Arc<Conn>, tokio::io::DuplexStream, Arc<AtomicUsize>) {
+        let (inner, peer) = tokio::io::duplex(pipe);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Conn::start(Box::new(Mock { inner, vectored, calls: calls.clone() }), Role::Client, None);
+        (c, peer, calls)
+    }
+
+    fn pattern(n: usize, seed: u32) -> Vec<u8> {
+        (0..n as u32).map(|i| ((i + seed) % 251) as u8).collect()
+    }
+
+    /// On a stream that seals from several buffers, a frame of any size for an idle stream goes out
+    /// in one vectored write from the caller's buffer: it is never copied into the queue.
+    #[tokio::test]
+    async fn a_frame_for_an_idle_vectored_stream_is_written_from_the_callers_buffer() {
+        let (c, mut peer, calls) = mock_conn(1 << 20, true);
+        for (i, n) in [60_000, MAX_STREAM_FRAME, 1].into_iter().enumerate() {
+            let data = pattern(n, i as u32);
+            send(&c, 1, &data).await;
+            assert_eq!(calls.load(Ordering::Relaxed), i + 1, "one vectored write per frame");
+            assert_eq!(batch_capacity(&c), Some(0), "nothing went through the batch");
+            assert_eq!(lock(&c.write).pending.capacity(), 0, "nor through the queue");
+            assert_eq!(frames(&drain(&mut peer, 8 + n).await), [(1, Status::Keep as u8, data)]);
+        }
+        // Longer than one frame: queued and split, as on any stream.
+        let long = pattern(MAX_STREAM_FRAME + 10, 9);
+        send(&c, 2, &long).await;
+        let got = frames(&drain(&mut peer, long.len() + 16).await);
+        assert_eq!(got.iter().flat_map(|f| f.2.clone()).collect::<Vec<u8>>(), long);
+        c.close();
+    }
+
+    /// A vectored write the stream cannot take at all (the pipe is full) waits in the batch for the
+    /// writer task, and arrives whole once the peer reads.
+    #[tokio::test]
+    async fn a_frame_a_full_vectored_stream_refuses_waits_for_the_writer() {
+        let (c, mut peer, calls) = mock_conn(4096, true);
+        let fill = pattern(4096 - 8, 1);
+        send(&c, 1, &fill).await;
+        assert!(lock(&c.write).parked.as_ref().is_some_and(|p| !p.left()), "the pipe took it all");
+        let late = pattern(3000, 2);
+        send(&c, 1, &late).await;
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+        let got = frames(&drain(&mut peer, 4096 + 8 + late.len()).await);
+        assert_eq!(got, [(1, Status::Keep as u8, fill), (1, Status::Keep as u8, late)]);
+        c.close();
+    }
+
     /// A session's write that the stream cannot take at once is finished by the writer task, and
-    /// frames queued behind it (data of other sessions, an End) leave after it, in order.
+    /// frames queued behind it (data of other sessions, an End) leave after it, in order; on a plain
+    /// stream (copied into the batch) and on a vectored one (written from the caller's buffer).
     #[tokio::test]
     async fn a_write_the_stream_cannot_take_is_finished_in_order() {
-        let (a, mut peer) = tokio::io::duplex(4096);
-        let c = Conn::start(Box::new(a), Role::Client, None);
+        for vectored in [false, true] {
+            let (c, peer, _) = mock_conn(4096, vectored);
+            finished_in_order(c, peer).await;
+        }
+    }
+
+    async fn finished_in_order(c: Arc<Conn>, mut peer: tokio::io::DuplexStream) {
         let first: Vec<u8> = (0..INLINE_MAX as u32).map(|i| (i % 251) as u8).collect();
         send(&c, 1, &first).await;
         assert!(lock(&c.write).parked.as_ref().is_some_and(Parked::left), "the pipe took only part of it");

@@ -166,11 +166,12 @@ pub fn put_header(
     Ok(())
 }
 
-/// Appends a 6-byte header for a frame without target (Keep/End/KeepAlive); the fast path of the writer.
+/// The header of a `Keep|Data` frame with short metadata carrying `len` (at most
+/// [`MAX_STREAM_FRAME`]) bytes of stream data.
 #[inline]
-pub fn put_short_header(out: &mut Vec<u8>, id: u16, status: Status, option: u8) {
-    let id = id.to_be_bytes();
-    out.extend_from_slice(&[0, 4, id[0], id[1], status as u8, option]);
+pub fn data_header(id: u16, len: usize) -> [u8; 8] {
+    let (id, len) = (id.to_be_bytes(), (len.min(MAX_STREAM_FRAME) as u16).to_be_bytes());
+    [0, 4, id[0], id[1], Status::Keep as u8, OPT_DATA, len[0], len[1]]
 }
 
 /// Decodes one frame from the front of `buf`. `Ok(None)`: more bytes are needed (nothing consumed).
@@ -262,9 +263,8 @@ mod tests {
         assert_eq!(enc(&Frame::end(0x0102, false)), [0x00, 0x04, 0x01, 0x02, 0x03, 0x00]);
         assert_eq!(enc(&Frame::end(7, true)), [0x00, 0x04, 0x00, 0x07, 0x03, 0x02]);
         assert_eq!(enc(&Frame::keep(3, Bytes::from_static(b"x"))), [0, 4, 0, 3, 2, 1, 0, 1, b'x']);
-        let mut v = Vec::new();
-        put_short_header(&mut v, 3, Status::Keep, OPT_DATA);
-        assert_eq!(v, [0, 4, 0, 3, 2, 1]);
+        assert_eq!(data_header(3, 1), [0, 4, 0, 3, 2, 1, 0, 1]);
+        assert_eq!(data_header(0x0102, MAX_STREAM_FRAME), [0, 4, 1, 2, 2, 1, 0xff, 0xff]);
     }
 
     #[test]

@@ -155,6 +155,38 @@ impl Key {
         }
     }
 
+    /// Encrypts the plaintext `first ‖ second` into `out` (`first.len() + second.len() + TAG_LEN`
+    /// bytes: ciphertext, then the tag) without joining the two first: a Mux frame header and the
+    /// relay's buffer it heads are sealed as one chunk straight from where they are.
+    pub fn seal_gather(&self, nonce: [u8; 12], first: &[u8], second: &[u8], out: &mut [u8]) -> Result<(), Unspecified> {
+        if out.len() != first.len() + second.len() + TAG_LEN {
+            return Err(Unspecified);
+        }
+        let (out_first, out_rest) = out.split_at_mut(first.len());
+        match &self.0 {
+            // aws-lc's extra plaintext is encrypted into the buffer that ends with the tag.
+            Inner::AwsLc(k) => k
+                .seal_out_of_place_scatter(
+                    awslc::Nonce::assume_unique_for_key(nonce),
+                    awslc::Aad::empty(),
+                    first,
+                    out_first,
+                    second,
+                    out_rest,
+                )
+                .map_err(|_| Unspecified),
+            Inner::Ring(_) => {
+                // ring seals in place only (see `seal_to`).
+                let plain_len = first.len() + second.len();
+                out_first.copy_from_slice(first);
+                out_rest[..second.len()].copy_from_slice(second);
+                let tag = self.seal_in_place(nonce, &mut out[..plain_len])?;
+                out[plain_len..].copy_from_slice(&tag);
+                Ok(())
+            }
+        }
+    }
+
     /// Decrypts `sealed` into `plain` (same length), checking `tag` (`TAG_LEN` bytes). When the data is
     /// not authentic, `plain` holds unspecified bytes: the caller must not hand them on.
     pub fn open_to(&self, nonce: [u8; 12], sealed: &[u8], tag: &[u8], plain: &mut [u8]) -> Result<(), Unspecified> {
@@ -248,6 +280,14 @@ mod tests {
             a.seal_to(nonce, &plain, &mut z, &mut tz).unwrap();
             prop_assert_eq!(&x, &z);
             prop_assert_eq!(tx, tz);
+            // Sealed from two pieces, split anywhere, on either library: the same chunk.
+            let cut = flip.index(plain.len() + 1);
+            for k in [&a, &r] {
+                let mut g = vec![0u8; plain.len() + TAG_LEN];
+                k.seal_gather(nonce, &plain[..cut], &plain[cut..], &mut g).unwrap();
+                prop_assert_eq!(&g[..plain.len()], &x[..]);
+                prop_assert_eq!(&g[plain.len()..], &tx[..]);
+            }
 
             let mut sealed = x.clone();
             sealed.extend_from_slice(&tx);
@@ -277,6 +317,9 @@ mod tests {
         assert_eq!(k.seal_to([0; 12], &[1, 2, 3, 4], &mut sealed, &mut tag[..8]), Err(Unspecified));
         for b in [Backend::AwsLc, Backend::Ring] {
             let k = Key::on(b, Alg::Aes128Gcm, &[3; 16]).unwrap();
+            let mut out = [0u8; 4 + TAG_LEN];
+            assert_eq!(k.seal_gather([0; 12], &[1, 2], &[3], &mut out), Err(Unspecified));
+            assert_eq!(k.seal_gather([0; 12], &[1, 2], &[3, 4], &mut out[..4 + 8]), Err(Unspecified));
             assert_eq!(k.open_to([0; 12], &[1, 2, 3], &tag, &mut sealed), Err(Unspecified));
             assert_eq!(k.open_to([0; 12], &[1, 2, 3, 4], &tag[..8], &mut sealed), Err(Unspecified));
         }

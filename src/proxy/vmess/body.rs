@@ -212,16 +212,24 @@ impl ChunkEncoder {
     /// `out` needs `payload.len() + MAX_CHUNK_OVERHEAD` bytes. The payload is sealed on its way into
     /// `out` (no separate copy): the stream writer keeps one initialized buffer and seals into it.
     pub fn encode_into(&mut self, payload: &[u8], out: &mut [u8]) -> Result<usize, BodyError> {
-        let need = payload.len() + MAX_CHUNK_OVERHEAD;
+        self.encode_gather_into(payload, &[], out)
+    }
+
+    /// [`encode_into`](Self::encode_into) for the payload `first ‖ second`, sealed from the two
+    /// pieces where they are (a Mux frame header and the data it heads).
+    pub fn encode_gather_into(&mut self, first: &[u8], second: &[u8], out: &mut [u8]) -> Result<usize, BodyError> {
+        let len = first.len() + second.len();
+        let need = len + MAX_CHUNK_OVERHEAD;
         if out.len() < need {
             return Err(BodyError::NoRoom { have: out.len(), need });
         }
         if matches!(self.st.framing, Framing::Raw) {
-            out[..payload.len()].copy_from_slice(payload);
-            return Ok(payload.len());
+            out[..first.len()].copy_from_slice(first);
+            out[first.len()..len].copy_from_slice(second);
+            return Ok(len);
         }
-        if payload.len() > MAX_STREAM_CHUNK_PAYLOAD {
-            return Err(BodyError::TooLarge(payload.len()));
+        if len > MAX_STREAM_CHUNK_PAYLOAD {
+            return Err(BodyError::TooLarge(len));
         }
         // Checked before the SHAKE stream moves, so a refused chunk leaves the encoder as it was.
         let aead = matches!(self.st.framing, Framing::Aead(_));
@@ -230,16 +238,18 @@ impl ChunkEncoder {
         }
         let (pad, mask) = self.st.pad_and_mask();
         let overhead = self.st.overhead();
-        let size = payload.len() + overhead + pad;
+        let size = len + overhead + pad;
         out[..2].copy_from_slice(&((size as u16) ^ mask).to_be_bytes());
-        let (sealed, rest) = out[2..].split_at_mut(payload.len());
-        let (tag, rest) = rest.split_at_mut(overhead);
+        let (sealed, rest) = out[2..].split_at_mut(len + overhead);
         let nonce = if aead { Some(self.st.nonce(true).ok_or(BodyError::NonceExhausted)?) } else { None };
         match (&self.st.framing, nonce) {
             (Framing::Aead(key), Some(nonce)) => {
-                key.seal_to(nonce, payload, sealed, tag).map_err(|_| BodyError::Auth)?
+                key.seal_gather(nonce, first, second, sealed).map_err(|_| BodyError::Auth)?
             }
-            _ => sealed.copy_from_slice(payload),
+            _ => {
+                sealed[..first.len()].copy_from_slice(first);
+                sealed[first.len()..len].copy_from_slice(second);
+            }
         }
         if pad > 0 {
             // Padding is never checked; randomness only keeps it from being a fingerprint.
@@ -578,6 +588,27 @@ mod tests {
             // Too little room is an error, never a panic or a partial write past the end.
             let mut short = vec![0u8; n + MAX_CHUNK_OVERHEAD - 1];
             prop_assert!(b.encode_into(&data, &mut short).is_err());
+        }
+
+        /// A payload given in two pieces (cut anywhere) makes the chunk the joined payload makes.
+        #[test]
+        fn sealing_two_pieces_matches_sealing_them_joined(sec in security(), opt in options(), udp: bool,
+                                                          n in prop_oneof![Just(MAX_STREAM_CHUNK_PAYLOAD), 0..20000usize],
+                                                          cut in any::<prop::sample::Index>()) {
+            let data: Vec<u8> = (0..n).map(|j| (j * 7) as u8).collect();
+            let (first, second) = data.split_at(cut.index(n + 1));
+            let mut a = ChunkEncoder::new(sec, opt, udp, &key(), &iv());
+            let mut b = ChunkEncoder::new(sec, opt, udp, &key(), &iv());
+            for _ in 0..2 {
+                let mut joined = vec![0u8; n + MAX_CHUNK_OVERHEAD];
+                let mut gathered = vec![0xee; n + MAX_CHUNK_OVERHEAD];
+                let len = a.encode_into(&data, &mut joined).unwrap();
+                prop_assert_eq!(b.encode_gather_into(first, second, &mut gathered).unwrap(), len);
+                let unpadded = if a.is_raw() { n } else { 2 + n + a.st.overhead() };
+                prop_assert_eq!(&gathered[..unpadded], &joined[..unpadded]);
+            }
+            let mut short = vec![0u8; n + MAX_CHUNK_OVERHEAD - 1];
+            prop_assert!(b.encode_gather_into(first, second, &mut short).is_err());
         }
 
         #[test]

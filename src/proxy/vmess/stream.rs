@@ -60,16 +60,16 @@ impl Writer {
     }
 
     /// Seals one chunk carrying all of `data` (at most one chunk's payload) after what is queued.
-    fn seal(&mut self, data: &[u8]) -> Result<(), BodyError> {
+    fn seal(&mut self, first: &[u8], second: &[u8]) -> Result<(), BodyError> {
         if self.pos == self.filled {
             self.pos = 0;
             self.filled = 0;
         }
-        let need = self.filled + data.len() + MAX_CHUNK_OVERHEAD;
+        let need = self.filled + first.len() + second.len() + MAX_CHUNK_OVERHEAD;
         if self.buf.len() < need {
             self.buf.resize(need, 0);
         }
-        self.filled += self.enc.encode_into(data, &mut self.buf[self.filled..])?;
+        self.filled += self.enc.encode_gather_into(first, second, &mut self.buf[self.filled..])?;
         Ok(())
     }
 }
@@ -142,8 +142,8 @@ impl<S> VmessStream<S> {
 
 impl<S> VmessStream<S> {
     /// Seals one chunk; at the nonce limit, says why the stream must end (once, at warn level).
-    fn seal(&mut self, data: &[u8]) -> io::Result<()> {
-        match self.w.seal(data) {
+    fn seal(&mut self, first: &[u8], second: &[u8]) -> io::Result<()> {
+        match self.w.seal(first, second) {
             Ok(()) => {
                 if let Some(w) = &self.wear {
                     w.record_sealed(self.w.enc.chunks());
@@ -281,34 +281,59 @@ impl<S: AsyncRead + Unpin> AsyncRead for VmessStream<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for VmessStream<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.w.end_queued {
+impl<S: AsyncWrite + Unpin> VmessStream<S> {
+    /// Seals `first ‖ second` (as much as one chunk takes) after what is queued; the bytes taken.
+    fn poll_write_gather(&mut self, cx: &mut Context<'_>, first: &[u8], second: &[u8]) -> Poll<io::Result<usize>> {
+        if self.w.end_queued {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "vmess: write after shutdown")));
         }
-        if this.w.unsent() >= WRITE_HIGH_WATER {
-            ready!(this.poll_drain(cx))?;
-        } else if this.w.pos >= WRITE_HIGH_WATER {
+        if self.w.unsent() >= WRITE_HIGH_WATER {
+            ready!(self.poll_drain(cx))?;
+        } else if self.w.pos >= WRITE_HIGH_WATER {
             // Mostly sent: move the rest to the front instead of growing the buffer.
-            this.w.buf.copy_within(this.w.pos..this.w.filled, 0);
-            this.w.filled -= this.w.pos;
-            this.w.pos = 0;
+            self.w.buf.copy_within(self.w.pos..self.w.filled, 0);
+            self.w.filled -= self.w.pos;
+            self.w.pos = 0;
         }
-        let limit = if this.w.enc.is_raw() { RAW_WRITE_MAX } else { this.w.enc.max_payload() };
-        let n = data.len().min(limit);
+        let limit = if self.w.enc.is_raw() { RAW_WRITE_MAX } else { self.w.enc.max_payload() };
+        let first = &first[..first.len().min(limit)];
+        let second = &second[..second.len().min(limit - first.len())];
+        let n = first.len() + second.len();
         if n == 0 {
             return Poll::Ready(Ok(0));
         }
-        this.seal(&data[..n])?;
+        self.seal(first, second)?;
         // Small writes wait for more (or for a flush) so that back-to-back writes leave in one syscall;
         // past the high-water mark, push what the socket takes now.
-        if this.w.unsent() >= WRITE_HIGH_WATER
-            && let Poll::Ready(Err(e)) = this.poll_drain(cx)
+        if self.w.unsent() >= WRITE_HIGH_WATER
+            && let Poll::Ready(Err(e)) = self.poll_drain(cx)
         {
             return Poll::Ready(Err(e));
         }
         Poll::Ready(Ok(n))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for VmessStream<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_gather(cx, data, &[])
+    }
+
+    /// The first two non-empty buffers go into one chunk, sealed from where they are: a Mux frame
+    /// header and its payload (the relay's buffer) reach the wire without being joined first.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut full = bufs.iter().filter(|b| !b.is_empty());
+        let first = full.next().map_or(&[][..], |b| &b[..]);
+        let second = full.next().map_or(&[][..], |b| &b[..]);
+        self.get_mut().poll_write_gather(cx, first, second)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -322,7 +347,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for VmessStream<S> {
         if !this.w.end_queued {
             this.w.end_queued = true;
             if !this.w.enc.is_raw() {
-                this.seal(&[])?;
+                this.seal(&[], &[])?;
             }
         }
         ready!(this.poll_drain(cx))?;
@@ -401,8 +426,17 @@ mod tests {
         });
         let (mut cr, mut cw) = tokio::io::split(client);
         let d3 = data.clone();
+        // The client writes vectored (sealed from two pieces, as the Mux writer does), the server
+        // writes plain.
         let writer = tokio::spawn(async move {
-            cw.write_all(&d3).await.unwrap();
+            let mut pos = 0;
+            while pos < d3.len() {
+                let cut = pos + (d3.len() - pos) / 3;
+                let bufs = [std::io::IoSlice::new(&d3[pos..cut]), std::io::IoSlice::new(&d3[cut..])];
+                let n = cw.write_vectored(&bufs).await.unwrap();
+                assert!(n > 0);
+                pos += n;
+            }
             cw.shutdown().await.unwrap();
         });
         let mut back = Vec::new();
